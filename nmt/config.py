@@ -1,0 +1,382 @@
+"""Typed configuration: dataclasses per section, strict YAML loading, `--set` overrides.
+
+A config file may name a `base:` file (relative to itself); the variant's keys are merged
+over the base's, so reference configs stay short and every key is commented once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the user (names the key or field)."""
+
+
+@dataclass
+class HubSource:
+    """A Hugging Face hub dataset (needs network), e.g. name=wmt14, config=de-en."""
+
+    name: str = ""
+    config: Optional[str] = None
+    # Field holding the pair: "translation" for WMT/IWSLT style rows ({"de": ..., "en": ...}).
+    translation_field: Optional[str] = "translation"
+    # Used when translation_field is null: top-level column names for source and target.
+    src_field: Optional[str] = None
+    tgt_field: Optional[str] = None
+    # Our split name -> the hub's split name.
+    splits: dict[str, str] = field(
+        default_factory=lambda: {"train": "train", "valid": "validation", "test": "test"}
+    )
+    revision: Optional[str] = None
+
+
+@dataclass
+class DataConfig:
+    # multi30k | small_parallel_enja | null (then `files` or `hub` says where the data is)
+    preset: Optional[str] = "multi30k"
+    # Folder holding the presets' corpora; null = $NMT_DATA_DIR, else ./data.
+    dir: Optional[str] = None
+    src_lang: str = "de"
+    tgt_lang: str = "en"
+    # Local corpora by split name: [src_file, tgt_file] for plain text (optionally .gz),
+    # or [file] for a two-column .tsv or a .jsonl with `src_lang`/`tgt_lang` (or src/tgt) keys.
+    files: dict[str, list[str]] = field(default_factory=dict)
+    hub: Optional[HubSource] = None
+    # Cleaning (training split only): max subword tokens per side, max length ratio.
+    max_len: int = 100
+    max_ratio: float = 3.0
+    # Use only the first N training pairs (quick experiments, tests); null = all.
+    train_limit: Optional[int] = None
+    # Which splits are used for validation during training and for the final test.
+    valid_split: str = "valid"
+    test_split: str = "test"
+
+
+@dataclass
+class TokenizerConfig:
+    type: Literal["unigram", "bpe"] = "unigram"
+    vocab_size: int = 8000
+    # One shared model/vocabulary for both languages (enables tying all embeddings).
+    joint: bool = True
+    # Share of characters covered; ~0.9995 for Japanese, 1.0 for small alphabets.
+    character_coverage: float = 1.0
+    # Train on at most this many sentences per language (sampled); null = all.
+    input_sentence_size: Optional[int] = 1_000_000
+    # For corpora that are already space-tokenized (small_parallel_enja): treat the spaces
+    # as word boundaries to learn, and remove them again after decoding for these languages.
+    detok_remove_spaces: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["rnn", "transformer"] = "transformer"
+    embed_dim: int = 256
+    hidden_size: int = 256
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    dropout: float = 0.1
+    # Tie the decoder's input and output embeddings; with a joint vocabulary also the
+    # encoder's (three-way tying).
+    tie_embeddings: bool = True
+    # --- RNN family ---
+    cell: Literal["rnn", "gru", "lstm"] = "lstm"
+    bidirectional: bool = True
+    # none: Sutskever-style, the encoder state is the only link to the source.
+    attention: Literal["none", "bahdanau", "luong"] = "bahdanau"
+    luong_score: Literal["dot", "general", "concat"] = "general"
+    # Luong local-p attention: window half-width D (0 = global attention).
+    local_window: int = 0
+    input_feeding: bool = True
+    # For attention "none": feed the encoder summary at every step (Cho et al. 2014).
+    context_every_step: bool = False
+    # --- Transformer ---
+    heads: int = 4
+    ffn_size: int = 1024
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.0
+    norm: Literal["pre", "post"] = "pre"
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
+    max_positions: int = 512
+    # Sliding-window self-attention: each position sees +/- this many others (0 = full).
+    self_attention_window: int = 0
+    # Decoder layer whose head-averaged cross-attention is reported as the alignment.
+    alignment_layer: int = -2
+
+
+@dataclass
+class TrainConfig:
+    # Run folder; null = runs/<config file stem>.
+    run_dir: Optional[str] = None
+    seed: int = 1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    threads: Optional[int] = None  # torch intra-op threads on CPU; null = torch default
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-9
+    weight_decay: float = 0.0
+    schedule: Literal["inverse_sqrt", "noam", "plateau", "constant", "cosine"] = "inverse_sqrt"
+    warmup_steps: int = 4000
+    min_lr: float = 1e-6
+    plateau_factor: float = 0.5
+    plateau_patience: int = 3
+    batch_tokens: int = 4096
+    accum_steps: int = 1
+    clip_norm: float = 0.0  # 0 = no clipping
+    label_smoothing: float = 0.1
+    max_steps: int = 100_000
+    max_epochs: int = 100
+    # Wall-clock budget in minutes (0 = none); the run saves and stops when it is spent.
+    max_minutes: float = 0.0
+    log_every: int = 100
+    valid_every: int = 1000
+    valid_beam_size: int = 1
+    # Validation BLEU on at most this many sentences (null = all).
+    valid_limit: Optional[int] = None
+    keep_best: int = 5
+    keep_last: int = 5
+    patience: int = 0  # validations without BLEU improvement before stopping (0 = never)
+    max_nonfinite: int = 5  # consecutive non-finite losses before the run stops
+    # Average the last N saved checkpoints into averaged.pt at the end (0 = off).
+    average_last: int = 0
+
+
+@dataclass
+class DecodeConfig:
+    beam_size: int = 5
+    n_best: int = 1
+    length_penalty: float = 0.6  # GNMT alpha; 0 = raw log-probability
+    max_len_a: float = 1.5  # max output length = a * source length + b
+    max_len_b: int = 10
+    min_len: int = 1
+    batch_tokens: int = 4096  # source-token budget of one decoding sub-batch
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    # Free-form name shown in logs, /info and reports.
+    name: str = "nmt"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (following `base:` links) and apply `section.key=value` overrides."""
+    raw = _read_with_bases(Path(path), seen=())
+    for item in overrides or []:
+        _apply_override(raw, item)
+    if "name" not in raw:
+        raw["name"] = Path(path).stem
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    config = _build(Config, raw, "")
+    validate(config)
+    return config
+
+
+def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"config base loop through {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    parent = _read_with_bases(path.parent / base, seen + (path.resolve(),))
+    return _deep_merge(parent, raw)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    dotted, text = item.split("=", 1)
+    keys = dotted.strip().split(".")
+    node = raw
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {key} is not a section")
+    node[keys[-1]] = yaml.safe_load(text) if text.strip() else None
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in raw if k not in names]
+    if unknown:
+        where = f"in section '{prefix}'" if prefix else "at top level"
+        raise ConfigError(
+            f"unknown config key '{_join(prefix, unknown[0])}' {where}; valid keys: {', '.join(names)}"
+        )
+    values = {k: _coerce(hints[k], v, _join(prefix, k)) for k, v in raw.items()}
+    return cls(**values)
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _coerce(hint: Any, value: Any, name: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, name)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, name)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{name}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{name}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(a, v, name) for a, v in zip(args, value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{name}.{k}") for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate(config: Config) -> None:
+    """Reject impossible values, naming the field."""
+    d, t, m, tr, dec = config.data, config.tokenizer, config.model, config.train, config.decode
+    _positive("data.max_len", d.max_len)
+    _positive("data.max_ratio", d.max_ratio)
+    if d.train_limit is not None:
+        _positive("data.train_limit", d.train_limit)
+    if d.preset is None and not d.files and d.hub is None:
+        raise ConfigError("data: set data.preset, data.files or data.hub")
+    if d.src_lang == d.tgt_lang:
+        raise ConfigError(f"data.src_lang and data.tgt_lang are both {d.src_lang!r}")
+    if t.vocab_size < 8:
+        raise ConfigError(f"tokenizer.vocab_size must be at least 8, got {t.vocab_size}")
+    if not 0.0 < t.character_coverage <= 1.0:
+        raise ConfigError(f"tokenizer.character_coverage must be in (0, 1], got {t.character_coverage}")
+    for key in ("embed_dim", "hidden_size", "encoder_layers", "decoder_layers", "heads",
+                "ffn_size", "max_positions"):
+        _positive(f"model.{key}", getattr(m, key))
+    for key in ("dropout", "attention_dropout", "activation_dropout"):
+        _probability(f"model.{key}", getattr(m, key))
+    _non_negative("model.local_window", m.local_window)
+    _non_negative("model.self_attention_window", m.self_attention_window)
+    _positive("train.lr", tr.lr)
+    _positive("train.batch_tokens", tr.batch_tokens)
+    _positive("train.accum_steps", tr.accum_steps)
+    _positive("train.max_steps", tr.max_steps)
+    _positive("train.max_epochs", tr.max_epochs)
+    _positive("train.log_every", tr.log_every)
+    _positive("train.valid_every", tr.valid_every)
+    _positive("train.valid_beam_size", tr.valid_beam_size)
+    _positive("train.max_nonfinite", tr.max_nonfinite)
+    _non_negative("train.warmup_steps", tr.warmup_steps)
+    _non_negative("train.clip_norm", tr.clip_norm)
+    _non_negative("train.max_minutes", tr.max_minutes)
+    _non_negative("train.keep_best", tr.keep_best)
+    _positive("train.keep_last", tr.keep_last)
+    _non_negative("train.patience", tr.patience)
+    _non_negative("train.average_last", tr.average_last)
+    _non_negative("train.weight_decay", tr.weight_decay)
+    _probability("train.label_smoothing", tr.label_smoothing)
+    _positive("decode.beam_size", dec.beam_size)
+    _positive("decode.n_best", dec.n_best)
+    _positive("decode.batch_tokens", dec.batch_tokens)
+    _non_negative("decode.max_len_a", dec.max_len_a)
+    _non_negative("decode.max_len_b", dec.max_len_b)
+    _non_negative("decode.min_len", dec.min_len)
+    _non_negative("decode.length_penalty", dec.length_penalty)
+    if dec.n_best > dec.beam_size:
+        raise ConfigError(f"decode.n_best ({dec.n_best}) cannot exceed decode.beam_size ({dec.beam_size})")
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, got {value}")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{name} must not be negative, got {value}")
+
+
+def _probability(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name} must be in [0, 1), got {value}")
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(config.to_dict(), f, sort_keys=False, allow_unicode=True)
