@@ -1,0 +1,15 @@
+"""HTTP translation service: a thin LitServe layer over `nmt.translator.Translator`.
+
+    nmt serve --checkpoint runs/multi30k_de_en/best.pt --port 8000
+    curl -s localhost:8000/translate -H 'Content-Type: application/json' \\
+         -d '{"texts": ["Ein Hund rennt."], "beam_size": 5, "alignment": true}'
+
+Endpoints: POST /translate (schemas.TranslateRequest -> schemas.TranslateResponse), GET /health
+(200 once every worker has loaded the model, 503 before), GET /info (model and serving
+settings), GET /metrics (Prometheus text), /docs and /openapi.json (the schemas).
+
+Modules: schemas.py (request/response models, limits), middleware.py (API key, body and
+input checks before queueing, request metrics), api.py (the LitAPI: batching and decoding),
+metrics.py and shared.py (state shared across server processes), server.py (building the
+LitServer; running it under a supervisor that stops every process on SIGINT/SIGTERM).
+"""

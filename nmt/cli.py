@@ -1,0 +1,415 @@
+"""The `nmt` command: thin subcommands that parse arguments, call the library and print.
+
+Errors the user can fix (bad config, missing file, bad checkpoint) print one line and exit 2;
+`--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from nmt.checkpoint import CheckpointError
+from nmt.config import ConfigError, load_config
+
+EXAMPLES = """examples:
+  nmt prepare --config configs/multi30k_de_en.yaml
+  nmt train --config configs/multi30k_de_en.yaml --set train.max_minutes=10
+  nmt translate --checkpoint runs/multi30k_de_en/best.pt --beam 5 < input.de
+  nmt evaluate --checkpoint runs/multi30k_de_en/best.pt --src test.de --ref test.en
+  nmt serve --checkpoint runs/multi30k_de_en/best.pt --port 8000
+"""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types whose message is enough for the user (no traceback)."""
+    errors: list[type[BaseException]] = [ConfigError, CheckpointError, FileNotFoundError]
+    try:
+        from nmt.data import DataError
+
+        errors.append(DataError)
+    except ImportError:
+        pass
+    try:
+        from nmt.translator import TranslationError
+
+        errors.append(TranslationError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML config file (see configs/)")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config values, e.g. --set train.lr=3e-4 model.encoder_layers=4",
+    )
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+def _cmd_prepare(args: argparse.Namespace) -> None:
+    from nmt.data import format_summary, prepare_data
+    from nmt.train import default_run_dir
+
+    config = load_config(args.config, args.set)
+    work_dir = Path(args.work_dir) if args.work_dir else default_run_dir(config)
+    prepared = prepare_data(config, work_dir)
+    print(format_summary(prepared.stats))
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="load and clean the corpus, train SentencePiece, tokenize and cache",
+        description="Load and clean the corpus, train (or reuse) SentencePiece, tokenize and "
+        "cache the data in the run folder, and print a summary.",
+    )
+    _add_config_args(p)
+    p.add_argument("--work-dir", help="folder for tokenizer and cache (default: the run folder)")
+    p.set_defaults(func=_cmd_prepare)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from nmt.train import train
+
+    config = load_config(args.config, args.set)
+    if args.device:
+        config.train.device = args.device
+    if args.run_dir:
+        config.train.run_dir = args.run_dir
+    train(config, resume=args.resume)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a translator (single process, or multi-GPU/CPU under torchrun)",
+        description="Train a model: creates the run folder, prepares the data, trains, "
+        "validates (loss and sacreBLEU) and saves checkpoints. Launch with "
+        "`torchrun --nproc_per_node=N -m nmt.cli train ...` for data-parallel training.",
+    )
+    _add_config_args(p)
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (overrides train.device)")
+    p.add_argument("--run-dir", help="run folder (overrides train.run_dir)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last.pt")
+    p.set_defaults(func=_cmd_train)
+
+
+# --------------------------------------------------------------------------- average
+
+
+def _cmd_average(args: argparse.Namespace) -> None:
+    from nmt.checkpoint import average_checkpoints, save_checkpoint
+
+    paths = list(args.checkpoints)
+    save_checkpoint(average_checkpoints(paths), args.output)
+    print(f"averaged {len(paths)} checkpoints into {args.output}")
+
+
+def _add_average(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("average", help="average the weights of several checkpoints")
+    p.add_argument("--checkpoints", nargs="+", required=True, help="checkpoint files of one run")
+    p.add_argument("--output", required=True, help="where to write the averaged checkpoint")
+    p.set_defaults(func=_cmd_average)
+
+
+# --------------------------------------------------------------------------- translate
+
+
+def _cmd_translate(args: argparse.Namespace) -> None:
+    """Translate a file (progress bar) or stdin (streamed in small chunks, flushed per chunk)."""
+    import contextlib
+    import dataclasses
+    import json
+
+    from tqdm import tqdm
+
+    from nmt.alignment import plot_alignment
+    from nmt.evaluate import read_lines
+    from nmt.translator import Translation, Translator, read_chunks
+
+    translator = Translator.load(args.checkpoint, device=args.device)
+    if args.batch_tokens:
+        translator.decode = dataclasses.replace(translator.decode, batch_tokens=args.batch_tokens)
+    aligned = bool(args.alignments or args.plot_attention or args.with_alignment)
+    words = args.alignment_level == "word"
+
+    def write(t: Translation, index: int, out, links) -> None:
+        if args.format == "jsonl":
+            out.write(json.dumps(t.to_dict(), ensure_ascii=False) + "\n")
+        elif t.n_best is not None:
+            out.writelines(f"{index} ||| {text} ||| {score:.4f}\n" for text, score in t.n_best)
+        else:
+            out.write(t.text + "\n")
+        if links is not None:
+            links.write((t.alignment.pharaoh(words) if t.alignment else "") + "\n")
+        if args.plot_attention and t.alignment is not None and t.tokens:
+            plot_alignment(t.alignment, Path(args.plot_attention) / f"{index:06d}.png", words)
+
+    with contextlib.ExitStack() as stack:
+        out = sys.stdout
+        if args.output:
+            out = stack.enter_context(open(args.output, "w", encoding="utf-8"))
+        links = None
+        if args.alignments:
+            links = stack.enter_context(open(args.alignments, "w", encoding="utf-8"))
+        if args.input:
+            lines = read_lines(args.input)
+            chunks = (lines[i : i + 1000] for i in range(0, len(lines), 1000))
+            bar = stack.enter_context(tqdm(total=len(lines), unit="sent", desc="translating"))
+        else:
+            chunks, bar = read_chunks(sys.stdin), None
+        index, unaligned = 0, 0
+        for chunk in chunks:
+            results = translator.translate(
+                chunk, beam_size=args.beam, max_len=args.max_len, n_best=args.n_best,
+                with_alignment=aligned, truncate=args.truncate,
+            )
+            for t in results:
+                write(t, index, out, links)
+                unaligned += int(aligned and t.alignment is None)
+                index += 1
+            out.flush()
+            if links is not None:
+                links.flush()
+            if bar is not None:
+                bar.update(len(chunk))
+    if unaligned:
+        print(f"nmt translate: the model has no attention; {unaligned} sentences without alignment",
+              file=sys.stderr)
+
+
+def _add_translate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "translate",
+        help="translate text with a checkpoint",
+        description="Translate one sentence per line from --input (or stdin, streamed: each "
+        "line is answered as soon as it is translated) to --output (or stdout). Empty lines "
+        "give empty translations. With --n-best N the text format prints Moses-style "
+        "`i ||| text ||| score` lines.",
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
+    p.add_argument("--input", help="source file, one sentence per line (.gz ok; default: stdin)")
+    p.add_argument("--output", help="where to write translations (default: stdout)")
+    p.add_argument("--beam", type=int, help="beam size (1 = greedy; default: decode.beam_size)")
+    p.add_argument("--n-best", type=int, help="hypotheses per sentence (at most the beam size)")
+    p.add_argument("--max-len", type=int, help="maximum output length in tokens (default: "
+                   "decode.max_len_a * source length + decode.max_len_b)")
+    p.add_argument("--format", choices=("text", "jsonl"), default="text",
+                   help="text: one translation per line; jsonl: one JSON object per line "
+                   "(text, score, tokens, n-best, alignment when asked)")
+    p.add_argument("--with-alignment", action="store_true",
+                   help="include alignments in the JSONL output")
+    p.add_argument("--alignments", metavar="FILE",
+                   help="write Pharaoh alignments (source-target index pairs), a line per sentence")
+    p.add_argument("--alignment-level", choices=("word", "piece"), default="word",
+                   help="align words (subword pieces merged at ▁) or pieces (default: word)")
+    p.add_argument("--plot-attention", metavar="DIR",
+                   help="write an attention heatmap PNG per sentence into DIR")
+    p.add_argument("--truncate", action="store_true",
+                   help="cut inputs longer than the model accepts instead of failing")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+    p.add_argument("--batch-tokens", type=int,
+                   help="source tokens per decoding batch (default: decode.batch_tokens)")
+    p.set_defaults(func=_cmd_translate)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    """Translate --src with --checkpoint (or read --hyp), score against --ref, write a report."""
+    import dataclasses
+
+    from nmt import evaluate as ev
+
+    if bool(args.checkpoint) == bool(args.hyp):
+        raise ConfigError("give either --checkpoint (with --src) or --hyp")
+    if args.checkpoint and not args.src:
+        raise ConfigError("--checkpoint needs --src (the source file to translate)")
+    refs = ev.read_lines(args.ref)
+    srcs = ev.read_lines(args.src) if args.src else None
+    translator, decoding = None, None
+    if args.checkpoint:
+        from nmt.translator import Translator
+
+        translator = Translator.load(args.checkpoint, device=args.device)
+        if args.batch_tokens:
+            translator.decode = dataclasses.replace(
+                translator.decode, batch_tokens=args.batch_tokens
+            )
+        hyps = ev.translate_lines(
+            translator, srcs, args.beam, args.max_len, args.truncate, progress=True
+        )
+        decoding = ev.decoding_settings(translator, args.beam, args.max_len)
+        if args.output:
+            ev.write_lines(hyps, args.output)
+    else:
+        hyps = ev.read_lines(args.hyp)
+    tgt_lang = args.tgt_lang or (translator.info.get("tgt_lang") if translator else None)
+    tgt_lang = tgt_lang or ev.guess_lang(args.ref)
+    try:
+        result = ev.score_corpus(hyps, refs, tgt_lang, args.literature, args.tokenize_refs, srcs)
+    except ev.EvaluationError as e:
+        if args.debug:
+            raise
+        print(f"nmt evaluate: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(ev.format_scores(result))
+    files = {"src": args.src, "ref": args.ref, "hyp": args.hyp or args.output, "tgt_lang": tgt_lang}
+    report = ev.build_report(result, files, decoding, translator.info if translator else None)
+    path = args.report or ev.default_report_path(args.output or args.hyp, args.checkpoint, args.ref)
+    ev.write_report(report, path)
+    print(f"report: {path}")
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score translations with sacreBLEU (BLEU, chrF, TER)",
+        description="Score a checkpoint (translating --src) or a hypothesis file (--hyp) against "
+        "--ref with sacreBLEU's BLEU, chrF and TER, print the scores with their signatures, and "
+        "write a JSON report (scores, signatures, BLEU by source length, decoding settings, "
+        "checkpoint sha256). Files may be gzipped.",
+    )
+    p.add_argument("--checkpoint", help="checkpoint to translate --src with")
+    p.add_argument("--src", help="source file (needed with --checkpoint; also gives BLEU by "
+                   "source length)")
+    p.add_argument("--hyp", help="translations to score instead of translating")
+    p.add_argument("--ref", required=True, help="reference translations, one per line")
+    p.add_argument("--output", help="where to write the translations of --src")
+    p.add_argument("--report", help="JSON report path (default: <output or hyp>.json, else "
+                   "<checkpoint stem>.<ref name>.json beside the checkpoint)")
+    p.add_argument("--tgt-lang", help="target language (default: the checkpoint's, else the "
+                   "--ref file's suffix); picks the tokenizer (ja: ja-mecab, else char)")
+    p.add_argument("--literature", action="store_true",
+                   help="score like the Multi30k literature instead: lowercased, Moses-normalised "
+                   "and -tokenized hypotheses against the official tokenized references "
+                   "(e.g. tok/test_2016_flickr.lc.norm.tok.de), sacreBLEU tokenize=none")
+    p.add_argument("--tokenize-refs", action="store_true",
+                   help="with --literature: references are raw text; process them the same way")
+    p.add_argument("--beam", type=int, help="beam size (default: decode.beam_size)")
+    p.add_argument("--max-len", type=int, help="maximum output length in tokens")
+    p.add_argument("--truncate", action="store_true",
+                   help="cut over-long inputs instead of failing")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+    p.add_argument("--batch-tokens", type=int, help="source tokens per decoding batch")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    import os
+
+    from serve.schemas import Limits
+    from serve.server import ServeSettings, serve
+
+    if args.devices != "auto" and not args.devices.isdigit():
+        raise ConfigError(f"--devices must be a number or auto, got {args.devices!r}")
+    devices = args.devices if args.devices == "auto" else int(args.devices)
+    settings = ServeSettings(
+        checkpoint=args.checkpoint, host=args.host, port=args.port,
+        max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout,
+        workers_per_device=args.workers_per_device, accelerator=args.accelerator, devices=devices,
+        api_key=args.api_key or os.environ.get("NMT_API_KEY") or None,
+        limits=Limits(max_chars=args.max_chars, max_texts=args.max_texts, max_beam=args.max_beam,
+                      max_len=args.max_len, max_body_bytes=args.max_body_bytes),
+        request_timeout=args.request_timeout, threads=args.threads,
+        log_level="debug" if args.verbose else args.log_level, shutdown_grace=args.shutdown_grace,
+    )
+    code = serve(settings)
+    if code:
+        raise SystemExit(code)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a checkpoint over HTTP (LitServe): /translate, /health, /info, /metrics",
+        description="Serve a checkpoint over HTTP with dynamic batching: POST /translate, GET "
+        "/health, /info, /metrics (Prometheus), /docs (OpenAPI). SIGINT or SIGTERM stops "
+        "the server and all its worker processes.",
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (e.g. runs/NAME/best.pt)")
+    p.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default), 0.0.0.0 or ::")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch-size", type=int, default=32, help="requests per batch (default 32)")
+    p.add_argument("--batch-timeout", type=float, default=0.01,
+                   help="seconds a worker waits for a batch to fill (default 0.01)")
+    p.add_argument("--workers-per-device", type=int, default=1)
+    p.add_argument("--accelerator", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--devices", default="auto", help="number of devices, or auto (default)")
+    p.add_argument("--api-key", help="require this key (X-API-Key or Bearer); default: $NMT_API_KEY")
+    p.add_argument("--max-chars", type=int, default=2000, help="characters per text (default 2000)")
+    p.add_argument("--max-texts", type=int, default=64, help="texts per request (default 64)")
+    p.add_argument("--max-beam", type=int, default=10, help="largest beam_size allowed (default 10)")
+    p.add_argument("--max-len", type=int, default=512, help="largest max_len allowed (default 512)")
+    p.add_argument("--max-body-bytes", type=int, default=0,
+                   help="request body limit (default: derived from the limits above)")
+    p.add_argument("--request-timeout", type=float, default=30.0,
+                   help="seconds a request may wait for a worker before a 504 (default 30)")
+    p.add_argument("--threads", type=int, help="torch threads per worker (default: cores / workers)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--shutdown-grace", type=float, default=10.0,
+                   help="seconds for a graceful stop before worker processes are killed (default 10)")
+    p.set_defaults(func=_cmd_serve)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nmt",
+        description="Neural machine translation: train RNN, attention and Transformer "
+        "translators, evaluate them with sacreBLEU, and serve them with alignments.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug-level logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_prepare, _add_train, _add_translate, _add_evaluate, _add_average, _add_serve):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    import datasets
+
+    datasets.disable_progress_bars()  # our own logs and tqdm bars say what is happening
+    try:
+        args.func(args)
+    except _user_errors() as e:
+        if args.debug:
+            raise
+        print(f"nmt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nmt {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""sacreBLEU scoring (BLEU, chrF, TER), BLEU by source length, and JSON reports.
+
+Two settings:
+- default: sacreBLEU on detokenized, cased text (what papers should report, with the
+  signature). Japanese targets use the `ja-mecab` tokenizer when its dependencies import,
+  else `char`; Chinese uses `zh`; everything else sacreBLEU's default `13a`.
+- literature (`literature=True`): the multimodal-MT papers' setting on Multi30k:
+  lowercase -> Moses punctuation normalisation -> Moses tokenizer (no aggressive dash
+  splitting, with Moses' HTML escaping of quotes, like the official `*.lc.norm.tok.*` files),
+  scored with `tokenize="none"`. The references are used as given (the official tokenized
+  files) unless `tokenize_refs=True`, which runs them through the same pipeline.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+from sacrebleu.metrics import BLEU, CHRF, TER
+
+if TYPE_CHECKING:
+    from nmt.translator import Translator
+
+# Source-length buckets (in whitespace-separated source words) for the BLEU breakdown.
+LENGTH_BUCKETS: tuple[tuple[int, Optional[int]], ...] = ((1, 10), (11, 20), (21, 30), (31, None))
+
+
+class EvaluationError(ValueError):
+    """Inputs that cannot be scored together (line counts differ, missing language, ...)."""
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """Lines of a UTF-8 text file (plain or .gz) without their line endings."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", newline="\n") as f:
+        return [line.rstrip("\r\n") for line in f]
+
+
+def write_lines(lines: Sequence[str], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wt", encoding="utf-8", newline="\n") as f:
+        for line in lines:
+            f.write(line + "\n")
+
+
+def guess_lang(path: str | Path) -> Optional[str]:
+    """Language code from a file name like `test.de`, `test.de.gz` or `x.lc.norm.tok.en`."""
+    name = Path(path).name
+    if name.endswith(".gz"):
+        name = name[:-3]
+    suffix = Path(name).suffix.lstrip(".")
+    return suffix.lower() if len(suffix) == 2 and suffix.isalpha() else None
+
+
+# --------------------------------------------------------------------------- tokenization
+
+
+@lru_cache(maxsize=1)
+def mecab_available() -> bool:
+    """True when sacreBLEU's `ja-mecab` tokenizer can be built (mecab-python3 + ipadic)."""
+    try:
+        from sacrebleu.tokenizers.tokenizer_ja_mecab import TokenizerJaMecab
+
+        TokenizerJaMecab()
+    except Exception:  # missing module or dictionary: fall back to characters
+        return False
+    return True
+
+
+def bleu_tokenizer(tgt_lang: Optional[str]) -> str:
+    """sacreBLEU tokenizer name for detokenized text in `tgt_lang`."""
+    if tgt_lang == "ja":
+        return "ja-mecab" if mecab_available() else "char"
+    if tgt_lang == "zh":
+        return "zh"
+    if tgt_lang == "ko":
+        return "char"
+    return "13a"
+
+
+def literature_tokenize(lines: Sequence[str], lang: str) -> list[str]:
+    """Lowercase, Moses-normalise punctuation and Moses-tokenize, like the Multi30k tok refs."""
+    from sacremoses import MosesPunctNormalizer, MosesTokenizer
+
+    normalizer = MosesPunctNormalizer(lang)
+    tokenizer = MosesTokenizer(lang)
+    out = []
+    for line in lines:
+        text = normalizer.normalize(line.lower())
+        # escape=True: the official refs carry Moses' HTML escapes (&quot; &apos;).
+        tokens = tokenizer.tokenize(text, escape=True, aggressive_dash_splits=False)
+        out.append(" ".join(tokens))
+    return out
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def bleu_metric(tgt_lang: Optional[str], literature: bool = False) -> BLEU:
+    """The BLEU metric object for `tgt_lang` (tokenize "none" in the literature setting)."""
+    if literature:  # tokenized on purpose: no "forgot to detokenize" warnings
+        return BLEU(tokenize="none", force=True, trg_lang=tgt_lang or "")
+    return BLEU(tokenize=bleu_tokenizer(tgt_lang), trg_lang=tgt_lang or "")
+
+
+def _metrics(tgt_lang: Optional[str], literature: bool) -> tuple[BLEU, CHRF, TER]:
+    asian = tgt_lang in ("ja", "zh", "ko")
+    return bleu_metric(tgt_lang, literature), CHRF(), TER(asian_support=asian)
+
+
+def score_corpus(
+    hyps: Sequence[str],
+    refs: Sequence[str],
+    tgt_lang: Optional[str],
+    literature: bool = False,
+    tokenize_refs: bool = False,
+    srcs: Optional[Sequence[str]] = None,
+) -> dict[str, Any]:
+    """BLEU, chrF and TER with their signatures; BLEU by source length when `srcs` is given.
+
+    Returns {"bleu", "chrf", "ter", "signatures": {...}, "bleu_verbose", "setting",
+    "sentences", "by_length": [...] | None}.
+    """
+    hyps, refs = list(hyps), list(refs)
+    if len(hyps) != len(refs):
+        raise EvaluationError(f"{len(hyps)} hypotheses but {len(refs)} references")
+    if srcs is not None and len(srcs) != len(refs):
+        raise EvaluationError(f"{len(srcs)} source lines but {len(refs)} references")
+    if literature:
+        if not tgt_lang:
+            raise EvaluationError("the literature setting needs the target language")
+        hyps = literature_tokenize(hyps, tgt_lang)
+        if tokenize_refs:
+            refs = literature_tokenize(refs, tgt_lang)
+    bleu, chrf, ter = _metrics(tgt_lang, literature)
+    bleu_score = bleu.corpus_score(hyps, [refs])
+    chrf_score = chrf.corpus_score(hyps, [refs])
+    ter_score = ter.corpus_score(hyps, [refs])
+    result: dict[str, Any] = {
+        "setting": "literature" if literature else "sacrebleu",
+        "sentences": len(hyps),
+        "bleu": bleu_score.score,
+        "chrf": chrf_score.score,
+        "ter": ter_score.score,
+        "bleu_verbose": str(bleu_score),
+        "signatures": {
+            "bleu": str(bleu.get_signature()),
+            "chrf": str(chrf.get_signature()),
+            "ter": str(ter.get_signature()),
+        },
+        "by_length": None,
+    }
+    if srcs is not None:
+        result["by_length"] = bleu_by_length(srcs, hyps, refs, tgt_lang, literature)
+    return result
+
+
+def length_bucket(num_words: int) -> str:
+    for low, high in LENGTH_BUCKETS:
+        if high is None or num_words <= high:
+            return f"{low}-{high}" if high is not None else f"{low}+"
+    raise AssertionError("unreachable")
+
+
+def bleu_by_length(
+    srcs: Sequence[str],
+    hyps: Sequence[str],
+    refs: Sequence[str],
+    tgt_lang: Optional[str],
+    literature: bool = False,
+) -> list[dict[str, Any]]:
+    """Corpus BLEU per source-length bucket (source words split on whitespace).
+
+    `hyps`/`refs` must already be in the scoring form (tokenized in the literature setting).
+    Empty sources count in the first bucket. Buckets without sentences have bleu None.
+    """
+    groups: dict[str, list[int]] = {length_bucket(high or low): [] for low, high in LENGTH_BUCKETS}
+    for i, src in enumerate(srcs):
+        groups[length_bucket(len(src.split()))].append(i)
+    rows = []
+    for bucket, indices in groups.items():
+        score = None
+        if indices:
+            bleu = bleu_metric(tgt_lang, literature)
+            bucket_refs = [[refs[i] for i in indices]]
+            score = bleu.corpus_score([hyps[i] for i in indices], bucket_refs).score
+        rows.append({"bucket": bucket, "sentences": len(indices), "bleu": score})
+    return rows
+
+
+# --------------------------------------------------------------------------- translating
+
+
+def translate_lines(
+    translator: Translator,
+    lines: Sequence[str],
+    beam_size: Optional[int] = None,
+    max_len: Optional[int] = None,
+    truncate: bool = False,
+    progress: bool = False,
+    chunk_size: int = 1000,
+) -> list[str]:
+    """Translations of `lines` (texts only), in chunks so a progress bar can follow."""
+    from tqdm import tqdm
+
+    hyps: list[str] = []
+    with tqdm(total=len(lines), unit="sent", disable=not progress, desc="translating") as bar:
+        for start in range(0, len(lines), chunk_size):
+            chunk = list(lines[start : start + chunk_size])
+            results = translator.translate(chunk, beam_size=beam_size, max_len=max_len, n_best=1,
+                                           truncate=truncate)
+            hyps.extend(r.text for r in results)
+            bar.update(len(chunk))
+    return hyps
+
+
+def decoding_settings(
+    translator: Translator, beam_size: Optional[int], max_len: Optional[int]
+) -> dict[str, Any]:
+    """The decoding settings actually used, for the report."""
+    decode = translator.decode
+    return {
+        "beam_size": decode.beam_size if beam_size is None else beam_size,
+        "length_penalty": decode.length_penalty,
+        "max_len": max_len,
+        "max_len_a": None if max_len is not None else decode.max_len_a,
+        "max_len_b": None if max_len is not None else decode.max_len_b,
+        "min_len": decode.min_len,
+        "batch_tokens": decode.batch_tokens,
+        "device": str(translator.device),
+    }
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def format_scores(result: dict[str, Any]) -> str:
+    """Human-readable scores, each followed by its sacreBLEU signature."""
+    sig = result["signatures"]
+    lines = [
+        result["bleu_verbose"],
+        f"  {sig['bleu']}",
+        f"chrF2 = {result['chrf']:.2f}",
+        f"  {sig['chrf']}",
+        f"TER = {result['ter']:.2f}",
+        f"  {sig['ter']}",
+    ]
+    if result.get("setting") == "literature":
+        lines.append("setting: literature (lowercased, Moses-normalised and -tokenized)")
+    for row in result.get("by_length") or []:
+        bleu = "   -" if row["bleu"] is None else f"{row['bleu']:5.2f}"
+        lines.append(f"BLEU src words {row['bucket']:>6}: {bleu}  ({row['sentences']} sentences)")
+    return "\n".join(lines)
+
+
+def build_report(
+    result: dict[str, Any],
+    files: dict[str, Optional[str]],
+    decoding: Optional[dict[str, Any]] = None,
+    translator_info: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
+    """The JSON report: scores, signatures, inputs, decoding settings and checkpoint identity."""
+    report: dict[str, Any] = {
+        "scores": {k: result[k] for k in ("bleu", "chrf", "ter")},
+        "signatures": result["signatures"],
+        "bleu_verbose": result["bleu_verbose"],
+        "setting": result["setting"],
+        "sentences": result["sentences"],
+        "by_length": result["by_length"],
+        "files": files,
+        "decoding": decoding,
+        "checkpoint": None,
+    }
+    if translator_info is not None:
+        report["checkpoint"] = {
+            "path": translator_info.get("checkpoint"),
+            "sha256": translator_info.get("checkpoint_sha256"),
+            "name": translator_info.get("name"),
+            "arch": translator_info.get("arch"),
+            "valid_bleu": translator_info.get("valid_bleu"),
+        }
+    return report
+
+
+def write_report(report: dict[str, Any], path: str | Path) -> Path:
+    """Write the report as JSON atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def default_report_path(
+    hyp: Optional[str | Path], checkpoint: Optional[str | Path], ref: str | Path
+) -> Path:
+    """`<hyp>.json` beside the translations, else `<checkpoint stem>.<ref name>.json`."""
+    if hyp:
+        hyp = Path(hyp)
+        return hyp.with_name(hyp.name + ".json")
+    if not checkpoint:
+        raise EvaluationError("no place for the report: give --report")
+    checkpoint, ref_name = Path(checkpoint), Path(ref).name
+    ref_name = ref_name[:-3] if ref_name.endswith(".gz") else ref_name
+    return checkpoint.with_name(f"{checkpoint.stem}.{ref_name}.json")

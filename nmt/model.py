@@ -1,0 +1,269 @@
+"""The translation model interface (`Seq2Seq`) and `build_model(config)`.
+
+One interface serves every architecture, so one beam search serves them all:
+
+    state = model.encode(src, src_mask)                 # DecoderState
+    log_probs, attention, state = model.decode_step(state, prev_tokens)   # first: BOS
+    state = model.reorder(state, indices)               # beams: select / expand / prune
+    logits, attention = model(src, src_mask, tgt_in, with_attention=True)  # teacher forcing
+
+DecoderState is a dict of tensors that ALL have the batch on dim 0, so reordering is one
+generic `index_select(0, indices)` (indices may repeat, which expands for beams). The keys
+belong to the architecture (see nmt/rnn.py and nmt/transformer.py); treat them as opaque.
+
+Attention is float32 and exactly 0 on padded source positions; over real tokens it sums to 1.
+For the Transformer it is the head-averaged cross-attention of `alignment_layer`. Models
+without attention (RNN with attention "none", Sutskever/Cho style) return None for the
+attention, whatever `with_attention` says: they have no alignment, and an invented one (such as
+uniform weights) would be misleading. Callers must accept None.
+
+Limits: `encode` raises ValueError for sources longer than `max_source_len` (= config
+max_positions, for RNNs too, so every model has one documented limit to truncate to);
+`max_target_len` is max_positions for learned Transformer positions, else None (no limit).
+`forward` returns logits in the autocast dtype (bf16 under autocast): compute losses in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nmt.attention import BahdanauAttention, LuongAttention, LuongLocalAttention
+from nmt.config import ConfigError, ModelConfig
+from nmt.rnn import (
+    BahdanauDecoder, Bridge, LuongDecoder, OutputLayer, RNNEncoder, SutskeverDecoder,
+)
+from nmt.specials import PAD_ID
+from nmt.transformer import (
+    LearnedPositions, SinusoidalPositions, TransformerDecoder, TransformerDecoderLayer,
+    TransformerEmbedding, TransformerEncoder, TransformerEncoderLayer,
+    transformer_embedding_table,
+)
+
+DecoderState = dict[str, Tensor]
+
+
+class Decoder(Protocol):
+    """What `Seq2Seq` needs from a decoder (the RNN decoders and TransformerDecoder)."""
+
+    def init_state(
+        self, memory: Tensor, final: tuple[Tensor, ...], src_mask: Tensor
+    ) -> DecoderState: ...
+
+    def __call__(
+        self, state: DecoderState, tgt_in: Tensor, with_attention: bool
+    ) -> tuple[Tensor, Optional[Tensor]]: ...
+
+    def step(
+        self, state: DecoderState, prev_tokens: Tensor, with_attention: bool
+    ) -> tuple[Tensor, Optional[Tensor], DecoderState]: ...
+
+
+class Seq2Seq(nn.Module):
+    """Encoder + decoder behind the interface above.
+
+    The encoder maps (src [B,S], src_mask [B,S]) to (memory [B,S,K], final states); the
+    decoder turns them into its initial state, then decodes all steps (teacher forcing) or one.
+    """
+
+    def __init__(
+        self, encoder: nn.Module, decoder: nn.Module, arch: str, src_vocab_size: int,
+        tgt_vocab_size: int, max_source_len: int, max_target_len: Optional[int],
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder: Decoder = decoder
+        self.arch = arch
+        self.src_vocab_size = src_vocab_size
+        self.tgt_vocab_size = tgt_vocab_size
+        self.max_source_len = max_source_len
+        self.max_target_len = max_target_len  # None = no limit on decoded positions
+
+    def encode(self, src: Tensor, src_mask: Tensor) -> DecoderState:
+        """src [B,S] long, src_mask [B,S] bool (True = token) -> initial decoder state."""
+        if src.size(1) > self.max_source_len:
+            raise ValueError(
+                f"source length {src.size(1)} exceeds the model's limit of {self.max_source_len}"
+            )
+        memory, final = self.encoder(src, src_mask)
+        return self.decoder.init_state(memory, final, src_mask)
+
+    def decode_step(
+        self, state: DecoderState, prev_tokens: Tensor, with_attention: bool = True
+    ) -> tuple[Tensor, Optional[Tensor], DecoderState]:
+        """prev_tokens [B] -> log-probs [B,V] float32, attention [B,S] float32 or None, state."""
+        logits, attention, new_state = self.decoder.step(state, prev_tokens, with_attention)
+        log_probs = F.log_softmax(logits.float(), dim=-1)
+        return log_probs, None if attention is None else attention.float(), new_state
+
+    def reorder(self, state: DecoderState, indices: Tensor) -> DecoderState:
+        """Select batch rows (indices [B'] long, may repeat) of every state tensor."""
+        return {key: value.index_select(0, indices) for key, value in state.items()}
+
+    def forward(
+        self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, with_attention: bool = False
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """Teacher forcing: -> logits [B,T,V] (autocast dtype), attention [B,T,S] or None."""
+        logits, attention = self.decoder(self.encode(src, src_mask), tgt_in, with_attention)
+        return logits, None if attention is None or not with_attention else attention.float()
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of distinct parameter values (tied embeddings count once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_model(
+    config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, joint_vocab: bool = False
+) -> Seq2Seq:
+    """The model `config` describes; raises ConfigError naming the offending field."""
+    check_model_config(config, src_vocab_size, tgt_vocab_size, joint_vocab)
+    if config.arch == "transformer":
+        encoder, decoder = _build_transformer(config, src_vocab_size, tgt_vocab_size,
+                                              joint_vocab)
+        max_target = None if config.positions == "sinusoidal" else config.max_positions
+    elif config.arch == "rnn":
+        encoder, decoder = _build_rnn(config, src_vocab_size, tgt_vocab_size, joint_vocab)
+        max_target = None
+    return Seq2Seq(encoder, decoder, config.arch, src_vocab_size, tgt_vocab_size,
+                   config.max_positions, max_target)
+
+
+def check_model_config(
+    config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, joint_vocab: bool
+) -> None:
+    """Reject configs that cannot be built (configs made in code skip YAML validation)."""
+    _choice("model.arch", config.arch, ("rnn", "transformer"))
+    for key in ("embed_dim", "hidden_size", "encoder_layers", "decoder_layers", "heads",
+                "ffn_size", "max_positions"):
+        if getattr(config, key) <= 0:
+            raise ConfigError(f"model.{key} must be positive, got {getattr(config, key)}")
+    for key in ("dropout", "attention_dropout", "activation_dropout"):
+        if not 0.0 <= getattr(config, key) < 1.0:
+            raise ConfigError(f"model.{key} must be in [0, 1), got {getattr(config, key)}")
+    for key in ("local_window", "self_attention_window"):
+        if getattr(config, key) < 0:
+            raise ConfigError(f"model.{key} must not be negative, got {getattr(config, key)}")
+    if min(src_vocab_size, tgt_vocab_size) <= PAD_ID + 1:
+        raise ConfigError(f"vocabulary sizes too small: {src_vocab_size}, {tgt_vocab_size}")
+    if config.tie_embeddings and joint_vocab and src_vocab_size != tgt_vocab_size:
+        raise ConfigError(
+            f"model.tie_embeddings with a joint vocabulary needs equal vocabulary sizes, got "
+            f"source {src_vocab_size} and target {tgt_vocab_size}"
+        )
+    if config.arch == "rnn":
+        _choice("model.cell", config.cell, ("rnn", "gru", "lstm"))
+        _choice("model.attention", config.attention, ("none", "bahdanau", "luong"))
+        _choice("model.luong_score", config.luong_score, ("dot", "general", "concat"))
+    else:
+        _choice("model.norm", config.norm, ("pre", "post"))
+        _choice("model.positions", config.positions, ("sinusoidal", "learned"))
+        if config.embed_dim % config.heads != 0:
+            raise ConfigError(
+                f"model.heads ({config.heads}) must divide model.embed_dim ({config.embed_dim})"
+            )
+        alignment_index(config.alignment_layer, config.decoder_layers)
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
+
+
+def alignment_index(alignment_layer: int, decoder_layers: int) -> int:
+    """The non-negative decoder layer index; the default -2 means the last layer when there
+    is only one."""
+    if alignment_layer == -2 and decoder_layers == 1:
+        return 0
+    if not -decoder_layers <= alignment_layer < decoder_layers:
+        raise ConfigError(
+            f"model.alignment_layer {alignment_layer} is out of range for "
+            f"{decoder_layers} decoder layer(s)"
+        )
+    return alignment_layer % decoder_layers
+
+
+def _build_transformer(
+    config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, joint_vocab: bool
+) -> tuple[TransformerEncoder, TransformerDecoder]:
+    # d_model is embed_dim; hidden_size only sizes RNNs.
+    dim = config.embed_dim
+    tgt_table = transformer_embedding_table(tgt_vocab_size, dim)
+    share_src = config.tie_embeddings and joint_vocab
+    src_table = tgt_table if share_src else transformer_embedding_table(src_vocab_size, dim)
+    pre_norm = config.norm == "pre"
+
+    def positions() -> nn.Module:
+        if config.positions == "learned":
+            return LearnedPositions(config.max_positions, dim)
+        return SinusoidalPositions(dim)
+
+    sizes = (dim, config.heads, config.ffn_size, config.dropout, config.attention_dropout,
+             config.activation_dropout, pre_norm)
+    window = config.self_attention_window
+    encoder = TransformerEncoder(
+        TransformerEmbedding(src_table, positions(), config.dropout),
+        [TransformerEncoderLayer(*sizes) for _ in range(config.encoder_layers)],
+        pre_norm, window,
+    )
+    decoder = TransformerDecoder(
+        TransformerEmbedding(tgt_table, positions(), config.dropout),
+        [TransformerDecoderLayer(*sizes, window) for _ in range(config.decoder_layers)],
+        pre_norm, window, alignment_index(config.alignment_layer, config.decoder_layers),
+        tgt_vocab_size, config.tie_embeddings,
+    )
+    return encoder, decoder
+
+
+def _rnn_embedding(vocab_size: int, embed_dim: int) -> nn.Embedding:
+    table = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
+    nn.init.normal_(table.weight, std=embed_dim**-0.5)
+    with torch.no_grad():
+        table.weight[PAD_ID].zero_()
+    return table
+
+
+def _build_rnn(
+    config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, joint_vocab: bool
+) -> tuple[RNNEncoder, nn.Module]:
+    hidden, dropout, cell = config.hidden_size, config.dropout, config.cell
+    tgt_table = _rnn_embedding(tgt_vocab_size, config.embed_dim)
+    share_src = config.tie_embeddings and joint_vocab
+    src_table = tgt_table if share_src else _rnn_embedding(src_vocab_size, config.embed_dim)
+    encoder = RNNEncoder(src_table, cell, hidden, config.encoder_layers, config.bidirectional,
+                         dropout)
+    memory_size = hidden * (2 if config.bidirectional else 1)
+    bridge = Bridge(config.encoder_layers, config.decoder_layers, memory_size, hidden,
+                    kinds=2 if cell == "lstm" else 1)
+    layers, tie = config.decoder_layers, config.tie_embeddings
+
+    def output(in_size: int, deep: bool) -> OutputLayer:
+        return OutputLayer(in_size, tgt_table, tgt_vocab_size, dropout, deep, tie)
+
+    if config.attention == "none":
+        context = memory_size if config.context_every_step else 0
+        readout = hidden + context + config.embed_dim if context else hidden
+        decoder: nn.Module = SutskeverDecoder(
+            tgt_table, cell, hidden, layers, dropout, bridge, context,
+            output(readout, deep=context > 0),
+        )
+    elif config.attention == "bahdanau":
+        attention = BahdanauAttention(hidden, memory_size, hidden)
+        decoder = BahdanauDecoder(
+            tgt_table, attention, cell, hidden, layers, memory_size, dropout, bridge,
+            output(hidden + memory_size + config.embed_dim, deep=True),
+        )
+    elif config.attention == "luong":
+        if config.local_window > 0:
+            luong: nn.Module = LuongLocalAttention(hidden, memory_size, config.luong_score,
+                                                   config.local_window)
+        else:
+            luong = LuongAttention(hidden, memory_size, config.luong_score)
+        decoder = LuongDecoder(
+            tgt_table, luong, cell, hidden, layers, memory_size, dropout,
+            config.input_feeding, bridge, output(hidden, deep=False),
+        )
+    return encoder, decoder

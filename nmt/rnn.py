@@ -1,0 +1,369 @@
+"""Recurrent encoder and decoders (tanh-RNN, GRU or LSTM cells).
+
+- `RNNEncoder`: (bi)directional multi-layer RNN over packed sequences, so padding never
+  changes a sentence's encoding.
+- `SutskeverDecoder`: no attention; the encoder's final state is the only link (Sutskever et
+  al., 2014), or with `context_size` > 0 the encoder summary also enters every step and the
+  output layer (Cho et al., 2014).
+- `BahdanauDecoder`: additive attention from the previous state, before the recurrent step.
+- `LuongDecoder`: global or local-p attention from the current state, after the recurrent
+  step; attentional state h~ = tanh(W_c [c; h]); optional input feeding.
+
+Decoder state (every tensor has the batch on dim 0, see nmt/model.py):
+  hidden [B,L,H] (and cell [B,L,H] for LSTM); memory [B,S,K] encoder outputs and keys [B,S,A]
+  their step-independent attention projection (omitted when equal to memory); src_mask [B,S];
+  feed [B,H] the previous h~ (Luong input feeding); context [B,K] (Cho-style summary).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from nmt.attention import BahdanauAttention, LuongAttention, LuongLocalAttention
+
+DecoderState = dict[str, Tensor]
+Recurrent = Union[Tensor, tuple[Tensor, Tensor]]  # torch layout: h [L,B,H] or (h, c)
+
+
+def make_rnn(
+    cell: str, input_size: int, hidden_size: int, layers: int, dropout: float,
+    bidirectional: bool = False,
+) -> nn.RNNBase:
+    """A batch-first stacked RNN; `dropout` applies between layers."""
+    between = dropout if layers > 1 else 0.0
+    if cell == "lstm":
+        return nn.LSTM(input_size, hidden_size, layers, batch_first=True, dropout=between,
+                       bidirectional=bidirectional)
+    if cell == "gru":
+        return nn.GRU(input_size, hidden_size, layers, batch_first=True, dropout=between,
+                      bidirectional=bidirectional)
+    if cell == "rnn":
+        return nn.RNN(input_size, hidden_size, layers, nonlinearity="tanh", batch_first=True,
+                      dropout=between, bidirectional=bidirectional)
+    raise ValueError(f"unknown RNN cell {cell!r}")
+
+
+class RNNEncoder(nn.Module):
+    """Embedding -> dropout -> stacked (bi)RNN over the real tokens only -> dropout."""
+
+    def __init__(
+        self, embedding: nn.Embedding, cell: str, hidden_size: int, layers: int,
+        bidirectional: bool, dropout: float,
+    ) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.rnn = make_rnn(cell, embedding.embedding_dim, hidden_size, layers, dropout,
+                            bidirectional)
+        self.dropout = nn.Dropout(dropout)
+        self.directions = 2 if bidirectional else 1
+
+    def forward(self, src: Tensor, src_mask: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """src [B,S], src_mask [B,S] -> memory [B,S,K] (K = directions*H, 0 at padding) and
+        the final states per layer, both directions concatenated: (h [B,L,K],) or (h, c)."""
+        emb = self.dropout(self.embedding(src))
+        lengths = src_mask.sum(dim=1).clamp(min=1).cpu()
+        packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
+        outputs, final = self.rnn(packed)
+        memory, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src.size(1))
+        finals = final if isinstance(final, tuple) else (final,)
+        return self.dropout(memory), tuple(self._by_layer(state) for state in finals)
+
+    def _by_layer(self, state: Tensor) -> Tensor:
+        """[L*D,B,H] (torch order: layer-major, direction-minor) -> [B,L,D*H]."""
+        _, batch, hidden = state.shape
+        state = state.view(-1, self.directions, batch, hidden).permute(2, 0, 1, 3)
+        return state.reshape(batch, -1, self.directions * hidden)
+
+
+class Bridge(nn.Module):
+    """The decoder's initial state from the encoder's final states.
+
+    Layers are aligned from the top: decoder layer l takes encoder layer L_enc - L_dec + l
+    (layer 0 when the decoder is deeper). When the encoder state is wider than the decoder
+    (bidirectional: both directions concatenated) each state kind (h, and c for LSTM) goes
+    through its own tanh(W s + b); otherwise it is copied unchanged, as in Sutskever et al.
+    """
+
+    def __init__(
+        self, encoder_layers: int, decoder_layers: int, in_size: int, hidden_size: int,
+        kinds: int,
+    ) -> None:
+        super().__init__()
+        offset = encoder_layers - decoder_layers
+        self.layer_index = [max(0, offset + layer) for layer in range(decoder_layers)]
+        self.proj = None
+        if in_size != hidden_size:
+            self.proj = nn.ModuleList(nn.Linear(in_size, hidden_size) for _ in range(kinds))
+
+    def forward(self, final: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """(h [B,L_enc,K], c?) -> (h [B,L_dec,H], c?)."""
+        states = tuple(state[:, self.layer_index] for state in final)
+        if self.proj is None:
+            return states
+        return tuple(torch.tanh(proj(state)) for proj, state in zip(self.proj, states))
+
+
+class OutputLayer(nn.Module):
+    """Readout -> dropout -> vocabulary logits (the projection may share the embedding).
+
+    deep=True is the deep output of Bahdanau/Cho: t = tanh(W [inputs]) of the embedding size.
+    Otherwise the input is used as is, projected linearly to the embedding size only when
+    tying the output to the embedding needs that size.
+    """
+
+    def __init__(
+        self, in_size: int, embedding: nn.Embedding, vocab_size: int, dropout: float,
+        deep: bool, tie: bool,
+    ) -> None:
+        super().__init__()
+        embed_dim = embedding.embedding_dim
+        self.readout: nn.Module = nn.Identity()
+        size = in_size
+        if deep:
+            self.readout = nn.Sequential(nn.Linear(in_size, embed_dim), nn.Tanh())
+            size = embed_dim
+        elif tie and in_size != embed_dim:
+            self.readout = nn.Linear(in_size, embed_dim)
+            size = embed_dim
+        self.dropout = nn.Dropout(dropout)
+        self.proj = nn.Linear(size, vocab_size)
+        if tie:
+            self.proj.weight = embedding.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [...,in] -> logits [...,V]."""
+        return self.proj(self.dropout(self.readout(x)))
+
+
+def _hidden_state(states: tuple[Tensor, ...]) -> DecoderState:
+    """Bridge output ([B,L,H] each) -> state entries."""
+    return dict(zip(("hidden", "cell"), states))
+
+
+def _recurrent(state: DecoderState) -> Recurrent:
+    """State entries [B,L,H] -> torch's [L,B,H] layout."""
+    hidden = state["hidden"].transpose(0, 1).contiguous()
+    if "cell" in state:
+        return hidden, state["cell"].transpose(0, 1).contiguous()
+    return hidden
+
+
+def _store(state: DecoderState, hx: Recurrent) -> DecoderState:
+    """A copy of `state` with the recurrent state replaced (batch back on dim 0)."""
+    new_state = dict(state)
+    if isinstance(hx, tuple):
+        new_state["hidden"], new_state["cell"] = hx[0].transpose(0, 1), hx[1].transpose(0, 1)
+    else:
+        new_state["hidden"] = hx.transpose(0, 1)
+    return new_state
+
+
+def _top(hx: Recurrent) -> Tensor:
+    """The top layer's hidden state [B,H]."""
+    return (hx[0] if isinstance(hx, tuple) else hx)[-1]
+
+
+class SutskeverDecoder(nn.Module):
+    """Decoder without attention. context_size > 0 (Cho et al., 2014): the encoder summary c
+    (top layer's final state, both directions) is fed at every step beside the embedding, and
+    the deep output reads [h; c; embedding]. Otherwise logits come from the top state alone.
+    """
+
+    def __init__(
+        self, embedding: nn.Embedding, cell: str, hidden_size: int, layers: int,
+        dropout: float, bridge: Bridge, context_size: int, output: OutputLayer,
+    ) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.rnn = make_rnn(cell, embedding.embedding_dim + context_size, hidden_size, layers,
+                            dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.bridge = bridge
+        self.context_size = context_size
+        self.output = output
+
+    def init_state(
+        self, memory: Tensor, final: tuple[Tensor, ...], src_mask: Tensor
+    ) -> DecoderState:
+        state = _hidden_state(self.bridge(final))
+        if self.context_size > 0:
+            state["context"] = final[0][:, -1]
+        return state
+
+    def _run(self, state: DecoderState, tokens: Tensor) -> tuple[Tensor, DecoderState]:
+        """tokens [B,T] -> logits [B,T,V]; the whole sequence is one fused RNN call."""
+        emb = self.dropout(self.embedding(tokens))
+        inputs = emb
+        if self.context_size > 0:
+            context = state["context"].unsqueeze(1).expand(-1, tokens.size(1), -1)
+            inputs = torch.cat((emb, context), dim=-1)
+        outputs, hx = self.rnn(inputs, _recurrent(state))
+        if self.context_size > 0:
+            outputs = torch.cat((outputs, context, emb), dim=-1)
+        return self.output(outputs), _store(state, hx)
+
+    def forward(
+        self, state: DecoderState, tgt_in: Tensor, with_attention: bool
+    ) -> tuple[Tensor, None]:
+        """tgt_in [B,T] -> logits [B,T,V], None (no attention to report)."""
+        return self._run(state, tgt_in)[0], None
+
+    def step(
+        self, state: DecoderState, prev_tokens: Tensor, with_attention: bool
+    ) -> tuple[Tensor, None, DecoderState]:
+        """prev_tokens [B] -> logits [B,V], None, new state."""
+        logits, new_state = self._run(state, prev_tokens.unsqueeze(1))
+        return logits.squeeze(1), None, new_state
+
+
+class BahdanauDecoder(nn.Module):
+    """Bahdanau et al. (2015): c_i = attention(s_{i-1}, memory); s_i = RNN([E y_{i-1}; c_i],
+    s_{i-1}); logits from the deep output tanh(W [s_i; c_i; E y_{i-1}])."""
+
+    def __init__(
+        self, embedding: nn.Embedding, attention: BahdanauAttention, cell: str,
+        hidden_size: int, layers: int, memory_size: int, dropout: float, bridge: Bridge,
+        output: OutputLayer,
+    ) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.attention = attention
+        self.rnn = make_rnn(cell, embedding.embedding_dim + memory_size, hidden_size, layers,
+                            dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.bridge = bridge
+        self.output = output
+
+    def init_state(
+        self, memory: Tensor, final: tuple[Tensor, ...], src_mask: Tensor
+    ) -> DecoderState:
+        state = _hidden_state(self.bridge(final))
+        state.update(memory=memory, keys=self.attention.project_keys(memory), src_mask=src_mask)
+        return state
+
+    def _recur(
+        self, state: DecoderState, hx: Recurrent, emb: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Recurrent]:
+        """emb [B,1,E] -> new top state [B,1,H], context [B,1,K], weights [B,1,S], hx."""
+        query = _top(hx).unsqueeze(1)  # s_{i-1}: attention comes before the step
+        context, weights = self.attention(query, state["keys"], state["memory"],
+                                          state["src_mask"])
+        outputs, hx = self.rnn(torch.cat((emb, context.to(emb.dtype)), dim=-1), hx)
+        return outputs, context, weights, hx
+
+    def forward(
+        self, state: DecoderState, tgt_in: Tensor, with_attention: bool
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """tgt_in [B,T] -> logits [B,T,V], attention [B,T,S] or None."""
+        emb = self.dropout(self.embedding(tgt_in))
+        hx = _recurrent(state)
+        tops, contexts, weights = [], [], []
+        for t in range(tgt_in.size(1)):
+            top, context, weight, hx = self._recur(state, hx, emb[:, t : t + 1])
+            tops.append(top)
+            contexts.append(context)
+            weights.append(weight)
+        # The readout does not feed back, so it runs once for all steps.
+        readout = torch.cat((torch.cat(tops, 1), torch.cat(contexts, 1).to(emb.dtype), emb), -1)
+        return self.output(readout), torch.cat(weights, 1) if with_attention else None
+
+    def step(
+        self, state: DecoderState, prev_tokens: Tensor, with_attention: bool
+    ) -> tuple[Tensor, Optional[Tensor], DecoderState]:
+        """prev_tokens [B] -> logits [B,V], attention [B,S] or None, new state."""
+        emb = self.dropout(self.embedding(prev_tokens.unsqueeze(1)))
+        top, context, weights, hx = self._recur(state, _recurrent(state), emb)
+        logits = self.output(torch.cat((top, context.to(emb.dtype), emb), dim=-1)).squeeze(1)
+        return logits, weights.squeeze(1) if with_attention else None, _store(state, hx)
+
+
+class LuongDecoder(nn.Module):
+    """Luong et al. (2015): h_t = RNN(input, h_{t-1}); c_t = attention(h_t, memory);
+    h~_t = tanh(W_c [c_t; h_t]); logits from h~_t. With input feeding the input is
+    [E y_{t-1}; h~_{t-1}], which forces a loop over steps; without it the recurrence and then
+    the attention run for all steps at once."""
+
+    def __init__(
+        self, embedding: nn.Embedding, attention: Union[LuongAttention, LuongLocalAttention],
+        cell: str, hidden_size: int, layers: int, memory_size: int, dropout: float,
+        input_feeding: bool, bridge: Bridge, output: OutputLayer,
+    ) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.attention = attention
+        feed_size = hidden_size if input_feeding else 0
+        self.rnn = make_rnn(cell, embedding.embedding_dim + feed_size, hidden_size, layers,
+                            dropout)
+        self.combine = nn.Linear(memory_size + hidden_size, hidden_size, bias=False)  # W_c
+        self.dropout = nn.Dropout(dropout)
+        self.input_feeding = input_feeding
+        self.hidden_size = hidden_size
+        self.bridge = bridge
+        self.output = output
+
+    def init_state(
+        self, memory: Tensor, final: tuple[Tensor, ...], src_mask: Tensor
+    ) -> DecoderState:
+        state = _hidden_state(self.bridge(final))
+        state.update(memory=memory, src_mask=src_mask)
+        keys = self.attention.project_keys(memory)
+        if keys is not memory:
+            state["keys"] = keys
+        if self.input_feeding:
+            state["feed"] = memory.new_zeros(memory.size(0), self.hidden_size)
+        return state
+
+    def _attend(self, state: DecoderState, top: Tensor) -> tuple[Tensor, Tensor]:
+        """top [B,T,H] -> h~ [B,T,H], weights [B,T,S]."""
+        memory = state["memory"]
+        context, weights = self.attention(top, state.get("keys", memory), memory,
+                                          state["src_mask"])
+        return torch.tanh(self.combine(torch.cat((context.to(top.dtype), top), -1))), weights
+
+    def _recur(
+        self, state: DecoderState, hx: Recurrent, emb: Tensor, feed: Tensor
+    ) -> tuple[Tensor, Tensor, Recurrent]:
+        """One input-fed step: emb [B,1,E], feed [B,1,H] -> h~ [B,1,H], weights [B,1,S], hx."""
+        top, hx = self.rnn(torch.cat((emb, feed.to(emb.dtype)), dim=-1), hx)
+        h_tilde, weights = self._attend(state, top)
+        return h_tilde, weights, hx
+
+    def forward(
+        self, state: DecoderState, tgt_in: Tensor, with_attention: bool
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """tgt_in [B,T] -> logits [B,T,V], attention [B,T,S] or None."""
+        emb = self.dropout(self.embedding(tgt_in))
+        hx = _recurrent(state)
+        if not self.input_feeding:
+            top, _ = self.rnn(emb, hx)
+            h_tilde, weights = self._attend(state, top)
+        else:
+            feed = state["feed"].unsqueeze(1)
+            steps, all_weights = [], []
+            for t in range(tgt_in.size(1)):
+                feed, weight, hx = self._recur(state, hx, emb[:, t : t + 1], feed)
+                steps.append(feed)
+                all_weights.append(weight)
+            h_tilde, weights = torch.cat(steps, 1), torch.cat(all_weights, 1)
+        return self.output(h_tilde), weights if with_attention else None
+
+    def step(
+        self, state: DecoderState, prev_tokens: Tensor, with_attention: bool
+    ) -> tuple[Tensor, Optional[Tensor], DecoderState]:
+        """prev_tokens [B] -> logits [B,V], attention [B,S] or None, new state."""
+        emb = self.dropout(self.embedding(prev_tokens.unsqueeze(1)))
+        hx = _recurrent(state)
+        if self.input_feeding:
+            h_tilde, weights, hx = self._recur(state, hx, emb, state["feed"].unsqueeze(1))
+        else:
+            top, hx = self.rnn(emb, hx)
+            h_tilde, weights = self._attend(state, top)
+        new_state = _store(state, hx)
+        if self.input_feeding:
+            new_state["feed"] = h_tilde.squeeze(1)
+        logits = self.output(h_tilde).squeeze(1)
+        return logits, weights.squeeze(1) if with_attention else None, new_state

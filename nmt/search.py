@@ -1,0 +1,347 @@
+"""Greedy and beam search over the model-agnostic `decode_step` interface.
+
+One implementation serves RNNs and Transformers: a model encodes the source into a
+`DecoderState` (every tensor has the batch on dim 0), `decode_step` scores the next token,
+and `reorder` selects/repeats state rows. Beam search keeps the `N` still-active sentences
+times their beams as one batch of `N*W` rows; sentences whose beams are all finished (or
+that reached their maximum length) are dropped from that batch at once, so a long tail of
+unfinished sentences does not pay for the whole batch.
+
+Conventions:
+- max output length of a sentence = floor(max_len_a * src_len + max_len_b) tokens, EOS not
+  counted, where src_len counts the real (mask True) source tokens, the source EOS included;
+  at that length only EOS is allowed. Before `min_len` tokens EOS is forbidden; PAD and BOS
+  are never produced.
+- a sentence is done once K hypotheses have ended within the top K candidates of a step
+  (the usual early stop: a longer hypothesis could in principle still score better under
+  the length penalty) or when it reaches its maximum length.
+- scores are GNMT length-normalised: log_prob / ((5 + L) / 6) ** alpha, with L the number
+  of generated tokens including the final EOS (alpha = 0: raw log-probability).
+- a hypothesis's attention is [T, S_real], T = len(tokens) + 1 (the EOS step included),
+  S_real = the sentence's real source tokens; None when the model has no attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Protocol
+
+import torch
+from torch import Tensor
+
+from nmt.specials import BOS_ID, EOS_ID, PAD_ID
+
+DecoderState = dict[str, Tensor]
+
+# Score given to a forced EOS the model itself rules out, so every sentence ends with a hypothesis.
+_FORCED_EOS_FLOOR = -1e30
+
+
+class StepModel(Protocol):
+    """What search needs from a translation model."""
+
+    def encode(self, src: Tensor, src_mask: Tensor) -> DecoderState: ...
+
+    def decode_step(
+        self, state: DecoderState, prev_tokens: Tensor, with_attention: bool = True
+    ) -> tuple[Tensor, Optional[Tensor], DecoderState]: ...
+
+    def reorder(self, state: DecoderState, indices: Tensor) -> DecoderState: ...
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # target ids without BOS/EOS
+    score: float  # length-normalised log-probability
+    log_prob: float  # sum of token log-probabilities, EOS included
+    attention: Optional[Tensor] = None  # [len(tokens) + 1, S_real] on CPU
+
+
+@dataclass
+class _Active:
+    """The still-running part of a search: N sentences with W rows (beams) each."""
+
+    sent_ids: Tensor  # [N] position of each sentence in the input batch
+    scores: Tensor  # [N, W] cumulative log-probabilities
+    tokens: Tensor  # [N*W, t] tokens generated so far
+    attention: Optional[Tensor]  # [N*W, t, S] attention so far (when tracked)
+    max_len: Tensor  # [N] maximum output length
+    num_finished: Tensor  # [N] finished hypotheses collected
+    state: DecoderState
+
+    @property
+    def width(self) -> int:
+        return self.scores.size(1)
+
+    def prev_tokens(self) -> Tensor:
+        if self.tokens.size(1) == 0:
+            return self.tokens.new_full((self.tokens.size(0),), BOS_ID)
+        return self.tokens[:, -1]
+
+
+def gnmt_penalty(length: int | Tensor, alpha: float) -> float | Tensor:
+    """GNMT length penalty ((5 + length) / 6) ** alpha."""
+    return ((5 + length) / 6) ** alpha
+
+
+def max_output_lengths(src_mask: Tensor, max_len_a: float, max_len_b: int) -> Tensor:
+    """[B] maximum output lengths from the real source lengths."""
+    src_len = src_mask.sum(1).double()
+    return torch.floor(max_len_a * src_len + max_len_b).long()
+
+
+def _cap(max_len: Tensor, model: StepModel) -> Tensor:
+    """Respect a model that can only decode a limited number of positions (learned positions)."""
+    limit = getattr(model, "max_target_len", None)
+    return max_len if limit is None else max_len.clamp_max(int(limit) - 1)
+
+
+def _start(
+    model: StepModel,
+    src: Tensor,
+    src_mask: Tensor,
+    max_len_a: float,
+    max_len_b: int,
+    track_attention: bool,
+) -> _Active:
+    batch = src.size(0)
+    device = src.device
+    return _Active(
+        sent_ids=torch.arange(batch, device=device),
+        scores=torch.zeros(batch, 1, device=device),
+        tokens=torch.zeros(batch, 0, dtype=torch.long, device=device),
+        attention=src.new_zeros(batch, 0, src.size(1), dtype=torch.float32) if track_attention else None,
+        max_len=_cap(max_output_lengths(src_mask, max_len_a, max_len_b), model),
+        num_finished=torch.zeros(batch, dtype=torch.long, device=device),
+        state=model.encode(src, src_mask),
+    )
+
+
+def _constrain(log_probs: Tensor, step: int, max_len_rows: Tensor, min_len: int) -> Tensor:
+    """Forbid PAD/BOS, and EOS before `min_len`; only EOS once a row is at its maximum length.
+
+    log_probs [R, V] float32, max_len_rows [R]; returns a new tensor.
+    """
+    log_probs = log_probs.float().clone()
+    log_probs[:, [PAD_ID, BOS_ID]] = float("-inf")  # never valid outputs
+    if step < min_len:
+        log_probs[:, EOS_ID] = float("-inf")
+    forced = step >= max_len_rows
+    if bool(forced.any()):
+        eos = log_probs[:, EOS_ID].clamp_min(_FORCED_EOS_FLOOR)
+        only_eos = torch.full_like(log_probs, float("-inf"))
+        only_eos[:, EOS_ID] = eos
+        log_probs = torch.where(forced.unsqueeze(1), only_eos, log_probs)
+    return log_probs
+
+
+def _step(
+    model: StepModel, active: _Active, step: int, min_len: int, with_attention: bool
+) -> tuple[Tensor, Optional[Tensor], DecoderState]:
+    """One step for all active rows -> (log_probs [N*W, V], attention [N*W, S] | None, state)."""
+    prev = active.prev_tokens()
+    log_probs, attention, state = model.decode_step(active.state, prev, with_attention)
+    max_len_rows = active.max_len.repeat_interleave(active.width)
+    log_probs = _constrain(log_probs, step, max_len_rows, min_len)
+    if attention is not None:
+        attention = attention.float()
+    return log_probs, attention, state
+
+
+def _finish(
+    active: _Active,
+    rows: Tensor,
+    sents: Tensor,
+    log_probs: Tensor,
+    step_attention: Optional[Tensor],
+    src_mask: Tensor,
+    alpha: float,
+    finished: list[list[Hypothesis]],
+) -> None:
+    """Store the hypotheses that end with EOS now: `rows` [F] of the active batch, belonging
+    to input sentences `sents` [F], with total log-probabilities `log_probs` [F].
+
+    Gathers everything with a few tensor ops (one device-to-host copy each), not per row.
+    """
+    tokens = active.tokens[rows].tolist()
+    values = log_probs.tolist()
+    attention, masks = None, None
+    if active.attention is not None and step_attention is not None:
+        history = torch.cat([active.attention[rows], step_attention[rows].unsqueeze(1)], dim=1)
+        attention, masks = history.cpu(), src_mask[sents].cpu()  # [F, t+1, S], [F, S]
+    for k, sent in enumerate(sents.tolist()):
+        weights = None if attention is None else attention[k][:, masks[k]]
+        score = values[k] / gnmt_penalty(len(tokens[k]) + 1, alpha)
+        finished[sent].append(Hypothesis(tokens[k], score, values[k], weights))
+
+
+def _advance(
+    model: StepModel,
+    active: _Active,
+    keep: Tensor,
+    rows: Tensor,
+    tokens: Tensor,
+    scores: Tensor,
+    step_attention: Optional[Tensor],
+    state: DecoderState,
+) -> Optional[_Active]:
+    """The next active batch: kept sentences, continuing from `rows` with `tokens`.
+
+    keep [N] bool; rows, tokens, scores [N, W'] (rows index the current N*W batch).
+    One `reorder` both follows the beams and drops finished sentences.
+    """
+    if not bool(keep.any()):
+        return None
+    rows = rows[keep]
+    flat = rows.reshape(-1)
+    attention = None
+    if active.attention is not None and step_attention is not None:
+        attention = torch.cat([active.attention[flat], step_attention[flat].unsqueeze(1)], dim=1)
+    identity = flat.numel() == active.tokens.size(0) and bool(
+        (flat == torch.arange(flat.numel(), device=flat.device)).all()
+    )
+    return _Active(
+        sent_ids=active.sent_ids[keep],
+        scores=scores[keep],
+        tokens=torch.cat([active.tokens[flat], tokens[keep].reshape(-1, 1)], dim=1),
+        attention=attention,
+        max_len=active.max_len[keep],
+        num_finished=active.num_finished[keep],
+        state=state if identity else model.reorder(state, flat),
+    )
+
+
+# --------------------------------------------------------------------------- greedy
+
+
+@torch.no_grad()
+def greedy_search(
+    model: StepModel,
+    src: Tensor,
+    src_mask: Tensor,
+    max_len_a: float,
+    max_len_b: int,
+    min_len: int = 1,
+    with_attention: bool = False,
+    length_penalty: float = 0.6,
+) -> list[list[Hypothesis]]:
+    """Best next token at every step. src, src_mask [B, S]; returns one hypothesis per sentence.
+
+    `length_penalty` only normalises the reported score (so it is comparable to beam search's).
+    """
+    active: Optional[_Active] = _start(model, src, src_mask, max_len_a, max_len_b, with_attention)
+    finished: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
+    step = 0
+    while active is not None:
+        log_probs, attention, state = _step(model, active, step, min_len, with_attention)
+        best, tokens = log_probs.max(dim=-1)  # [N]
+        scores = active.scores[:, 0] + best
+        ended = tokens == EOS_ID
+        if bool(ended.any()):
+            rows = ended.nonzero().flatten()
+            _finish(active, rows, active.sent_ids[rows], scores[rows], attention, src_mask,
+                    length_penalty, finished)
+        rows = torch.arange(tokens.size(0), device=tokens.device).unsqueeze(1)
+        active = _advance(
+            model, active, ~ended, rows, tokens.unsqueeze(1), scores.unsqueeze(1), attention, state
+        )
+        step += 1
+    return finished
+
+
+# --------------------------------------------------------------------------- beam
+
+
+@dataclass
+class _Candidates:
+    """The best 2*K continuations per sentence, sorted by cumulative score. All [N, C]."""
+
+    scores: Tensor
+    beams: Tensor  # which of the sentence's W rows each candidate extends
+    tokens: Tensor
+
+
+def _candidates(scores: Tensor, log_probs: Tensor, beam_size: int) -> _Candidates:
+    """scores [N, W], log_probs [N*W, V] -> top min(2K, W*V) candidates per sentence.
+
+    2K candidates always leave K that do not end (each row adds at most one EOS).
+    """
+    n, width = scores.shape
+    vocab = log_probs.size(-1)
+    total = (scores.unsqueeze(2) + log_probs.view(n, width, vocab)).view(n, width * vocab)
+    top, index = total.topk(min(2 * beam_size, width * vocab), dim=1)
+    beams = torch.div(index, vocab, rounding_mode="floor")
+    return _Candidates(scores=top, beams=beams, tokens=index % vocab)
+
+
+def _collect_finished(
+    active: _Active,
+    cand: _Candidates,
+    step_attention: Optional[Tensor],
+    src_mask: Tensor,
+    beam_size: int,
+    alpha: float,
+    finished: list[list[Hypothesis]],
+) -> None:
+    """Store the EOS candidates ranked within the top K as finished hypotheses."""
+    ranks = torch.arange(cand.tokens.size(1), device=cand.tokens.device)
+    is_eos = (cand.tokens == EOS_ID) & (ranks < beam_size) & torch.isfinite(cand.scores)
+    active.num_finished += is_eos.sum(1)
+    if not bool(is_eos.any()):
+        return
+    n_idx, c_idx = is_eos.nonzero(as_tuple=True)
+    rows = n_idx * active.width + cand.beams[n_idx, c_idx]
+    _finish(active, rows, active.sent_ids[n_idx], cand.scores[n_idx, c_idx], step_attention,
+            src_mask, alpha, finished)
+
+
+def _next_beams(
+    model: StepModel,
+    active: _Active,
+    cand: _Candidates,
+    step_attention: Optional[Tensor],
+    state: DecoderState,
+    beam_size: int,
+    step: int,
+) -> Optional[_Active]:
+    """Continue each unfinished sentence with its K best candidates that do not end."""
+    done = (active.num_finished >= beam_size) | (step >= active.max_len)
+    open_scores = cand.scores.masked_fill(cand.tokens == EOS_ID, float("-inf"))
+    scores, pos = open_scores.topk(min(beam_size, open_scores.size(1)), dim=1)
+    beams = cand.beams.gather(1, pos)
+    tokens = cand.tokens.gather(1, pos)
+    base = torch.arange(beams.size(0), device=beams.device).unsqueeze(1) * active.width
+    return _advance(model, active, ~done, base + beams, tokens, scores, step_attention, state)
+
+
+@torch.no_grad()
+def beam_search(
+    model: StepModel,
+    src: Tensor,
+    src_mask: Tensor,
+    beam_size: int,
+    n_best: int = 1,
+    length_penalty: float = 0.6,
+    max_len_a: float = 1.5,
+    max_len_b: int = 10,
+    min_len: int = 1,
+    with_attention: bool = False,
+) -> list[list[Hypothesis]]:
+    """Batched beam search. src, src_mask [B, S]; returns up to `n_best` hypotheses per
+    sentence, best (highest length-normalised score) first.
+
+    Step 0 runs on B rows (one per sentence) and widens to K, so the encoder state is not
+    copied K times before the first selection.
+    """
+    if n_best > beam_size:
+        raise ValueError(f"n_best ({n_best}) cannot exceed beam_size ({beam_size})")
+    active: Optional[_Active] = _start(model, src, src_mask, max_len_a, max_len_b, with_attention)
+    finished: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
+    step = 0
+    while active is not None:
+        log_probs, attention, state = _step(model, active, step, min_len, with_attention)
+        cand = _candidates(active.scores, log_probs, beam_size)
+        _collect_finished(active, cand, attention, src_mask, beam_size, length_penalty, finished)
+        active = _next_beams(model, active, cand, attention, state, beam_size, step)
+        step += 1
+    return [sorted(hyps, key=lambda h: h.score, reverse=True)[:n_best] for hyps in finished]

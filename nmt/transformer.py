@@ -1,0 +1,285 @@
+"""Transformer encoder and decoder (Vaswani et al., 2017) with cached incremental decoding.
+
+d_model is `embed_dim` (the RNN-only `hidden_size` is not used here). Options: pre-norm or
+post-norm residual blocks (pre-norm adds a final LayerNorm to each stack), sinusoidal or
+learned positions, sliding-window (local) self-attention, and reporting one decoder layer's
+head-averaged cross-attention as the alignment.
+
+Decoder state (every tensor has the batch on dim 0, see nmt/model.py):
+  src_mask [B,S] bool; cross_k.{i}, cross_v.{i} [B,heads,S,dh] (the encoder output projected
+  once by layer i's cross-attention); self_k.{i}, self_v.{i} [B,heads,t,dh] (the keys/values
+  of the t target positions decoded so far; t is the step counter).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from nmt.attention import MultiHeadAttention
+from nmt.specials import PAD_ID
+
+DecoderState = dict[str, Tensor]
+
+
+class SinusoidalPositions(nn.Module):
+    """PE(p, 2i) = sin(p / 10000^(2i/d)), PE(p, 2i+1) = cos(p / 10000^(2i/d)); no limit."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        exponents = torch.arange(0, dim, 2, dtype=torch.float32) / dim
+        self.register_buffer("inv_freq", 10000.0 ** (-exponents), persistent=False)
+
+    def forward(self, start: int, length: int) -> Tensor:
+        """Encodings of positions start..start+length-1: [length, d] float32."""
+        positions = torch.arange(start, start + length, device=self.inv_freq.device)
+        angles = positions.float().unsqueeze(1) * self.inv_freq.unsqueeze(0)
+        table = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(1)  # interleaved
+        return table[:, : self.dim]
+
+
+class LearnedPositions(nn.Module):
+    """One trained vector per position, up to `max_positions`."""
+
+    def __init__(self, max_positions: int, dim: int) -> None:
+        super().__init__()
+        self.max_positions = max_positions
+        self.table = nn.Embedding(max_positions, dim)
+        nn.init.normal_(self.table.weight, std=dim**-0.5)
+
+    def forward(self, start: int, length: int) -> Tensor:
+        """[length, d]; positions beyond the table cannot be encoded."""
+        if start + length > self.max_positions:
+            raise ValueError(
+                f"position {start + length - 1} exceeds the learned table (max_positions="
+                f"{self.max_positions})"
+            )
+        return self.table.weight[start : start + length]
+
+
+class TransformerEmbedding(nn.Module):
+    """Token embedding scaled by sqrt(d), plus positions, then dropout."""
+
+    def __init__(self, embedding: nn.Embedding, positions: nn.Module, dropout: float) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.positions = positions
+        self.scale = math.sqrt(embedding.embedding_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, tokens: Tensor, start: int = 0) -> Tensor:
+        """tokens [B,T] at positions start.. -> [B,T,E]."""
+        x = self.embedding(tokens) * self.scale + self.positions(start, tokens.size(1))
+        return self.dropout(x)
+
+
+class FeedForward(nn.Module):
+    """Position-wise FFN: Linear(E,F) -> ReLU -> activation dropout -> Linear(F,E)."""
+
+    def __init__(self, embed_dim: int, ffn_size: int, activation_dropout: float) -> None:
+        super().__init__()
+        self.inner = nn.Linear(embed_dim, ffn_size)
+        self.outer = nn.Linear(ffn_size, embed_dim)
+        self.dropout = nn.Dropout(activation_dropout)
+        for layer in (self.inner, self.outer):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.outer(self.dropout(torch.relu(self.inner(x))))
+
+
+class TransformerEncoderLayer(nn.Module):
+    """Self-attention and FFN blocks, each wrapped as residual + LayerNorm (pre or post)."""
+
+    def __init__(
+        self, embed_dim: int, heads: int, ffn_size: int, dropout: float,
+        attention_dropout: float, activation_dropout: float, pre_norm: bool,
+    ) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadAttention(embed_dim, heads, attention_dropout)
+        self.ffn = FeedForward(embed_dim, ffn_size, activation_dropout)
+        self.attn_norm = nn.LayerNorm(embed_dim)
+        self.ffn_norm = nn.LayerNorm(embed_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x [B,S,E], mask bool broadcastable to [B,h,S,S] -> [B,S,E]."""
+        h = self.attn_norm(x) if self.pre_norm else x
+        h, _ = self.self_attn.attend(*self.self_attn.project_qkv(h), mask=mask)
+        x = _residual(x, self.dropout(h), self.attn_norm, self.pre_norm)
+        h = self.ffn_norm(x) if self.pre_norm else x
+        return _residual(x, self.dropout(self.ffn(h)), self.ffn_norm, self.pre_norm)
+
+
+def _residual(x: Tensor, update: Tensor, norm: nn.LayerNorm, pre_norm: bool) -> Tensor:
+    return x + update if pre_norm else norm(x + update)
+
+
+class TransformerEncoder(nn.Module):
+    """Embedding + N encoder layers (+ final LayerNorm for pre-norm)."""
+
+    def __init__(
+        self, embed: TransformerEmbedding, layers: list[TransformerEncoderLayer],
+        pre_norm: bool, window: int,
+    ) -> None:
+        super().__init__()
+        self.embed = embed
+        self.layers = nn.ModuleList(layers)
+        dim = embed.embedding.embedding_dim
+        self.final_norm = nn.LayerNorm(dim) if pre_norm else nn.Identity()
+        self.window = window
+
+    def forward(self, src: Tensor, src_mask: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """src [B,S], src_mask [B,S] -> (memory [B,S,E], no final states)."""
+        x = self.embed(src)
+        mask = src_mask[:, None, None, :]  # [B,1,1,S]
+        if self.window > 0:
+            length = src.size(1)
+            pos = torch.arange(length, device=src.device)
+            band = (pos[None, :] - pos[:, None]).abs() <= self.window  # [S,S]
+            mask = mask & band
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.final_norm(x), ()
+
+
+class TransformerDecoderLayer(nn.Module):
+    """Masked self-attention, cross-attention and FFN blocks with residuals and LayerNorm."""
+
+    def __init__(
+        self, embed_dim: int, heads: int, ffn_size: int, dropout: float,
+        attention_dropout: float, activation_dropout: float, pre_norm: bool, window: int,
+    ) -> None:
+        super().__init__()
+        self.window = window
+        self.self_attn = MultiHeadAttention(embed_dim, heads, attention_dropout)
+        self.cross_attn = MultiHeadAttention(embed_dim, heads, attention_dropout)
+        self.ffn = FeedForward(embed_dim, ffn_size, activation_dropout)
+        self.self_norm = nn.LayerNorm(embed_dim)
+        self.cross_norm = nn.LayerNorm(embed_dim)
+        self.ffn_norm = nn.LayerNorm(embed_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def forward(
+        self,
+        x: Tensor,
+        cross_kv: tuple[Tensor, Tensor],
+        src_mask: Tensor,
+        self_mask: Optional[Tensor],
+        cache: Optional[tuple[Tensor, Tensor]],
+        need_weights: bool,
+    ) -> tuple[Tensor, Optional[Tensor], tuple[Tensor, Tensor]]:
+        """x [B,T,E]; cross_kv [B,h,S,dh] each; src_mask [B,1,1,S].
+
+        Full sequence (cache None): causal self-attention, `self_mask` = the causal window
+        mask [T,T] or None. One step (cache = keys/values of earlier positions): attends to the
+        last `window`+1 positions (all when window is 0); `self_mask` is unused.
+        Returns x [B,T,E], cross-attention [B,T,S] or None, and this layer's self-attention
+        keys/values including the new positions.
+        """
+        h = self.self_norm(x) if self.pre_norm else x
+        q, k, v = self.self_attn.project_qkv(h)
+        if cache is not None:
+            k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)
+            keep = k.size(2) if self.window == 0 else self.window + 1  # sliding window
+            h, _ = self.self_attn.attend(q, k[:, :, -keep:], v[:, :, -keep:])
+        elif self_mask is not None:
+            h, _ = self.self_attn.attend(q, k, v, mask=self_mask)
+        else:
+            h, _ = self.self_attn.attend(q, k, v, is_causal=x.size(1) > 1)
+        x = _residual(x, self.dropout(h), self.self_norm, self.pre_norm)
+        h = self.cross_norm(x) if self.pre_norm else x
+        h, weights = self.cross_attn.attend(
+            self.cross_attn.project_q(h), *cross_kv, mask=src_mask, need_weights=need_weights
+        )
+        x = _residual(x, self.dropout(h), self.cross_norm, self.pre_norm)
+        h = self.ffn_norm(x) if self.pre_norm else x
+        x = _residual(x, self.dropout(self.ffn(h)), self.ffn_norm, self.pre_norm)
+        return x, weights, (k, v)
+
+
+class TransformerDecoder(nn.Module):
+    """Embedding + N decoder layers (+ final LayerNorm for pre-norm) + vocabulary projection."""
+
+    def __init__(
+        self, embed: TransformerEmbedding, layers: list[TransformerDecoderLayer],
+        pre_norm: bool, window: int, alignment_layer: int, vocab_size: int, tie: bool,
+    ) -> None:
+        super().__init__()
+        self.embed = embed
+        self.layers = nn.ModuleList(layers)
+        dim = embed.embedding.embedding_dim
+        self.final_norm = nn.LayerNorm(dim) if pre_norm else nn.Identity()
+        self.output = nn.Linear(dim, vocab_size, bias=False)
+        if tie:
+            self.output.weight = embed.embedding.weight
+        else:  # initialised like the embedding table it would otherwise share
+            nn.init.normal_(self.output.weight, std=dim**-0.5)
+        self.window = window
+        self.alignment_layer = alignment_layer  # non-negative index
+
+    def init_state(
+        self, memory: Tensor, final: tuple[Tensor, ...], src_mask: Tensor
+    ) -> DecoderState:
+        """Project the encoder output once per layer for cross-attention; empty self caches."""
+        state: DecoderState = {"src_mask": src_mask}
+        for i, layer in enumerate(self.layers):
+            k, v = layer.cross_attn.project_kv(memory)
+            state[f"cross_k.{i}"], state[f"cross_v.{i}"] = k, v
+            empty = k[:, :, :0]
+            state[f"self_k.{i}"], state[f"self_v.{i}"] = empty, empty
+        return state
+
+    def forward(
+        self, state: DecoderState, tgt_in: Tensor, with_attention: bool
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """Teacher forcing: tgt_in [B,T] -> logits [B,T,V], attention [B,T,S] or None."""
+        x = self.embed(tgt_in)
+        src_mask = state["src_mask"][:, None, None, :]
+        self_mask = None
+        if self.window > 0:
+            pos = torch.arange(tgt_in.size(1), device=tgt_in.device)
+            offset = pos[:, None] - pos[None, :]
+            self_mask = (offset >= 0) & (offset <= self.window)  # causal + window [T,T]
+        attention = None
+        for i, layer in enumerate(self.layers):
+            need = with_attention and i == self.alignment_layer
+            cross_kv = (state[f"cross_k.{i}"], state[f"cross_v.{i}"])
+            x, weights, _ = layer(x, cross_kv, src_mask, self_mask, None, need)
+            attention = weights if need else attention
+        return self.output(self.final_norm(x)), attention
+
+    def step(
+        self, state: DecoderState, prev_tokens: Tensor, with_attention: bool
+    ) -> tuple[Tensor, Optional[Tensor], DecoderState]:
+        """One position: prev_tokens [B] -> logits [B,V], attention [B,S] or None, new state."""
+        t = state["self_k.0"].size(2)
+        x = self.embed(prev_tokens.unsqueeze(1), start=t)
+        src_mask = state["src_mask"][:, None, None, :]
+        new_state = dict(state)
+        attention = None
+        for i, layer in enumerate(self.layers):
+            need = with_attention and i == self.alignment_layer
+            cross_kv = (state[f"cross_k.{i}"], state[f"cross_v.{i}"])
+            cache = (state[f"self_k.{i}"], state[f"self_v.{i}"])
+            x, weights, (k, v) = layer(x, cross_kv, src_mask, None, cache, need)
+            new_state[f"self_k.{i}"], new_state[f"self_v.{i}"] = k, v
+            attention = weights.squeeze(1) if need else attention
+        logits = self.output(self.final_norm(x)).squeeze(1)
+        return logits, attention, new_state
+
+
+def transformer_embedding_table(vocab_size: int, embed_dim: int) -> nn.Embedding:
+    """Token embeddings with N(0, d^-1/2) init (they are scaled by sqrt(d) on use)."""
+    table = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
+    nn.init.normal_(table.weight, std=embed_dim**-0.5)
+    with torch.no_grad():
+        table.weight[PAD_ID].zero_()
+    return table

@@ -1,0 +1,326 @@
+"""Translator: text in, translations (with scores, n-best lists and alignments) out.
+
+`Translator.load(checkpoint)` needs only the checkpoint file (weights, config, SentencePiece
+models). Training validation builds one from the in-memory model instead. Inputs are
+encoded, sorted by length into sub-batches of at most `decode.batch_tokens` padded source
+tokens, decoded (greedy for beam size 1, else beam search), and returned in input order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, TextIO
+
+import torch
+from torch import nn
+
+from nmt.alignment import Alignment, build_alignment
+from nmt.checkpoint import file_sha256, load_checkpoint
+from nmt.config import DecodeConfig, ModelConfig, config_from_dict
+from nmt.model import build_model, count_parameters
+from nmt.search import Hypothesis, beam_search, greedy_search
+from nmt.specials import EOS_ID, PAD_ID
+from nmt.tokenizer import Tokenizer
+
+
+class TranslationError(ValueError):
+    """An input or request the translator cannot serve, phrased for the user."""
+
+
+@dataclass
+class Translation:
+    source: str
+    text: str
+    score: float  # length-normalised log-probability of the best hypothesis
+    tokens: list[str]  # target pieces (no EOS)
+    src_tokens: list[str]  # source pieces (no EOS), after truncation if any
+    alignment: Optional[Alignment] = None  # when asked for and the model has attention
+    n_best: Optional[list[tuple[str, float]]] = None  # (text, score), best first, when n_best > 1
+    truncated: bool = False  # the source was cut to the model's maximum length
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (one JSONL line of `nmt translate --format jsonl`)."""
+        data = dataclasses.asdict(self)
+        data["alignment"] = self.alignment.to_dict() if self.alignment is not None else None
+        data["n_best"] = [list(item) for item in self.n_best] if self.n_best is not None else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Translation:
+        values = dict(data)
+        if data.get("alignment") is not None:
+            values["alignment"] = Alignment.from_dict(data["alignment"])
+        if data.get("n_best") is not None:
+            values["n_best"] = [(str(text), float(score)) for text, score in data["n_best"]]
+        return cls(**values)
+
+
+@dataclass
+class _Request:
+    """Resolved decoding settings of one translate() call."""
+
+    beam_size: int
+    n_best: int
+    max_len_a: float
+    max_len_b: int
+    with_alignment: bool
+
+
+class Translator:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Tokenizer,
+        decode: DecodeConfig,
+        device: str | torch.device = "cpu",
+        info: Optional[dict[str, Any]] = None,
+    ) -> None:
+        """Wrap a model that already lives on `device` (its train/eval mode is restored after use).
+
+        `info` describes the model for reports and the server (see `load` for the keys).
+        """
+        self.model = model
+        self.tokenizer = tokenizer
+        self.decode = decode
+        self.device = torch.device(device)
+        self.info: dict[str, Any] = dict(info or {})
+        self.info.setdefault("decode", dataclasses.asdict(decode))
+
+    @classmethod
+    def load(cls, checkpoint_path: str | Path, device: str | torch.device = "cpu") -> Translator:
+        """A translator from a checkpoint file alone, in eval mode on `device`."""
+        path = Path(checkpoint_path)
+        payload = load_checkpoint(path, map_location="cpu")
+        config = config_from_dict(payload["config"])
+        vocab = payload["vocab"]
+        tokenizer = Tokenizer.from_state(payload["tokenizer"])
+        joint = bool(vocab.get("joint", False))
+        model = build_model(config.model, int(vocab["src"]), int(vocab["tgt"]), joint_vocab=joint)
+        model.load_state_dict(payload["model"])
+        model.to(device).eval()
+        metrics = payload.get("metrics") or {}
+        info = {
+            "name": config.name,
+            "arch": config.model.arch,
+            "architecture": describe_model(config.model),
+            "src_lang": tokenizer.src_lang,
+            "tgt_lang": tokenizer.tgt_lang,
+            "parameters": count_parameters(model),
+            "valid_bleu": metrics.get("valid_bleu"),
+            "step": payload.get("step"),
+            "max_source_len": _max_source_len(model),
+            "decode": dataclasses.asdict(config.decode),
+            "checkpoint": str(path),
+            "checkpoint_sha256": file_sha256(path),
+        }
+        return cls(model, tokenizer, config.decode, device, info)
+
+    # ------------------------------------------------------------------ translate
+
+    def translate(
+        self,
+        texts: Sequence[str],
+        beam_size: Optional[int] = None,
+        max_len: Optional[int] = None,
+        n_best: Optional[int] = None,
+        with_alignment: bool = False,
+        truncate: bool = False,
+    ) -> list[Translation]:
+        """Translate `texts` (any order, empty lines allowed) into one Translation each.
+
+        beam_size / n_best default to the decode config; `max_len` caps every output at that
+        many tokens (instead of decode.max_len_a * source length + decode.max_len_b). A source
+        longer than the model accepts raises TranslationError, or is cut when `truncate`.
+        """
+        request = self._request(beam_size, max_len, n_best, with_alignment)
+        texts = list(texts)
+        results: list[Optional[Translation]] = [None] * len(texts)
+        encoded: dict[int, tuple[list[int], bool]] = {}
+        for i, text in enumerate(texts):
+            if not text.strip():
+                results[i] = self._empty(text, request)
+            else:
+                encoded[i] = self._encode(text, i, truncate)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                lengths = {i: len(ids) for i, (ids, _) in encoded.items()}
+                for chunk in _sub_batches(lengths, self.decode.batch_tokens):
+                    hyps = self._search([encoded[i][0] for i in chunk], request)
+                    for i, sentence_hyps in zip(chunk, hyps):
+                        ids, cut = encoded[i]
+                        results[i] = self._translation(texts[i], ids, cut, sentence_hyps, request)
+        finally:
+            self.model.train(was_training)
+        return [r for r in results if r is not None]
+
+    def _request(
+        self,
+        beam_size: Optional[int],
+        max_len: Optional[int],
+        n_best: Optional[int],
+        with_alignment: bool,
+    ) -> _Request:
+        beam = self.decode.beam_size if beam_size is None else beam_size
+        best = min(self.decode.n_best, beam) if n_best is None else n_best
+        if beam < 1:
+            raise TranslationError(f"beam size must be at least 1, got {beam}")
+        if best < 1 or best > beam:
+            raise TranslationError(f"n_best must be from 1 to the beam size ({beam}), got {best}")
+        if max_len is not None and max_len < 1:
+            raise TranslationError(f"max_len must be at least 1, got {max_len}")
+        if max_len is not None:
+            return _Request(beam, best, 0.0, max_len, with_alignment)
+        return _Request(beam, best, self.decode.max_len_a, self.decode.max_len_b, with_alignment)
+
+    def _encode(self, text: str, index: int, truncate: bool) -> tuple[list[int], bool]:
+        ids = self.tokenizer.encode_src([text])[0]
+        limit = _max_source_len(self.model)
+        if limit is None or len(ids) <= limit:
+            return ids, False
+        if not truncate:
+            raise TranslationError(
+                f"input {index + 1} has {len(ids)} source tokens (with EOS) but this model accepts "
+                f"at most {limit}; shorten it or allow truncation"
+            )
+        return ids[: limit - 1] + [EOS_ID], True
+
+    def _search(self, batch_ids: list[list[int]], request: _Request) -> list[list[Hypothesis]]:
+        longest = max(len(ids) for ids in batch_ids)
+        src = torch.full((len(batch_ids), longest), PAD_ID, dtype=torch.long)
+        for row, ids in enumerate(batch_ids):
+            src[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        src = src.to(self.device)
+        src_mask = src != PAD_ID
+        if request.beam_size == 1:
+            return greedy_search(
+                self.model, src, src_mask, request.max_len_a, request.max_len_b,
+                min_len=self.decode.min_len, with_attention=request.with_alignment,
+                length_penalty=self.decode.length_penalty,
+            )
+        return beam_search(
+            self.model, src, src_mask, request.beam_size, n_best=request.n_best,
+            length_penalty=self.decode.length_penalty, max_len_a=request.max_len_a,
+            max_len_b=request.max_len_b, min_len=self.decode.min_len,
+            with_attention=request.with_alignment,
+        )
+
+    def _translation(
+        self,
+        source: str,
+        ids: list[int],
+        truncated: bool,
+        hyps: list[Hypothesis],
+        request: _Request,
+    ) -> Translation:
+        if not hyps:  # only if the model gave every token -inf: nothing to return
+            return self._empty(source, request)
+        best = hyps[0]
+        src_pieces = self.tokenizer.src_pieces(ids[:-1])
+        tgt_pieces = self.tokenizer.tgt_pieces(best.tokens)
+        # strip: consecutive word-start pieces can leave stray spaces at the ends
+        texts = [text.strip() for text in self.tokenizer.decode_tgt([h.tokens for h in hyps])]
+        alignment = None
+        if request.with_alignment and best.attention is not None:
+            alignment = build_alignment(best.attention, src_pieces, tgt_pieces)
+        return Translation(
+            source=source,
+            text=texts[0],
+            score=best.score,
+            tokens=tgt_pieces,
+            src_tokens=src_pieces,
+            alignment=alignment,
+            n_best=[(t, h.score) for t, h in zip(texts, hyps)] if request.n_best > 1 else None,
+            truncated=truncated,
+        )
+
+    def _empty(self, source: str, request: _Request) -> Translation:
+        alignment = build_alignment(torch.zeros(0, 0), [], []) if request.with_alignment else None
+        n_best = [("", 0.0)] if request.n_best > 1 else None
+        return Translation(source, "", 0.0, [], [], alignment, n_best, False)
+
+
+def describe_model(config: ModelConfig) -> str:
+    """A one-line summary such as "transformer 3+3 layers, d=256, 4 heads" or
+    "rnn lstm 2+2 layers, h=256, bidirectional, attention luong-general (local D=5)"."""
+    layers = f"{config.encoder_layers}+{config.decoder_layers} layers"
+    if config.arch == "transformer":
+        return f"transformer {layers}, d={config.embed_dim}, {config.heads} heads"
+    parts = [f"rnn {config.cell} {layers}, h={config.hidden_size}"]
+    if config.bidirectional:
+        parts.append("bidirectional")
+    if config.attention == "none":
+        parts.append("no attention")
+    elif config.attention == "bahdanau":
+        parts.append("attention bahdanau")
+    else:
+        local = f" (local D={config.local_window})" if config.local_window else ""
+        parts.append(f"attention luong-{config.luong_score}{local}")
+    return ", ".join(parts)
+
+
+def _max_source_len(model: nn.Module) -> Optional[int]:
+    limit = getattr(model, "max_source_len", None)
+    return int(limit) if limit else None
+
+
+def _sub_batches(lengths: dict[int, int], budget: int) -> list[list[int]]:
+    """Indices grouped longest first so each group's padded size (rows x longest) fits `budget`.
+
+    A single sentence longer than the budget forms its own group.
+    """
+    order = sorted(lengths, key=lambda i: (-lengths[i], i))
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = lengths[current[0]] if current else lengths[i]
+        if current and longest * (len(current) + 1) > budget:
+            groups.append(current)
+            current = []
+        current.append(i)
+    if current:
+        groups.append(current)
+    return groups
+
+
+def read_chunks(stream: TextIO, max_lines: int = 32, wait: float = 0.02) -> Iterator[list[str]]:
+    """Lines of `stream` (newline stripped) in chunks, without waiting for a full chunk.
+
+    For pipes and terminals: a chunk is whatever arrived within `wait` seconds after its first
+    line (at most `max_lines`), so a process that writes one line and waits for its
+    translation gets it, while a fast producer still gets batched decoding. A reader thread
+    does the blocking reads.
+    """
+    lines: queue.Queue[Optional[str]] = queue.Queue(maxsize=4 * max_lines)
+
+    def reader() -> None:
+        try:
+            for line in stream:
+                lines.put(line.rstrip("\r\n"))
+        finally:
+            lines.put(None)
+
+    threading.Thread(target=reader, name="nmt-stdin", daemon=True).start()
+    ended = False
+    while not ended:
+        first = lines.get()
+        if first is None:
+            return
+        chunk = [first]
+        deadline = time.monotonic() + wait
+        while len(chunk) < max_lines:
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                ended = True
+                break
+            chunk.append(line)
+        yield chunk

@@ -1,0 +1,249 @@
+"""Bounded load test of a local `nmt serve`: throughput, latency percentiles, batch sizes.
+
+N concurrent clients send a fixed number of POST /translate requests (sentences of mixed
+lengths from Multi30k's test_2016_flickr, in the served model's source language), then the
+script prints requests/s, p50/p95/p99 latency, errors by status, and the batch sizes the
+server formed (from /metrics, before and after). Traffic goes to loopback addresses only.
+
+    # against a running server
+    python scripts/load_test.py --url http://127.0.0.1:8000 --clients 16 --requests 400
+    # start a server for the run (and stop it afterwards)
+    python scripts/load_test.py --checkpoint runs/multi30k_de_en/best.pt --max-batch-size 16
+
+The data folder is $NMT_DATA_DIR (default: ../shared/data beside the checkout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import ipaddress
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+from urllib.parse import urlparse
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from serve.metrics import parse_histogram  # noqa: E402
+
+BATCH_HISTOGRAM = "nmt_batch_size_requests"
+
+
+@dataclass
+class Results:
+    latencies: list[float] = field(default_factory=list)
+    statuses: Counter = field(default_factory=Counter)
+    transport_errors: Counter = field(default_factory=Counter)
+    elapsed: float = 0.0
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="a running server on this machine, e.g. http://127.0.0.1:8000")
+    target.add_argument("--checkpoint", help="start `nmt serve` on this checkpoint for the run")
+    p.add_argument("--max-batch-size", type=int, default=32, help="for the started server")
+    p.add_argument("--batch-timeout", type=float, default=0.01, help="for the started server")
+    p.add_argument("--threads", type=int, help="torch threads per worker of the started server")
+    p.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
+    p.add_argument("--requests", type=int, default=200, help="total requests (default 200)")
+    p.add_argument("--texts-per-request", type=int, default=1, help="up to this many texts each (default 1)")
+    p.add_argument("--beam-size", type=int, help="beam size to ask for (default: the model's)")
+    p.add_argument("--alignment", action="store_true", help="ask for alignments too")
+    p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
+    p.add_argument("--api-key", default=os.environ.get("NMT_API_KEY"), help="default: $NMT_API_KEY")
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args(argv)
+    if args.clients < 1 or args.requests < 1 or args.texts_per_request < 1:
+        p.error("--clients, --requests and --texts-per-request must be at least 1")
+    if args.url:
+        host = urlparse(args.url).hostname or ""
+        if not _is_loopback(host):
+            p.error(f"--url must point at this machine (127.0.0.0/8, ::1 or localhost), got {host!r}")
+    return args
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_sentences(lang: str, count: int, seed: int) -> list[str]:
+    """`count` test sentences with lengths spread from short to long (sampled per length quartile)."""
+    data_dir = Path(os.environ.get("NMT_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+    path = data_dir / "multi30k" / f"test_2016_flickr.{lang}.gz"
+    if not path.is_file():
+        raise SystemExit(f"load_test: {path} not found (set NMT_DATA_DIR)")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        lines = sorted((line.strip() for line in f if line.strip()), key=len)
+    rng = random.Random(seed)
+    quartiles = [lines[i * len(lines) // 4:(i + 1) * len(lines) // 4] for i in range(4)]
+    return [rng.choice(quartiles[i % 4]) for i in range(count)]
+
+
+async def run_load(client: httpx.AsyncClient, payloads: list[dict], clients: int) -> Results:
+    results = Results()
+    queue: asyncio.Queue[dict] = asyncio.Queue()
+    for payload in payloads:
+        queue.put_nowait(payload)
+
+    async def worker() -> None:
+        while not queue.empty():
+            payload = queue.get_nowait()
+            start = time.perf_counter()
+            try:
+                response = await client.post("/translate", json=payload)
+                results.statuses[response.status_code] += 1
+                if response.status_code == 200:
+                    results.latencies.append(time.perf_counter() - start)
+            except httpx.HTTPError as e:
+                results.transport_errors[type(e).__name__] += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    results.elapsed = time.perf_counter() - start
+    return results
+
+
+def build_payloads(args: argparse.Namespace, sentences: list[str]) -> list[dict]:
+    rng = random.Random(args.seed)
+    payloads, cursor = [], 0
+    for _ in range(args.requests):
+        n = rng.randint(1, args.texts_per_request)
+        texts = [sentences[(cursor + i) % len(sentences)] for i in range(n)]
+        cursor += n
+        payload: dict = {"texts": texts, "alignment": args.alignment}
+        if args.beam_size:
+            payload["beam_size"] = args.beam_size
+        payloads.append(payload)
+    return payloads
+
+
+def batch_sizes(before: str, after: str) -> dict[str, float]:
+    """Batches formed during the run per size bucket (non-cumulative), from two /metrics pages."""
+    old, new = parse_histogram(before, BATCH_HISTOGRAM), parse_histogram(after, BATCH_HISTOGRAM)
+    counts, previous = {}, 0.0
+    for le, total in new.items():
+        cumulative = total - old.get(le, 0.0)
+        counts[le] = cumulative - previous
+        previous = cumulative
+    return counts
+
+
+def percentile(values: list[float], q: float) -> float:
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def report(results: Results, batches: dict[str, float], sum_before: float, sum_after: float) -> None:
+    ok = len(results.latencies)
+    total = sum(results.statuses.values()) + sum(results.transport_errors.values())
+    print(f"requests: {total} in {results.elapsed:.2f}s = {total / results.elapsed:.1f} req/s ({ok} ok)")
+    if ok:
+        ms = [1000 * v for v in results.latencies]
+        print(f"latency ms: p50 {percentile(ms, 50):.1f}  p95 {percentile(ms, 95):.1f}  "
+              f"p99 {percentile(ms, 99):.1f}  max {max(ms):.1f}")
+    errors = {str(k): v for k, v in results.statuses.items() if k != 200}
+    errors.update(results.transport_errors)
+    print(f"errors: {errors or 'none'}")
+    formed = sum(batches.values())
+    if formed:
+        sizes = "  ".join(f"<={le}: {int(n)}" for le, n in batches.items() if n)
+        print(f"batches formed: {int(formed)}, mean {(sum_after - sum_before) / formed:.2f} requests  ({sizes})")
+
+
+def _metric_sum(text: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(f"{BATCH_HISTOGRAM}_sum "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def measure(args: argparse.Namespace, url: str) -> None:
+    headers = {"X-API-Key": args.api_key} if args.api_key else {}
+    limits = httpx.Limits(max_connections=args.clients)
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=args.timeout, limits=limits) as client:
+        info = (await client.get("/info")).raise_for_status().json()
+        model = info["model"]
+        print(f"model: {model['name']} ({model['arch']}, {model['src_lang']}->{model['tgt_lang']}); "
+              f"batching: max {info['serving']['max_batch_size']}, timeout {info['serving']['batch_timeout']}s; "
+              f"{args.clients} clients, {args.requests} requests")
+        sentences = load_sentences(model["src_lang"], 4 * args.requests, args.seed)
+        before = (await client.get("/metrics")).text
+        results = await run_load(client, build_payloads(args, sentences), args.clients)
+        after = (await client.get("/metrics")).text
+    report(results, batch_sizes(before, after), _metric_sum(before), _metric_sum(after))
+
+
+@contextmanager
+def started_server(args: argparse.Namespace) -> Iterator[str]:
+    """`nmt serve` on a free loopback port for the duration of the block."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "nmt.cli", "serve", "--checkpoint", args.checkpoint, "--port", str(port),
+               "--max-batch-size", str(args.max_batch_size), "--batch-timeout", str(args.batch_timeout),
+               "--log-level", "warning"]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    if args.api_key:
+        command += ["--api-key", args.api_key]
+    process = subprocess.Popen(command, cwd=REPO_ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, process)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"load_test: the server exited with code {process.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise SystemExit("load_test: the server did not become healthy")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
+    if args.url:
+        asyncio.run(measure(args, args.url.rstrip("/")))
+        return
+    with started_server(args) as url:
+        asyncio.run(measure(args, url))
+
+
+if __name__ == "__main__":
+    main()

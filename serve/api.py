@@ -1,0 +1,215 @@
+"""The LitServe API: a thin layer that batches HTTP requests into Translator.translate calls.
+
+Per worker process, `setup()` loads the Translator once. LitServe's dynamic batching hands
+`predict()` every request that arrived within `batch_timeout` (at most `max_batch_size`);
+their sentences are decoded together with one `translate` call per group of identical
+settings (beam, n-best, max length, alignment, truncation), and the Translator sub-batches
+by token budget. A request whose texts the Translator rejects gets its own 422 while its
+neighbours still get their translations: the batch loop must never see an exception, so
+every hook here returns a value (an error response for the failed request) instead of raising.
+
+No `from __future__ import annotations` here: LitServe reads the annotations of
+`decode_request` / `encode_response` at runtime to build the FastAPI route (request body
+model, response model), so they must be real classes.
+"""
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import litserve as ls
+from fastapi.responses import JSONResponse
+
+from serve.metrics import ServerMetrics
+from serve.schemas import (
+    Alignment, BatchInfo, Hypothesis, ModelRef, Timing, TranslateRequest, TranslateResponse,
+    TranslationResult, WordAlignment,
+)
+from serve.shared import SharedJSON
+
+logger = logging.getLogger("nmt.serve")
+
+SOFT_DECIMALS = 4
+
+
+@dataclass
+class Job:
+    """One request as a worker sees it."""
+
+    texts: list[str]
+    # (beam_size, n_best, max_len, alignment, truncate): requests with equal settings decode together
+    settings: tuple[Optional[int], Optional[int], Optional[int], bool, bool]
+    received_at: float
+    taken_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Outcome:
+    """The result of one Job: translations, or an HTTP error for that request alone."""
+
+    job: Job
+    translations: Optional[list[Any]] = None  # nmt.translator.Translation
+    error: Optional[tuple[int, str]] = None
+    translate_ms: float = 0.0
+    batch: tuple[int, int] = (1, 1)  # (requests, sentences) of the batch
+
+
+class TranslatorAPI(ls.LitAPI):
+    """POST /translate on a checkpoint; see serve.schemas for the request and response."""
+
+    def __init__(self, checkpoint: str, metrics: ServerMetrics, model_board: SharedJSON,
+                 max_batch_size: int = 32, batch_timeout: float = 0.01, threads: Optional[int] = None,
+                 api_path: str = "/translate") -> None:
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=api_path)
+        self.checkpoint = checkpoint
+        self.metrics = metrics
+        self.model_board = model_board
+        self.threads = threads
+        self.translator = None
+        self.model_ref: Optional[ModelRef] = None
+
+    # ------------------------------------------------------------------ worker start
+
+    def setup(self, device: str) -> None:
+        import torch
+
+        from nmt.checkpoint import file_sha256
+        from nmt.translator import Translator
+
+        if not logging.getLogger().handlers:  # a spawned worker starts with no logging set up
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        self.translator = Translator.load(self.checkpoint, device=device)
+        info = dict(self.translator.info)
+        version = str(info.get("checkpoint_sha256") or file_sha256(self.checkpoint))[:12]
+        self.model_ref = ModelRef(
+            name=str(info.get("name", "nmt")), version=version,
+            src_lang=str(info.get("src_lang", "")), tgt_lang=str(info.get("tgt_lang", "")),
+        )
+        self.model_board.publish({"info": info, "version": version, "device": str(device),
+                                  "worker_pid": os.getpid()})
+        logger.info("worker %d loaded %s on %s", os.getpid(), self.checkpoint, device)
+
+    # ------------------------------------------------------------------ request path
+
+    def decode_request(self, request: TranslateRequest) -> Job:
+        settings = (request.beam_size, request.n_best, request.max_len, request.alignment, request.truncate)
+        return Job(texts=request.all_texts, settings=settings, received_at=request.received_at)
+
+    def batch(self, inputs: list[Job]) -> list[Job]:
+        return inputs
+
+    def predict(self, x: Union[Job, list[Job]]) -> Union[Outcome, list[Outcome]]:
+        jobs = x if isinstance(x, list) else [x]  # max_batch_size=1 runs LitServe's unbatched loop
+        start = time.monotonic()
+        groups: dict[tuple, list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault(job.settings, []).append(i)
+        outcomes: list[Optional[Outcome]] = [None] * len(jobs)
+        for indices in groups.values():
+            for i, outcome in zip(indices, self._translate_group([jobs[i] for i in indices])):
+                outcomes[i] = outcome
+        sentences = sum(len(job.texts) for job in jobs)
+        self.metrics.observe_batch(len(jobs), sentences, time.monotonic() - start)
+        for outcome in outcomes:
+            outcome.batch = (len(jobs), sentences)
+        return outcomes if isinstance(x, list) else outcomes[0]
+
+    def _translate_group(self, jobs: list[Job]) -> list[Outcome]:
+        """One translate call for jobs sharing settings; on failure, retry each job alone.
+
+        The retry isolates the request the Translator rejects, so only it gets the error.
+        """
+        beam_size, n_best, max_len, alignment, truncate = jobs[0].settings
+        texts = [text for job in jobs for text in job.texts]
+        start = time.monotonic()
+        try:
+            results = self.translator.translate(
+                texts, beam_size=beam_size, max_len=max_len, n_best=n_best,
+                with_alignment=alignment, truncate=truncate,
+            )
+        except Exception as e:  # noqa: BLE001 - every failure must become a response
+            if len(jobs) > 1:
+                return [outcome for job in jobs for outcome in self._translate_group([job])]
+            return [self._failure(jobs[0], e)]
+        elapsed_ms = 1000.0 * (time.monotonic() - start)
+        outcomes, offset = [], 0
+        for job in jobs:
+            part = results[offset:offset + len(job.texts)]
+            offset += len(job.texts)
+            outcomes.append(Outcome(job=job, translations=part, translate_ms=elapsed_ms))
+        return outcomes
+
+    def _failure(self, job: Job, error: Exception) -> Outcome:
+        if _is_input_error(error):
+            self.metrics.observe_failure("invalid_input")
+            return Outcome(job=job, error=(422, str(error)))
+        logger.exception("translation failed", exc_info=error)
+        self.metrics.observe_failure("internal")
+        return Outcome(job=job, error=(500, f"internal error while translating: {type(error).__name__}"))
+
+    def unbatch(self, output: list[Outcome]) -> list[Outcome]:
+        return output
+
+    def encode_response(self, output: Outcome) -> TranslateResponse:
+        if output.error is not None:
+            status, detail = output.error
+            return JSONResponse({"detail": detail}, status_code=status)
+        now = time.monotonic()
+        job = output.job
+        requests, sentences = output.batch
+        return TranslateResponse(
+            translations=[to_result(t) for t in output.translations],
+            model=self.model_ref,
+            timing=Timing(
+                queue_ms=round(1000.0 * (job.taken_at - job.received_at), 3),
+                translate_ms=round(output.translate_ms, 3),
+                total_ms=round(1000.0 * (now - job.received_at), 3),
+            ),
+            batch=BatchInfo(requests=requests, sentences=sentences),
+        )
+
+
+def _is_input_error(error: Exception) -> bool:
+    """Errors that describe the request (too long, bad settings), not the server."""
+    from nmt.translator import TranslationError  # already imported by setup()
+
+    return isinstance(error, TranslationError)
+
+
+def to_result(translation: Any) -> TranslationResult:
+    """nmt.translator.Translation -> the response's TranslationResult."""
+    n_best = getattr(translation, "n_best", None)
+    hypotheses = None
+    if n_best is not None:
+        hypotheses = [Hypothesis(translation=text, score=float(score)) for text, score in n_best]
+    return TranslationResult(
+        source=translation.source,
+        translation=translation.text,
+        score=float(translation.score),
+        truncated=bool(getattr(translation, "truncated", False)),
+        n_best=hypotheses,
+        alignment=to_alignment(translation.alignment) if translation.alignment is not None else None,
+    )
+
+
+def to_alignment(alignment: Any) -> Alignment:
+    """nmt.alignment.Alignment -> the response's Alignment (soft matrix rounded)."""
+    word_links = [tuple(link) for link in alignment.word_hard]
+    return Alignment(
+        src_tokens=list(alignment.src_tokens),
+        tgt_tokens=list(alignment.tgt_tokens),
+        matrix=[[round(float(v), SOFT_DECIMALS) for v in row] for row in alignment.soft],
+        hard=[tuple(link) for link in alignment.hard],
+        pharaoh=" ".join(f"{i}-{j}" for i, j in alignment.hard),
+        words=WordAlignment(
+            src_words=list(alignment.src_words),
+            tgt_words=list(alignment.tgt_words),
+            matrix=[[round(float(v), SOFT_DECIMALS) for v in row] for row in alignment.word_soft],
+            links=word_links,
+            pharaoh=" ".join(f"{i}-{j}" for i, j in word_links),
+        ),
+    )

@@ -1,0 +1,38 @@
+"""A small JSON document in shared memory: how workers tell the HTTP front end about the model.
+
+The model is loaded only inside the inference workers, yet `/info` and the response's model
+name/version are answered by the front end. A worker publishes what its Translator says once
+`setup()` has loaded it; the front end reads it. Like `ServerMetrics`, the buffer is created
+before any server process starts, so forked and spawned processes all see the same memory.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from typing import Any
+
+DEFAULT_CAPACITY = 1 << 16
+
+
+class SharedJSON:
+    """One JSON object, written whole and read whole under a lock."""
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        self._buffer = mp.get_context("spawn").Array("c", capacity)
+        self._length = mp.get_context("spawn").RawValue("q", 0)
+
+    def publish(self, document: dict[str, Any]) -> None:
+        data = json.dumps(document, ensure_ascii=False, default=str).encode("utf-8")
+        if len(data) > len(self._buffer):
+            raise ValueError(f"document of {len(data)} bytes exceeds the {len(self._buffer)}-byte buffer")
+        with self._buffer.get_lock():
+            self._buffer[: len(data)] = data
+            self._length.value = len(data)
+
+    def read(self) -> dict[str, Any] | None:
+        """The last published document, or None before any worker has published."""
+        with self._buffer.get_lock():
+            length = self._length.value
+            data = self._buffer[:length] if length else b""
+        return json.loads(data) if data else None

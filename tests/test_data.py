@@ -1,0 +1,321 @@
+"""Corpus loading, cleaning, the tokenized cache, batching and collate."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from nmt.config import Config, config_from_dict
+from nmt.data import (
+    Batch, DataError, TokenBatchSampler, batch_lengths, collate, format_summary, load_corpus,
+    prepare_data,
+)
+from nmt.specials import BOS_ID, EOS_ID, PAD_ID
+
+DE = ["Ein Hund läuft.", "Zwei Männer gehen.", "Eine Frau liest ein Buch."]
+EN = ["A dog runs.", "Two men walk.", "A woman reads a book."]
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    text = "".join(line + "\n" for line in lines)
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(text.encode("utf-8")))
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _files_config(files: dict[str, list[str]], **data: object) -> Config:
+    return config_from_dict({"data": {"preset": None, "files": files, "src_lang": "de",
+                                      "tgt_lang": "en", **data}})
+
+
+def _real_lines(data_dir: Path, lang: str, n: int) -> list[str]:
+    with gzip.open(data_dir / "multi30k" / f"train.{lang}.gz", "rt", encoding="utf-8") as f:
+        return [next(f).strip() for _ in range(n)]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_aligned_text_files(tmp_path: Path, suffix: str) -> None:
+    src = _write(tmp_path / f"train.de{suffix}", DE)
+    tgt = _write(tmp_path / f"train.en{suffix}", EN)
+    _write(tmp_path / "valid.de", DE[:1])
+    _write(tmp_path / "valid.en", EN[:1])
+    config = _files_config({"train": [str(src), str(tgt)],
+                            "valid": [str(tmp_path / "valid.de"), str(tmp_path / "valid.en")]})
+    corpus = load_corpus(config.data)
+    assert set(corpus) == {"train", "valid"}
+    assert corpus["train"]["src"][:] == DE and corpus["train"]["tgt"][:] == EN
+    assert corpus["valid"][0] == {"src": DE[0], "tgt": EN[0]}
+
+
+def test_lines_split_only_on_newline(tmp_path: Path) -> None:
+    # A Unicode line separator inside a sentence must not shift the alignment.
+    src = _write(tmp_path / "s.de", ["eins\u2028zwei", "drei\r"])
+    tgt = _write(tmp_path / "t.en", ["one two", "three"])
+    corpus = load_corpus(_files_config({"train": [str(src), str(tgt)]}).data)
+    assert corpus["train"]["src"][:] == ["eins\u2028zwei", "drei"]
+
+
+def test_relative_paths_use_current_directory(tmp_path: Path, monkeypatch) -> None:
+    _write(tmp_path / "a.de", DE)
+    _write(tmp_path / "a.en", EN)
+    monkeypatch.chdir(tmp_path)
+    corpus = load_corpus(_files_config({"train": ["a.de", "a.en"]}).data)
+    assert len(corpus["train"]) == 3
+
+
+def test_tsv(tmp_path: Path) -> None:
+    path = _write(tmp_path / "train.tsv", [f"{d}\t{e}" for d, e in zip(DE, EN)])
+    corpus = load_corpus(_files_config({"train": [str(path)]}).data)
+    assert corpus["train"]["src"][:] == DE and corpus["train"]["tgt"][:] == EN
+
+
+def test_tsv_with_wrong_column_count_names_the_line(tmp_path: Path) -> None:
+    path = _write(tmp_path / "train.tsv", ["a\tb", "a\tb\tc"])
+    with pytest.raises(DataError, match=r"train\.tsv:2: expected 2 tab-separated columns, got 3"):
+        load_corpus(_files_config({"train": [str(path)]}).data)
+
+
+@pytest.mark.parametrize("keys", [("de", "en"), ("src", "tgt")])
+def test_jsonl(tmp_path: Path, keys: tuple[str, str]) -> None:
+    rows = [json.dumps({keys[0]: d, keys[1]: e, "id": i}) for i, (d, e) in enumerate(zip(DE, EN))]
+    path = _write(tmp_path / "train.jsonl.gz", rows + [""])
+    corpus = load_corpus(_files_config({"train": [str(path)]}).data)
+    assert corpus["train"]["src"][:] == DE and corpus["train"]["tgt"][:] == EN
+
+
+def test_jsonl_without_the_keys(tmp_path: Path) -> None:
+    path = _write(tmp_path / "train.jsonl", [json.dumps({"fr": "x", "en": "y"})])
+    with pytest.raises(DataError, match="expected keys 'de'/'en' or 'src'/'tgt'"):
+        load_corpus(_files_config({"train": [str(path)]}).data)
+
+
+def test_mismatched_line_counts_name_both_files(tmp_path: Path) -> None:
+    src = _write(tmp_path / "train.de", DE)
+    tgt = _write(tmp_path / "train.en", EN[:2])
+    with pytest.raises(DataError) as info:
+        load_corpus(_files_config({"train": [str(src), str(tgt)]}).data)
+    message = str(info.value)
+    assert str(src) in message and str(tgt) in message
+    assert "3 lines" in message and "2 lines" in message
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    src = _write(tmp_path / "train.de", DE)
+    missing = tmp_path / "nowhere" / "train.en"
+    with pytest.raises(DataError, match=f"data file not found: {missing}"):
+        load_corpus(_files_config({"train": [str(src), str(missing)]}).data)
+
+
+def test_missing_preset_file_names_the_path(tmp_path: Path) -> None:
+    config = config_from_dict({"data": {"preset": "multi30k", "dir": str(tmp_path)}})
+    with pytest.raises(DataError, match=str(tmp_path / "multi30k" / "train.de.gz")):
+        prepare_data(config, tmp_path / "work")
+
+
+def test_preset_dir_from_environment(data_dir: Path, monkeypatch) -> None:
+    monkeypatch.setenv("NMT_DATA_DIR", str(data_dir))
+    corpus = load_corpus(config_from_dict({"data": {"preset": "multi30k", "src_lang": "fr",
+                                                    "tgt_lang": "cs"}}).data)
+    assert {k: len(v) for k, v in corpus.items()} == {"train": 29000, "valid": 1014, "test": 1000}
+
+
+def test_enja_preset_uses_dev_for_valid_and_test(data_dir: Path) -> None:
+    config = config_from_dict({"data": {"preset": "small_parallel_enja", "dir": str(data_dir),
+                                        "src_lang": "ja", "tgt_lang": "en"}})
+    corpus = load_corpus(config.data)
+    assert len(corpus["train"]) == 50000 and len(corpus["valid"]) == 500
+    assert corpus["test"]["src"][:] == corpus["valid"]["src"][:]
+    assert " " in corpus["train"][0]["src"]  # KyTea segmentation kept for training
+
+
+def test_preset_rejects_unknown_languages(data_dir: Path) -> None:
+    config = config_from_dict({"data": {"dir": str(data_dir), "src_lang": "de", "tgt_lang": "ja"}})
+    with pytest.raises(DataError, match="multi30k has no language 'ja'"):
+        load_corpus(config.data)
+
+
+# --------------------------------------------------------------------------- preparation
+
+
+def _cleaning_corpus(data_dir: Path, tmp_path: Path) -> Config:
+    """200 real pairs plus 3 empty, 2 overlong and 2 lopsided ones; valid keeps an empty pair."""
+    de, en = _real_lines(data_dir, "de", 200), _real_lines(data_dir, "en", 200)
+    de += ["", "Ein Hund.", "", " ".join(["Hund"] * 120), "Ein Mann.", "a", "a"]
+    en += ["A dog.", "", "", "A dog.", " ".join(["man"] * 120), " ".join(["a"] * 12), " ".join(["a"] * 15)]
+    files = {"train": [str(_write(tmp_path / "train.de", de)), str(_write(tmp_path / "train.en", en))],
+             "valid": [str(_write(tmp_path / "valid.de", DE + [""])),
+                       str(_write(tmp_path / "valid.en", EN + [""]))]}
+    return config_from_dict({
+        "data": {"preset": None, "files": files, "src_lang": "de", "tgt_lang": "en",
+                 "max_len": 100, "max_ratio": 3.0},
+        "tokenizer": {"vocab_size": 1000}})
+
+
+def test_cleaning_counts_each_reason(data_dir: Path, tmp_path: Path) -> None:
+    prepared = prepare_data(_cleaning_corpus(data_dir, tmp_path), tmp_path / "work")
+    train = prepared.stats["splits"]["train"]
+    assert train["dropped"] == {"train_limit": 0, "empty": 3, "too_long": 2, "ratio": 2}
+    assert train["pairs"] == 207 and train["kept"] == 200 == len(prepared.splits["train"])
+    for row in prepared.splits["train"]:
+        n_src, n_tgt = len(row["src_ids"]) - 1, len(row["tgt_ids"])
+        assert 0 < n_src <= 100 and 0 < n_tgt <= 100 and max(n_src, n_tgt) <= 3 * min(n_src, n_tgt)
+    # Only the training split is cleaned.
+    assert prepared.stats["splits"]["valid"] == {"pairs": 4, "kept": 4, "dropped": {}}
+    assert prepared.splits["valid"][3]["src_ids"] == [EOS_ID]
+
+
+def test_train_limit_keeps_the_first_pairs(data_dir: Path, tmp_path: Path) -> None:
+    config = config_from_dict({"data": {"dir": str(data_dir), "train_limit": 300},
+                               "tokenizer": {"vocab_size": 500}})
+    prepared = prepare_data(config, tmp_path)
+    train = prepared.stats["splits"]["train"]
+    assert train["pairs"] == 29000 and train["dropped"]["train_limit"] == 28700
+    kept = prepared.splits["train"]["src"][:]
+    assert kept == [s for s in _real_lines(data_dir, "de", 300) if s in set(kept)]
+    assert train["kept"] == len(kept) == 300 - sum(train["dropped"].values()) + 28700
+
+
+def test_prepare_real_multi30k_and_reuse_cache(data_dir: Path, tmp_path: Path) -> None:
+    config = config_from_dict({"data": {"dir": str(data_dir), "train_limit": 2000},
+                               "tokenizer": {"vocab_size": 1000}})
+    first = prepare_data(config, tmp_path)
+    stats = first.stats
+    assert stats["cache"] == {"dir": stats["cache"]["dir"], "hit": False, "tokenizer_reused": False}
+    assert stats["vocab"] == {"src": 1000, "tgt": 1000, "joint": True}
+    assert set(first.splits) == {"train", "valid", "test"}
+    assert set(first.splits["train"].column_names) == {"src", "tgt", "src_ids", "tgt_ids"}
+    assert all(ids[-1] == EOS_ID for ids in first.splits["valid"]["src_ids"][:])
+    assert 5 < stats["lengths"]["train"]["src_mean"] <= stats["lengths"]["train"]["src_p95"]
+    assert 0.0 <= stats["unk_rate"]["src"] < 0.05
+    assert "valid" in format_summary(stats) and "joint" in format_summary(stats)
+
+    model_file = tmp_path / "tokenizer" / "joint.model"
+    arrow_files = sorted(Path(stats["cache"]["dir"]).rglob("*.arrow"))
+    mtimes = [p.stat().st_mtime_ns for p in [model_file, *arrow_files]]
+    second = prepare_data(config, tmp_path)
+    assert second.stats["cache"]["hit"] and second.stats["cache"]["tokenizer_reused"]
+    assert [p.stat().st_mtime_ns for p in [model_file, *arrow_files]] == mtimes
+    assert second.splits["valid"]["tgt_ids"][:] == first.splits["valid"]["tgt_ids"][:]
+    assert second.tokenizer.to_state() == first.tokenizer.to_state()
+
+
+def test_cache_follows_settings_and_data(data_dir: Path, tmp_path: Path) -> None:
+    de, en = _real_lines(data_dir, "de", 300), _real_lines(data_dir, "en", 300)
+    src, tgt = _write(tmp_path / "t.de", de), _write(tmp_path / "t.en", en)
+    config = _files_config({"train": [str(src), str(tgt)]})
+    config.tokenizer.vocab_size = 300
+    work = tmp_path / "work"
+    first = prepare_data(config, work)
+    # Cleaning settings change the cache but not the tokenizer.
+    config.data.max_len = 10
+    second = prepare_data(config, work)
+    assert second.stats["cache"]["tokenizer_reused"] and not second.stats["cache"]["hit"]
+    assert second.stats["splits"]["train"]["kept"] < first.stats["splits"]["train"]["kept"]
+    # New data retrains the tokenizer.
+    _write(tgt, [line.upper() for line in en])
+    third = prepare_data(config, work)
+    assert not third.stats["cache"]["tokenizer_reused"] and not third.stats["cache"]["hit"]
+    assert third.tokenizer.to_state() != first.tokenizer.to_state()
+    assert all(t == t.upper() for t in third.splits["train"]["tgt"][:])
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def _lengths(n: int, seed: int = 0) -> tuple[list[int], list[int]]:
+    rng = random.Random(seed)
+    src = [rng.randint(1, 40) for _ in range(n)]
+    return src, [max(1, s + rng.randint(-5, 5)) for s in src]
+
+
+def _padded_size(batch: list[int], src: list[int], tgt: list[int]) -> int:
+    return len(batch) * max(max(src[i], tgt[i]) for i in batch)
+
+
+def test_sampler_respects_budget_and_covers_each_row_once() -> None:
+    src, tgt = _lengths(500)
+    src[7] = tgt[7] = 300  # longer than the whole budget
+    sampler = TokenBatchSampler(src, tgt, batch_tokens=200, seed=3)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        assert sorted(i for b in batches for i in b) == list(range(500))
+        assert [7] in batches
+        assert all(_padded_size(b, src, tgt) <= 200 for b in batches if b != [7])
+
+
+def test_sampler_is_deterministic_by_seed_and_epoch() -> None:
+    src, tgt = _lengths(300)
+    def batches(seed: int, epoch: int) -> list[list[int]]:
+        sampler = TokenBatchSampler(src, tgt, 150, seed=seed)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+    assert batches(1, 0) == batches(1, 0)
+    assert batches(1, 0) != batches(2, 0)
+    assert batches(1, 0) != batches(1, 1)
+
+
+def test_sampler_without_shuffle_goes_by_length() -> None:
+    src, tgt = _lengths(100)
+    batches = list(TokenBatchSampler(src, tgt, 120, shuffle=False))
+    order = [i for b in batches for i in b]
+    assert [(src[i], tgt[i]) for i in order] == sorted(zip(src, tgt))
+
+
+@pytest.mark.parametrize("n,world_size", [(500, 3), (37, 4), (5, 2), (1, 2)])
+def test_sampler_shards_are_disjoint_equal_and_complete(n: int, world_size: int) -> None:
+    src, tgt = _lengths(n, seed=n)
+    shards = []
+    for rank in range(world_size):
+        sampler = TokenBatchSampler(src, tgt, 100, seed=5, rank=rank, world_size=world_size)
+        sampler.set_epoch(2)
+        shards.append(list(sampler))
+    assert len({len(s) for s in shards}) == 1 and len(shards[0]) == len(sampler)
+    rows = [i for shard in shards for batch in shard for i in batch]
+    assert set(rows) == set(range(n))
+    if n >= world_size:  # enough rows to split: no row repeated
+        assert len(rows) == n
+
+
+def test_sampler_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="rank 2"):
+        TokenBatchSampler([1], [1], 10, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="2 source lengths but 1"):
+        TokenBatchSampler([1, 2], [1], 10)
+
+
+def test_collate_pads_and_shifts() -> None:
+    rows = [{"src_ids": [5, 6, EOS_ID], "tgt_ids": [7, 8, 9]}, {"src_ids": [5, EOS_ID], "tgt_ids": [7]}]
+    batch = collate(rows, [10, 4])
+    assert isinstance(batch, Batch) and batch.indices == [10, 4]
+    assert batch.src.tolist() == [[5, 6, EOS_ID], [5, EOS_ID, PAD_ID]]
+    assert batch.src_mask.tolist() == [[True, True, True], [True, True, False]]
+    assert batch.tgt_in.tolist() == [[BOS_ID, 7, 8, 9], [BOS_ID, 7, PAD_ID, PAD_ID]]
+    assert batch.tgt_out.tolist() == [[7, 8, 9, EOS_ID], [7, EOS_ID, PAD_ID, PAD_ID]]
+    assert batch.tgt_mask.tolist() == [[True] * 4, [True, True, False, False]]
+    assert (batch.num_src_tokens, batch.num_tgt_tokens) == (5, 6)
+    assert batch.src.dtype == torch.long and batch.src_mask.dtype == torch.bool
+    moved = batch.to("cpu")
+    assert torch.equal(moved.tgt_out, batch.tgt_out) and moved.indices == batch.indices
+
+
+def test_sampler_and_collate_on_prepared_data(data_dir: Path, tmp_path: Path) -> None:
+    config = config_from_dict({"data": {"dir": str(data_dir), "train_limit": 500},
+                               "tokenizer": {"vocab_size": 500}})
+    split = prepare_data(config, tmp_path).splits["train"]
+    src_lengths, tgt_lengths = batch_lengths(split)
+    assert src_lengths[0] == len(split[0]["src_ids"]) and tgt_lengths[0] == len(split[0]["tgt_ids"]) + 1
+    for indices in TokenBatchSampler(src_lengths, tgt_lengths, 400, seed=1):
+        batch = collate([split[i] for i in indices], indices)
+        assert batch.src.numel() <= 400 and batch.tgt_out.numel() <= 400

@@ -1,0 +1,154 @@
+"""sacreBLEU scoring, the literature setting, length buckets, reports and `nmt evaluate`."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nmt.cli import main
+from nmt.evaluate import (
+    EvaluationError, bleu_by_length, bleu_tokenizer, literature_tokenize, mecab_available,
+    read_lines, score_corpus, write_lines,
+)
+
+SACREBLEU = Path(sys.executable).parent / "sacrebleu"
+
+
+def _degrade(lines: list[str], seed: int = 5) -> list[str]:
+    """Hypotheses that differ from the references: words dropped and swapped."""
+    rng = random.Random(seed)
+    out = []
+    for line in lines:
+        words = [w for w in line.split() if rng.random() > 0.2]
+        if len(words) > 3 and rng.random() < 0.5:
+            i = rng.randrange(len(words) - 1)
+            words[i], words[i + 1] = words[i + 1], words[i]
+        out.append(" ".join(words))
+    return out
+
+
+@pytest.fixture(scope="module")
+def refs(data_dir: Path) -> list[str]:
+    return read_lines(data_dir / "multi30k" / "test_2016_flickr.en.gz")[:300]
+
+
+def test_reads_gzip_and_plain(tmp_path: Path) -> None:
+    lines = ["ein Hund", "", "zwei Männer"]
+    write_lines(lines, tmp_path / "a.txt.gz")
+    write_lines(lines, tmp_path / "a.txt")
+    with gzip.open(tmp_path / "a.txt.gz", "rt", encoding="utf-8") as f:
+        assert f.read() == "ein Hund\n\nzwei Männer\n"
+    assert read_lines(tmp_path / "a.txt.gz") == lines == read_lines(tmp_path / "a.txt")
+
+
+def test_scores_equal_sacrebleu_cli(tmp_path: Path, refs: list[str]) -> None:
+    hyps = _degrade(refs)
+    write_lines(refs, tmp_path / "ref.en")
+    write_lines(hyps, tmp_path / "hyp.en")
+    cli = subprocess.run(
+        [str(SACREBLEU), str(tmp_path / "ref.en"), "-i", str(tmp_path / "hyp.en"),
+         "-m", "bleu", "chrf", "ter", "-w", "4"],
+        capture_output=True, text=True, check=True,
+    )
+    expected = {m["name"]: m for m in json.loads(cli.stdout)}
+    ours = score_corpus(hyps, refs, "en")
+    assert 20 < ours["bleu"] < 90
+    assert round(ours["bleu"], 4) == pytest.approx(expected["BLEU"]["score"], abs=1e-4)
+    assert round(ours["chrf"], 4) == pytest.approx(expected["chrF2"]["score"], abs=1e-4)
+    assert round(ours["ter"], 4) == pytest.approx(expected["TER"]["score"], abs=1e-4)
+    assert ours["signatures"]["bleu"] == expected["BLEU"]["signature"]
+    assert ours["signatures"]["chrf"] == expected["chrF2"]["signature"]
+    assert ours["signatures"]["ter"] == expected["TER"]["signature"]
+
+
+def test_cli_hyp_equal_ref_scores_100_and_writes_report(
+    tmp_path: Path, refs: list[str], capsys: pytest.CaptureFixture
+) -> None:
+    ref = tmp_path / "ref.en.gz"
+    write_lines(refs, ref)
+    report = tmp_path / "out" / "report.json"
+    assert main(["evaluate", "--hyp", str(ref), "--ref", str(ref), "--report", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "BLEU = 100.00" in printed and "tok:13a" in printed
+    data = json.loads(report.read_text(encoding="utf-8"))
+    assert data["scores"]["bleu"] == pytest.approx(100.0)
+    assert data["scores"]["ter"] == pytest.approx(0.0)
+    assert data["signatures"]["bleu"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    assert "chrf" in data["signatures"] and "ter" in data["signatures"]
+    assert data["files"]["tgt_lang"] == "en"
+
+
+def test_cli_default_report_beside_hypotheses_and_length_buckets(tmp_path: Path, data_dir: Path) -> None:
+    src = read_lines(data_dir / "multi30k" / "test_2016_flickr.de.gz")[:300]
+    ref = read_lines(data_dir / "multi30k" / "test_2016_flickr.en.gz")[:300]
+    write_lines(src, tmp_path / "src.de")
+    write_lines(ref, tmp_path / "ref.en")
+    write_lines(_degrade(ref), tmp_path / "hyp.en")
+    argv = ["evaluate", "--hyp", str(tmp_path / "hyp.en"), "--ref", str(tmp_path / "ref.en"),
+            "--src", str(tmp_path / "src.de")]
+    assert main(argv) == 0
+    data = json.loads((tmp_path / "hyp.en.json").read_text(encoding="utf-8"))
+    buckets = data["by_length"]
+    assert [b["bucket"] for b in buckets] == ["1-10", "11-20", "21-30", "31+"]
+    assert sum(b["sentences"] for b in buckets) == 300
+    expected = sum(1 for s in src if len(s.split()) <= 10)
+    assert buckets[0]["sentences"] == expected
+
+
+def test_cli_rejects_mismatched_line_counts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_lines(["a b c", "d e f"], tmp_path / "hyp.en")
+    write_lines(["a b c"], tmp_path / "ref.en")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--hyp", str(tmp_path / "hyp.en"), "--ref", str(tmp_path / "ref.en")])
+    assert exit_info.value.code == 2
+    assert "2 hypotheses but 1 references" in capsys.readouterr().err
+    with pytest.raises(EvaluationError):
+        score_corpus(["a"], ["a", "b"], "en")
+
+
+def test_bleu_by_length_buckets() -> None:
+    srcs = ["w " * 3, "w " * 10, "w " * 11, "w " * 25, "w " * 40, ""]
+    hyps = refs = ["the same words here"] * 6
+    rows = {r["bucket"]: r for r in bleu_by_length(srcs, hyps, refs, "en")}
+    assert rows["1-10"]["sentences"] == 3  # the empty source counts in the first bucket
+    assert rows["11-20"]["sentences"] == 1 and rows["21-30"]["sentences"] == 1
+    assert rows["31+"]["sentences"] == 1
+    assert rows["1-10"]["bleu"] == pytest.approx(100.0)
+    empty = {r["bucket"]: r for r in bleu_by_length(["w"], ["x"], ["x"], "en")}
+    assert empty["31+"]["bleu"] is None
+
+
+@pytest.mark.parametrize("lang", ["de", "en"])
+def test_literature_pipeline_reproduces_official_tokenized_refs(data_dir: Path, lang: str) -> None:
+    raw = read_lines(data_dir / "multi30k" / f"test_2016_flickr.{lang}.gz")
+    official = read_lines(data_dir / "multi30k" / "tok" / f"test_2016_flickr.lc.norm.tok.{lang}")
+    ours = literature_tokenize(raw, lang)
+    matches = sum(a == b for a, b in zip(ours, official))
+    assert len(ours) == len(official) == 1000
+    assert matches / 1000 >= 0.995, f"{matches}/1000 lines match"
+
+
+def test_literature_setting_scores_raw_refs_as_official(data_dir: Path) -> None:
+    raw = read_lines(data_dir / "multi30k" / "test_2016_flickr.de.gz")[:200]
+    official = read_lines(data_dir / "multi30k" / "tok" / "test_2016_flickr.lc.norm.tok.de")[:200]
+    result = score_corpus(raw, official, "de", literature=True)
+    assert result["bleu"] == pytest.approx(100.0)
+    assert "tok:none" in result["signatures"]["bleu"]
+    assert result["setting"] == "literature"
+    degraded = score_corpus(_degrade(raw), raw, "de", literature=True, tokenize_refs=True)
+    assert degraded["bleu"] < 90
+
+
+def test_japanese_tokenizer_choice_is_stated_in_signature() -> None:
+    expected = "ja-mecab" if mecab_available() else "char"
+    assert bleu_tokenizer("ja") == expected
+    result = score_corpus(["犬が走る。"], ["犬が走っている。"], "ja")
+    assert f"tok:{expected}" in result["signatures"]["bleu"]
+    assert 0 < result["bleu"] < 100
+    assert bleu_tokenizer("de") == "13a"

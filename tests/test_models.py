@@ -1,0 +1,317 @@
+"""The model interface, for every architecture: shapes, attention, padding, cached decoding
+against teacher forcing, reordering, gradients, bf16 autocast, learning, build errors."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nmt.config import ConfigError, ModelConfig
+from nmt.model import Seq2Seq, build_model, count_parameters
+from nmt.specials import BOS_ID, EOS_ID, PAD_ID
+
+VOCAB = 16  # 4 specials + 12 symbols
+TINY = ModelConfig(
+    embed_dim=16, hidden_size=16, encoder_layers=2, decoder_layers=2, dropout=0.1,
+    attention_dropout=0.1, activation_dropout=0.1, heads=2, ffn_size=32, max_positions=64,
+)
+
+ARCHS: dict[str, dict] = {
+    "lstm-none": dict(arch="rnn", cell="lstm", attention="none", bidirectional=False),
+    "gru-none": dict(arch="rnn", cell="gru", attention="none"),
+    "rnn-none": dict(arch="rnn", cell="rnn", attention="none", bidirectional=False),
+    "lstm-cho": dict(arch="rnn", cell="lstm", attention="none", context_every_step=True),
+    "gru-cho": dict(arch="rnn", cell="gru", attention="none", context_every_step=True,
+                    bidirectional=False),
+    "rnn-cho": dict(arch="rnn", cell="rnn", attention="none", context_every_step=True),
+    "lstm-bi-bahdanau": dict(arch="rnn", cell="lstm", attention="bahdanau", bidirectional=True),
+    "gru-bahdanau": dict(arch="rnn", cell="gru", attention="bahdanau", bidirectional=False,
+                         encoder_layers=1),
+    "luong-dot-feed": dict(arch="rnn", attention="luong", luong_score="dot"),
+    "luong-dot": dict(arch="rnn", attention="luong", luong_score="dot", input_feeding=False,
+                      bidirectional=False),
+    "luong-general-feed": dict(arch="rnn", attention="luong", luong_score="general"),
+    "luong-general": dict(arch="rnn", attention="luong", luong_score="general",
+                          input_feeding=False),
+    "luong-concat-feed": dict(arch="rnn", attention="luong", luong_score="concat"),
+    "luong-concat": dict(arch="rnn", attention="luong", luong_score="concat",
+                         input_feeding=False, cell="gru"),
+    "luong-local-feed": dict(arch="rnn", attention="luong", luong_score="general",
+                             local_window=2),
+    "luong-local": dict(arch="rnn", attention="luong", luong_score="dot", local_window=1,
+                        input_feeding=False),
+    "transformer-pre": dict(arch="transformer", norm="pre"),
+    "transformer-post": dict(arch="transformer", norm="post"),
+    "transformer-learned": dict(arch="transformer", positions="learned"),
+    "transformer-window": dict(arch="transformer", self_attention_window=2, norm="post"),
+    "transformer-untied": dict(arch="transformer", tie_embeddings=False, decoder_layers=1),
+}
+NO_ATTENTION = {name for name, kw in ARCHS.items() if kw.get("attention") == "none"}
+
+
+def make_model(name: str, seed: int = 0, **overrides) -> Seq2Seq:
+    torch.manual_seed(seed)
+    config = replace(TINY, **{**ARCHS[name], **overrides})
+    return build_model(config, VOCAB, VOCAB, joint_vocab=True)
+
+
+def pad_batch(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+    return ids, ids != PAD_ID
+
+
+def sample_batch(gen: torch.Generator, size: int, lo: int = 3, hi: int = 8):
+    """Reverse task: src = x + EOS, tgt_in = BOS + reversed(x), tgt_out = reversed(x) + EOS."""
+    seqs = [torch.randint(4, VOCAB, (int(n),), generator=gen).tolist()
+            for n in torch.randint(lo, hi + 1, (size,), generator=gen)]
+    src, src_mask = pad_batch([s + [EOS_ID] for s in seqs])
+    tgt_in, _ = pad_batch([[BOS_ID] + s[::-1] for s in seqs])
+    tgt_out, tgt_mask = pad_batch([s[::-1] + [EOS_ID] for s in seqs])
+    return src, src_mask, tgt_in, tgt_out, tgt_mask
+
+
+@pytest.fixture()
+def batch():
+    return sample_batch(torch.Generator().manual_seed(1), 5)
+
+
+def decode_teacher_forced(model: Seq2Seq, src, src_mask, tgt_in):
+    """Run decode_step over tgt_in: log-probs [B,T,V] and attention [B,T,S] (or None)."""
+    state = model.encode(src, src_mask)
+    log_probs, attentions = [], []
+    for t in range(tgt_in.size(1)):
+        lp, attention, state = model.decode_step(state, tgt_in[:, t])
+        log_probs.append(lp)
+        attentions.append(attention)
+    attention = None if attentions[0] is None else torch.stack(attentions, 1)
+    return torch.stack(log_probs, 1), attention
+
+
+def assert_attention_valid(attention: torch.Tensor, src_mask: torch.Tensor) -> None:
+    """attention [B,T,S]: sums to 1 over real source tokens, exactly 0 on padding."""
+    assert attention.dtype == torch.float32
+    mask = src_mask.unsqueeze(1).expand_as(attention)
+    assert torch.all(attention[~mask] == 0)
+    torch.testing.assert_close(attention.sum(-1), torch.ones(attention.shape[:2]))
+    assert torch.all(attention >= 0)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_shapes_and_attention(name: str, batch) -> None:
+    model = make_model(name).eval()
+    src, src_mask, tgt_in, _, _ = batch
+    logits, attention = model(src, src_mask, tgt_in, with_attention=True)
+    assert logits.shape == (5, tgt_in.size(1), VOCAB)
+    assert model(src, src_mask, tgt_in)[1] is None  # not asked for
+    state = model.encode(src, src_mask)
+    log_probs, step_attention, state = model.decode_step(state, tgt_in[:, 0])
+    assert log_probs.shape == (5, VOCAB) and log_probs.dtype == torch.float32
+    torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(5))
+    if name in NO_ATTENTION:
+        assert attention is None and step_attention is None
+        return
+    assert attention.shape == (5, tgt_in.size(1), src.size(1))
+    assert_attention_valid(attention, src_mask)
+    assert step_attention.shape == (5, src.size(1))
+    assert_attention_valid(step_attention.unsqueeze(1), src_mask)
+    assert model.decode_step(state, tgt_in[:, 1], with_attention=False)[1] is None
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_padding_does_not_change_a_sentence(name: str) -> None:
+    model = make_model(name).eval()
+    short = ([5, 6, 7, EOS_ID], [BOS_ID, 7, 6])
+    long = ([8, 9, 10, 11, 12, 13, EOS_ID], [BOS_ID, 13, 12, 11, 10, 9, 8])
+    alone = model(*pad_batch([short[0]]), pad_batch([short[1]])[0], with_attention=True)
+    src, src_mask = pad_batch([short[0], long[0]])
+    together = model(src, src_mask, pad_batch([short[1], long[1]])[0], with_attention=True)
+    torch.testing.assert_close(together[0][0, :3], alone[0][0], atol=1e-5, rtol=1e-5)
+    if name not in NO_ATTENTION:
+        torch.testing.assert_close(together[1][0, :3, :4], alone[1][0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_decode_step_matches_teacher_forcing(name: str, batch) -> None:
+    model = make_model(name).eval()
+    src, src_mask, tgt_in, _, tgt_mask = batch
+    with torch.no_grad():
+        logits, attention = model(src, src_mask, tgt_in, with_attention=True)
+        log_probs, step_attention = decode_teacher_forced(model, src, src_mask, tgt_in)
+    expected = F.log_softmax(logits.float(), -1)
+    keep = tgt_mask.unsqueeze(-1).expand_as(expected)  # positions after the end are junk
+    torch.testing.assert_close(log_probs[keep], expected[keep], atol=1e-5, rtol=1e-5)
+    if attention is not None:
+        torch.testing.assert_close(step_attention, attention, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_reorder_equals_decoding_the_reordered_batch(name: str, batch) -> None:
+    model = make_model(name).eval()
+    src, src_mask, tgt_in, _, _ = batch
+    indices = torch.tensor([3, 0, 0, 4, 1, 1])  # a permutation with repeats (beam expansion)
+    with torch.no_grad():
+        state = model.encode(src, src_mask)
+        for t in range(2):
+            _, _, state = model.decode_step(state, tgt_in[:, t])
+        state = model.reorder(state, indices)
+        assert all(value.size(0) == len(indices) for value in state.values())
+        reordered = model.encode(src[indices], src_mask[indices])
+        for t in range(2):
+            _, _, reordered = model.decode_step(reordered, tgt_in[indices, t])
+        for t in range(2, 4):
+            got, got_attention, state = model.decode_step(state, tgt_in[indices, t])
+            want, want_attention, reordered = model.decode_step(reordered, tgt_in[indices, t])
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+            if want_attention is not None:
+                torch.testing.assert_close(got_attention, want_attention, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_every_parameter_gets_a_gradient(name: str, batch) -> None:
+    model = make_model(name).train()
+    src, src_mask, tgt_in, tgt_out, _ = batch
+    logits, _ = model(src, src_mask, tgt_in)
+    F.cross_entropy(logits.reshape(-1, VOCAB), tgt_out.reshape(-1), ignore_index=PAD_ID).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not missing
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_bf16_autocast(name: str, batch) -> None:
+    model = make_model(name).train()
+    src, src_mask, tgt_in, tgt_out, _ = batch
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, attention = model(src, src_mask, tgt_in, with_attention=True)
+        loss = F.cross_entropy(logits.float().reshape(-1, VOCAB), tgt_out.reshape(-1),
+                               ignore_index=PAD_ID)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    if attention is not None:
+        mask = src_mask.unsqueeze(1).expand_as(attention)
+        assert torch.all(attention[~mask] == 0)
+        torch.testing.assert_close(attention.sum(-1), torch.ones(attention.shape[:2]))
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        state = model.encode(src, src_mask)
+        log_probs, _, _ = model.decode_step(state, tgt_in[:, 0])
+    assert log_probs.dtype == torch.float32 and torch.isfinite(log_probs).all()
+
+
+def token_accuracy(model: Seq2Seq, data) -> float:
+    src, src_mask, tgt_in, tgt_out, tgt_mask = data
+    model.eval()
+    with torch.no_grad():
+        predicted = model(src, src_mask, tgt_in)[0].argmax(-1)
+    model.train()
+    return ((predicted == tgt_out) & tgt_mask).sum().item() / tgt_mask.sum().item()
+
+
+def _learn(name: str, max_steps: int, **overrides) -> float:
+    """Train on the reverse task until >= 95% teacher-forced token accuracy or max_steps."""
+    size = dict(embed_dim=32, hidden_size=32, encoder_layers=1, decoder_layers=1, heads=4,
+                ffn_size=64, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    model = make_model(name, **{**size, **overrides})
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    held_out = sample_batch(torch.Generator().manual_seed(99), 256)
+    accuracy = 0.0
+    for step in range(1, max_steps + 1):
+        src, src_mask, tgt_in, tgt_out, _ = sample_batch(gen, 64)
+        logits, _ = model(src, src_mask, tgt_in)
+        loss = F.cross_entropy(logits.reshape(-1, VOCAB), tgt_out.reshape(-1),
+                               ignore_index=PAD_ID)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % 50 == 0:
+            accuracy = token_accuracy(model, held_out)
+            if accuracy >= 0.95:
+                break
+    return accuracy
+
+
+# Without attention the whole sentence must pass through one state vector: a wider state
+# and more steps, hence slow.
+SLOW_LEARNERS = {name: dict(embed_dim=64, hidden_size=64) for name in NO_ATTENTION}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_LEARNERS else n for n in ARCHS],
+)
+def test_learns_reverse_task(name: str) -> None:
+    start = time.perf_counter()
+    max_steps = 1500 if name in SLOW_LEARNERS else 600
+    accuracy = _learn(name, max_steps, **SLOW_LEARNERS.get(name, {}))
+    assert accuracy >= 0.95, f"{name}: token accuracy {accuracy:.3f}"
+    assert time.perf_counter() - start < 120
+
+
+def test_tied_embeddings_share_one_tensor() -> None:
+    three_way = make_model("transformer-pre")
+    untied = make_model("transformer-pre", tie_embeddings=False)
+    weight = three_way.decoder.embed.embedding.weight
+    assert three_way.encoder.embed.embedding.weight is weight
+    assert three_way.decoder.output.weight is weight
+    assert count_parameters(untied) == count_parameters(three_way) + 2 * weight.numel()
+    torch.manual_seed(0)
+    two_way = build_model(replace(TINY, **ARCHS["lstm-bi-bahdanau"]), VOCAB, VOCAB + 4)
+    assert two_way.decoder.output.proj.weight is two_way.decoder.embedding.weight
+    assert two_way.encoder.embedding.weight is not two_way.decoder.embedding.weight
+
+
+@pytest.mark.parametrize("name", ["lstm-bi-bahdanau", "transformer-pre"])
+def test_state_dict_round_trip(name: str, batch) -> None:
+    trained, fresh = make_model(name, seed=1).eval(), make_model(name, seed=2).eval()
+    fresh.load_state_dict(trained.state_dict())
+    src, src_mask, tgt_in, _, _ = batch
+    torch.testing.assert_close(fresh(src, src_mask, tgt_in)[0], trained(src, src_mask, tgt_in)[0])
+
+
+def test_interface_attributes() -> None:
+    model = build_model(replace(TINY, positions="learned"), 20, 24)
+    assert (model.src_vocab_size, model.tgt_vocab_size, model.arch) == (20, 24, "transformer")
+    assert model.max_source_len == TINY.max_positions == model.max_target_len
+    src, src_mask = pad_batch([[5] * (TINY.max_positions + 1)])
+    with pytest.raises(ValueError, match="exceeds"):
+        model.encode(src, src_mask)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "vocab", "field"),
+    [
+        (dict(arch="transformer", embed_dim=30, heads=4), (16, 16), "model.heads"),
+        (dict(arch="rnn", attention="luong", local_window=-1), (16, 16), "model.local_window"),
+        (dict(self_attention_window=-2), (16, 16), "model.self_attention_window"),
+        (dict(arch="rnn", cell="lstmx"), (16, 16), "model.cell"),
+        (dict(arch="rnn", attention="global"), (16, 16), "model.attention"),
+        (dict(arch="rnn", luong_score="bilinear"), (16, 16), "model.luong_score"),
+        (dict(arch="cnn"), (16, 16), "model.arch"),
+        (dict(tie_embeddings=True), (16, 20), "model.tie_embeddings"),
+        (dict(decoder_layers=2, alignment_layer=2), (16, 16), "model.alignment_layer"),
+        (dict(decoder_layers=2, alignment_layer=-3), (16, 16), "model.alignment_layer"),
+        (dict(decoder_layers=1, alignment_layer=-3), (16, 16), "model.alignment_layer"),
+        (dict(hidden_size=0), (16, 16), "model.hidden_size"),
+    ],
+)
+def test_bad_configs_fail_at_build_time(overrides: dict, vocab: tuple, field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        build_model(replace(TINY, **overrides), *vocab, joint_vocab=True)
+
+
+def test_alignment_layer_default_with_one_decoder_layer() -> None:
+    one = build_model(replace(TINY, decoder_layers=1), VOCAB, VOCAB)
+    three = build_model(replace(TINY, decoder_layers=3), VOCAB, VOCAB)
+    assert one.decoder.alignment_layer == 0
+    assert three.decoder.alignment_layer == 1
+    untied = build_model(replace(TINY, tie_embeddings=False), VOCAB, VOCAB + 4, joint_vocab=True)
+    assert untied.tgt_vocab_size == VOCAB + 4

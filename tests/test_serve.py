@@ -1,0 +1,318 @@
+"""The translation server as clients use it.
+
+Most tests talk to an in-process server (FastAPI TestClient + LitServe's `wrap_litserve_start`,
+which spawns a real inference worker); one starts the real `nmt serve` on a free 127.0.0.1
+port and checks batching over HTTP, agreement with the library and CLI, and that SIGTERM
+leaves no process behind. Every traffic loop is bounded and local.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from litserve.utils import wrap_litserve_start
+
+from serve.metrics import parse_histogram
+from serve.schemas import Limits
+from serve.server import ServeSettings, build_server, group_members
+
+API_KEY = "test-key"
+LIMITS = Limits(max_chars=1500, max_texts=8, max_beam=4, max_len=64)
+GOOD = {"text": "Ein Hund läuft über die Wiese."}
+
+
+def _source_lines(data_dir: Path, count: int) -> list[str]:
+    with gzip.open(data_dir / "multi30k" / "test_2016_flickr.de.gz", "rt", encoding="utf-8") as f:
+        return [next(f).rstrip("\n") for _ in range(count)]
+
+
+def _wait_healthy(get, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if get("/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("server did not become healthy")
+
+
+def _batches_over_one(metrics_text: str) -> float:
+    buckets = parse_histogram(metrics_text, "nmt_batch_size_requests")
+    return buckets["+Inf"] - buckets["1"]
+
+
+@pytest.fixture(scope="module")
+def client(tiny_checkpoint: Path):
+    """An in-process server with an API key, small limits and a 0.2 s batching window."""
+    settings = ServeSettings(
+        checkpoint=str(tiny_checkpoint), max_batch_size=8, batch_timeout=0.2, accelerator="cpu",
+        api_key=API_KEY, limits=LIMITS, threads=1,
+    )
+    server = build_server(settings)
+    with wrap_litserve_start(server) as started, TestClient(started.app, headers={"X-API-Key": API_KEY}) as c:
+        _wait_healthy(c.get)
+        yield c
+
+
+# --------------------------------------------------------------------------- API surface
+
+
+def test_translate_single_and_list_with_alignment(client: TestClient) -> None:
+    single = client.post("/translate", json=GOOD)
+    assert single.status_code == 200, single.text
+    body = single.json()
+    assert [t["source"] for t in body["translations"]] == [GOOD["text"]]
+    assert body["translations"][0]["alignment"] is None
+    assert body["model"]["name"] == "tiny" and len(body["model"]["version"]) == 12
+    assert body["timing"]["total_ms"] >= body["timing"]["translate_ms"] > 0
+
+    texts = ["Zwei Männer spielen Fußball.", "", "Eine Frau liest ein Buch im Park."]
+    many = client.post("/translate", json={"texts": texts, "alignment": True, "beam_size": 3, "n_best": 2})
+    assert many.status_code == 200, many.text
+    results = many.json()["translations"]
+    assert [r["source"] for r in results] == texts
+    assert results[1]["translation"] == ""
+    for r in results:
+        a = r["alignment"]
+        assert len(a["matrix"]) == len(a["tgt_tokens"])
+        assert all(len(row) == len(a["src_tokens"]) for row in a["matrix"])
+        for row in a["matrix"]:
+            assert abs(sum(row) - 1.0) < 1e-3
+        assert len(a["hard"]) == len(a["tgt_tokens"])
+        assert a["pharaoh"] == " ".join(f"{i}-{j}" for i, j in a["hard"])
+        assert all(0 <= i < len(a["src_tokens"]) for i, _ in a["hard"])
+        w = a["words"]
+        assert len(w["matrix"]) == len(w["tgt_words"]) and len(w["links"]) == len(w["tgt_words"])
+        assert len(r["n_best"]) == (2 if r["source"] else 1)
+        assert r["n_best"][0]["score"] == pytest.approx(r["score"])
+
+
+def test_info_health_metrics_and_docs(client: TestClient) -> None:
+    info = client.get("/info").json()
+    assert info["model"]["arch"] == "transformer"
+    assert (info["model"]["src_lang"], info["model"]["tgt_lang"]) == ("de", "en")
+    assert info["model"]["parameters"] > 0 and "valid_bleu" in info["model"]
+    assert info["model"]["decode"]["beam_size"] == 2
+    assert info["serving"]["max_batch_size"] == 8 and info["serving"]["limits"]["max_texts"] == 8
+
+    metrics = client.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert 'nmt_http_requests_total{endpoint="/info",status="200"}' in metrics.text
+    assert "nmt_batch_size_requests_bucket" in metrics.text
+
+    schema = client.get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    assert {"TranslateRequest", "TranslateResponse", "Alignment", "ErrorResponse", "InfoResponse"} <= set(components)
+    route = schema["paths"]["/translate"]["post"]
+    assert route["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/TranslateRequest")
+    assert route["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/TranslateResponse")
+    assert {"400", "413", "422", "504"} <= set(route["responses"])
+    assert client.get("/docs").status_code == 200
+
+
+def test_api_key_required_except_health(client: TestClient) -> None:
+    assert client.post("/translate", json=GOOD, headers={"X-API-Key": ""}).status_code == 401
+    wrong = client.get("/info", headers={"X-API-Key": "nope"})
+    assert wrong.status_code == 401 and "API key" in wrong.json()["detail"]
+    bearer = client.get("/info", headers={"X-API-Key": "", "Authorization": f"Bearer {API_KEY}"})
+    assert bearer.status_code == 200
+    assert client.get("/health", headers={"X-API-Key": ""}).status_code == 200
+
+
+BAD_INPUTS = {
+    "malformed_json": (b'{"text": "Hallo', 400, "malformed JSON"),
+    "invalid_utf8": (b'{"text": "\xff\xfe Hallo"}', 400, "UTF-8"),
+    "empty_body": (b"", 400, "empty"),
+    "not_an_object": (b'["Hallo"]', 422, "object"),
+    "missing_text": (b'{"beam_size": 2}', 422, "exactly one of"),
+    "both_text_and_texts": (b'{"text": "a", "texts": ["b"]}', 422, "exactly one of"),
+    "ill_typed_text": (b'{"text": 5}', 422, "text"),
+    "ill_typed_beam": (b'{"text": "Hallo", "beam_size": "5"}', 422, "beam_size"),
+    "ill_typed_item": (b'{"texts": ["ok", 3]}', 422, "texts.1"),
+    "empty_list": (b'{"texts": []}', 422, "texts"),
+    "unknown_field": (b'{"text": "Hallo", "temperature": 0.7}', 422, "temperature: unknown field"),
+    "lone_surrogate": (b'{"text": "Hallo \\ud800"}', 422, "surrogate"),
+    "text_over_max_chars": (json.dumps({"text": "a" * 1501}).encode(), 422, "1501 characters"),
+    "too_many_texts": (json.dumps({"texts": ["Hallo"] * 9}).encode(), 422, "at most 8"),
+    "beam_over_max": (b'{"text": "Hallo", "beam_size": 9}', 422, "beam_size"),
+    "n_best_over_beam": (b'{"text": "Hallo", "beam_size": 2, "n_best": 3}', 422, "n_best"),
+    "max_len_over_max": (b'{"text": "Hallo", "max_len": 100}', 422, "max_len"),
+    "body_too_large": (json.dumps({"text": "a" * 200_000}).encode(), 413, "exceeds"),
+    # Passes the front end; the model rejects it (more tokens than it accepts): its own 422.
+    "too_long_for_model": (json.dumps({"text": " ".join(["Hund"] * 300)}).encode(), 422, "at most 128"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_gets_4xx_while_neighbour_succeeds(client: TestClient, case: str) -> None:
+    body, status, message = BAD_INPUTS[case]
+    with ThreadPoolExecutor(2) as pool:
+        good = pool.submit(client.post, "/translate", json=GOOD)
+        bad = pool.submit(client.post, "/translate", content=body, headers={"Content-Type": "application/json"})
+        good_response, bad_response = good.result(), bad.result()
+    assert bad_response.status_code == status, bad_response.text
+    assert message in bad_response.json()["detail"]
+    assert good_response.status_code == 200, good_response.text
+    assert good_response.json()["translations"][0]["source"] == GOOD["text"]
+
+
+def test_model_rejection_is_isolated_within_one_batch(client: TestClient) -> None:
+    """A text the model refuses fails only its own request, even when batched with others."""
+    too_long = {"text": " ".join(["Hund"] * 300)}
+    for _ in range(3):  # the 0.2 s window makes sharing a batch near certain; retry if not
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(client.post, "/translate", json=p) for p in (GOOD, too_long, GOOD)]
+            responses = [f.result() for f in futures]
+        assert [r.status_code for r in responses] == [200, 422, 200]
+        if max(responses[0].json()["batch"]["requests"], responses[2].json()["batch"]["requests"]) == 3:
+            break
+    else:
+        pytest.fail("the three requests never shared a batch")
+    failures = client.get("/metrics").text
+    assert 'nmt_worker_failures_total{kind="invalid_input"}' in failures
+
+
+def test_concurrent_requests_are_batched(client: TestClient) -> None:
+    before = _batches_over_one(client.get("/metrics").text)
+    texts = [f"Ein Kind spielt mit {n} Bällen." for n in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda t: client.post("/translate", json={"text": t}), texts))
+    assert all(r.status_code == 200 for r in responses)
+    assert max(r.json()["batch"]["requests"] for r in responses) > 1
+    assert _batches_over_one(client.get("/metrics").text) > before
+
+
+def test_served_translation_equals_translator(client: TestClient, tiny_checkpoint: Path, data_dir: Path) -> None:
+    from nmt.translator import Translator
+
+    texts = _source_lines(data_dir, 4)
+    served = client.post("/translate", json={"texts": texts, "alignment": True}).json()["translations"]
+    expected = Translator.load(tiny_checkpoint).translate(texts, with_alignment=True)
+    for s, e in zip(served, expected):
+        assert s["translation"] == e.text
+        assert s["score"] == pytest.approx(e.score, abs=1e-5)
+        assert s["alignment"]["tgt_tokens"] == e.alignment.tgt_tokens
+        assert s["alignment"]["hard"] == [list(link) for link in e.alignment.hard]
+
+
+def test_request_waiting_too_long_gets_504_then_server_recovers(tiny_checkpoint: Path) -> None:
+    """A request queued while the worker is still loading waits past the timeout: 504."""
+    settings = ServeSettings(checkpoint=str(tiny_checkpoint), max_batch_size=4, batch_timeout=0.01,
+                             request_timeout=0.5, accelerator="cpu", threads=1)
+    server = build_server(settings)
+    with wrap_litserve_start(server) as started, TestClient(started.app) as c:
+        assert c.get("/health").status_code == 503  # the worker is still starting
+        early = c.post("/translate", json=GOOD)
+        assert early.status_code == 504 and "timed out" in early.json()["detail"]
+        _wait_healthy(c.get)
+        assert c.post("/translate", json=GOOD).status_code == 200
+        assert 'nmt_http_requests_total{endpoint="/translate",status="504"} 1' in c.get("/metrics").text
+
+
+# --------------------------------------------------------------------------- the real server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+@pytest.mark.slow
+def test_real_server_batches_matches_cli_and_stops_cleanly(
+    tiny_checkpoint: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    port = _free_port()
+    command = [sys.executable, "-m", "nmt.cli", "serve", "--checkpoint", str(tiny_checkpoint),
+               "--port", str(port), "--max-batch-size", "8", "--batch-timeout", "0.2",
+               "--accelerator", "cpu", "--threads", "1", "--log-level", "warning"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=30.0) as http:
+            _wait_healthy(http.get)
+            texts = _source_lines(data_dir, 6)
+            response = http.post("/translate", json={"texts": texts, "alignment": True})
+            assert response.status_code == 200
+            served = response.json()["translations"]
+            for r in served:
+                a = r["alignment"]
+                assert [len(row) for row in a["matrix"]] == [len(a["src_tokens"])] * len(a["tgt_tokens"])
+
+            before = _batches_over_one(http.get("/metrics").text)
+            with ThreadPoolExecutor(6) as pool:
+                answers = list(pool.map(lambda t: http.post("/translate", json={"text": t}), texts))
+            assert [a.status_code for a in answers] == [200] * 6
+            assert _batches_over_one(http.get("/metrics").text) > before
+
+        _assert_matches_cli(tiny_checkpoint, texts, served, tmp_path)
+
+        tree = _descendants(process.pid)
+        assert len(tree) >= 4  # server process, manager, worker, API server (+ resource tracker)
+        groups = {os.getpgid(pid) for pid in tree} - {os.getpgrp()}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert not [pid for pid in tree if _running(pid)]
+        assert groups and not [g for g in groups if group_members(g)]
+        with socket.socket() as s:  # the port is free again
+            s.bind(("127.0.0.1", port))
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _assert_matches_cli(checkpoint: Path, texts: list[str], served: list[dict[str, Any]], tmp_path: Path) -> None:
+    source = tmp_path / "input.de"
+    source.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    run = subprocess.run(
+        [sys.executable, "-m", "nmt.cli", "translate", "--checkpoint", str(checkpoint), "--input", str(source),
+         "--format", "jsonl", "--with-alignment"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [line["text"] for line in lines] == [r["translation"] for r in served]
+    assert [line["score"] for line in lines] == pytest.approx([r["score"] for r in served], abs=1e-5)
+    assert [line["alignment"]["hard"] for line in lines] == [r["alignment"]["hard"] for r in served]

@@ -1,0 +1,183 @@
+"""Training: every architecture learns, resume is exact, checkpoints survive kills, DDP agrees."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_config_dict
+from nmt.checkpoint import load_checkpoint
+from nmt.config import config_from_dict
+from nmt.runlog import read_metrics
+from nmt.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+RNN_VARIANTS = {
+    "lstm_none": {"cell": "lstm", "attention": "none"},
+    "gru_none": {"cell": "gru", "attention": "none"},
+    "rnn_none": {"cell": "rnn", "attention": "none"},
+    "lstm_bahdanau": {"cell": "lstm", "attention": "bahdanau"},
+    "lstm_luong_dot": {"cell": "lstm", "attention": "luong", "luong_score": "dot"},
+    "lstm_luong_general": {"cell": "lstm", "attention": "luong", "luong_score": "general"},
+    "lstm_luong_concat": {"cell": "lstm", "attention": "luong", "luong_score": "concat"},
+    "lstm_luong_local": {"cell": "lstm", "attention": "luong", "local_window": 3},
+}
+
+
+def _config(data_dir: Path, run_dir: Path, arch: str = "transformer", **train_overrides):
+    raw = tiny_config_dict(data_dir, run_dir, "rnn" if arch != "transformer" else "transformer")
+    raw["model"].update(RNN_VARIANTS.get(arch, {}))
+    raw["train"].update(train_overrides)
+    return config_from_dict(raw)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "nmt.cli", *args]
+
+
+@pytest.mark.parametrize("arch", ["transformer", *RNN_VARIANTS])
+def test_every_architecture_trains_and_loss_falls(data_dir: Path, tmp_path: Path, arch: str) -> None:
+    config = _config(data_dir, tmp_path / "run", arch, max_steps=30, log_every=3, valid_every=30,
+                     precision="bf16")
+    summary = train(config)
+    losses = [r["loss"] for r in read_metrics(tmp_path / "run", "train")]
+    assert summary["steps"] == 30
+    assert losses[-1] < losses[0] * 0.9, losses
+    payload = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert payload["config"]["model"]["arch"] == config.model.arch
+    assert "training" not in payload and payload["tokenizer"]
+    assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "env.json").is_file()
+    assert any((tmp_path / "run" / "tensorboard").iterdir())
+
+
+def test_resume_reproduces_uninterrupted_run(data_dir: Path, tmp_path: Path) -> None:
+    full = _config(data_dir, tmp_path / "full", max_steps=12, log_every=1, valid_every=6)
+    train(full)
+    part = _config(data_dir, tmp_path / "part", max_steps=6, log_every=1, valid_every=6)
+    train(part)
+    rest = _config(data_dir, tmp_path / "part", max_steps=12, log_every=1, valid_every=6)
+    train(rest, resume=True)
+    full_losses = [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "full", "train")]
+    resumed_losses = [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "part", "train")]
+    assert [s for s, _ in full_losses] == list(range(1, 13))
+    assert [s for s, _ in resumed_losses] == [s for s, _ in full_losses]
+    assert [loss for _, loss in resumed_losses] == pytest.approx([loss for _, loss in full_losses], rel=1e-5)
+    a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "part" / "last.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_without_checkpoint_and_rerun_into_full_folder_fail_clearly(data_dir: Path, tmp_path: Path) -> None:
+    config = _config(data_dir, tmp_path / "run", max_steps=2, valid_every=2)
+    with pytest.raises(Exception, match="no checkpoint to resume"):
+        train(config, resume=True)
+    train(config)
+    with pytest.raises(Exception, match="already holds a run"):
+        train(config)
+
+
+def _write_config(path: Path, raw: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow
+def test_sigkill_during_checkpoint_write_leaves_loadable_last(data_dir: Path, tmp_path: Path) -> None:
+    raw = tiny_config_dict(data_dir, tmp_path / "run")
+    raw["train"].update(max_steps=100000, valid_every=1, valid_limit=1, log_every=1)
+    cfg = _write_config(tmp_path / "cfg.yaml", raw)
+    proc = subprocess.Popen(_cli("train", "--config", str(cfg)), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = tmp_path / "run"
+    deadline = time.monotonic() + 120
+    killed_mid_write = False
+    try:
+        # Wait until a checkpoint exists, then kill the moment a new one is being written.
+        while time.monotonic() < deadline and not (run / "last.pt").is_file():
+            time.sleep(0.05)
+        while time.monotonic() < deadline:
+            if any(run.glob(".last.pt.*.tmp")):
+                proc.send_signal(signal.SIGKILL)
+                killed_mid_write = True
+                break
+            time.sleep(0.001)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (run / "last.pt").is_file()
+    payload = load_checkpoint(run / "last.pt")
+    assert payload["step"] >= 1 and "training" in payload
+    assert killed_mid_write, "never caught a checkpoint write in progress"
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly(data_dir: Path, tmp_path: Path) -> None:
+    raw = tiny_config_dict(data_dir, tmp_path / "run")
+    raw["train"].update(max_steps=100000, valid_every=100000, log_every=1)
+    cfg = _write_config(tmp_path / "cfg.yaml", raw)
+    proc = subprocess.Popen(_cli("train", "--config", str(cfg)), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") >= 3):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    payload = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert payload["step"] >= 3
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["stop_reason"] == "signal"
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp_matches_single_process(data_dir: Path, tmp_path: Path) -> None:
+    def run(name: str, accum: int, launcher: list[str]) -> dict:
+        raw = tiny_config_dict(data_dir, tmp_path / name)
+        raw["model"]["dropout"] = 0.0
+        raw["train"].update(max_steps=4, valid_every=4, accum_steps=accum, batch_tokens=512)
+        cfg = _write_config(tmp_path / f"{name}.yaml", raw)
+        out = subprocess.run([*launcher, "train", "--config", str(cfg)], env=_env(),
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return load_checkpoint(tmp_path / name / "last.pt")["model"]
+
+    single = run("single", 2, _cli())
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                "--master_port=0", "-m", "nmt.cli"]
+    ddp = run("ddp", 1, torchrun)
+    for key in single:
+        torch.testing.assert_close(single[key], ddp[key], rtol=1e-4, atol=1e-5)
+
+
+def test_bad_config_and_missing_data_fail_with_one_line(data_dir: Path, tmp_path: Path) -> None:
+    raw = tiny_config_dict(data_dir, tmp_path / "run")
+    raw["train"]["learning_rate"] = 0.1
+    cfg = _write_config(tmp_path / "bad.yaml", raw)
+    out = subprocess.run(_cli("train", "--config", str(cfg)), env=_env(), capture_output=True, text=True)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "train.learning_rate" in lines[0] and "valid keys" in lines[0]
+
+    raw = tiny_config_dict(tmp_path / "nowhere", tmp_path / "run2")
+    cfg = _write_config(tmp_path / "missing.yaml", raw)
+    out = subprocess.run(_cli("train", "--config", str(cfg)), env=_env(), capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("nmt train: error:") and str(tmp_path / "nowhere") in last, out.stderr

@@ -1,0 +1,150 @@
+"""Transformer specifics: causal and sliding-window masks, positions, the cache, alignment."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from nmt.config import ModelConfig
+from nmt.model import build_model
+from nmt.specials import BOS_ID
+from nmt.transformer import LearnedPositions, SinusoidalPositions
+
+VOCAB = 20
+TINY = ModelConfig(
+    arch="transformer", embed_dim=16, encoder_layers=2, decoder_layers=2, heads=2, ffn_size=32,
+    dropout=0.0, attention_dropout=0.0, max_positions=32,
+)
+
+
+def make(**overrides):
+    torch.manual_seed(0)
+    return build_model(replace(TINY, **overrides), VOCAB, VOCAB, joint_vocab=True).eval()
+
+
+def tokens(seed: int, shape: tuple[int, int]) -> torch.Tensor:
+    return torch.randint(4, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_causal_mask_future_tokens_change_no_earlier_logit(norm: str) -> None:
+    model = make(norm=norm)
+    src = tokens(0, (2, 6))
+    src_mask = torch.ones_like(src, dtype=torch.bool)
+    tgt = tokens(1, (2, 7))
+    changed = tgt.clone()
+    changed[:, 4] = (tgt[:, 4] + 1 - 4) % (VOCAB - 4) + 4
+    with torch.no_grad():
+        before, _ = model(src, src_mask, tgt)
+        after, _ = model(src, src_mask, changed)
+    torch.testing.assert_close(after[:, :4], before[:, :4], atol=0, rtol=0)
+    assert not torch.allclose(after[:, 4:], before[:, 4:])
+
+
+def test_encoder_sliding_window_limits_what_each_position_sees() -> None:
+    window = 1
+    model = make(encoder_layers=1, self_attention_window=window)
+    src = tokens(2, (1, 9))
+    src_mask = torch.ones_like(src, dtype=torch.bool)
+    changed = src.clone()
+    changed[0, 4] = 4 if src[0, 4] != 4 else 5
+    with torch.no_grad():
+        before, _ = model.encoder(src, src_mask)
+        after, _ = model.encoder(changed, src_mask)
+    moved = (after - before).abs().amax(-1)[0] > 1e-6
+    assert moved.tolist() == [abs(i - 4) <= window for i in range(9)]
+
+
+def test_decoder_sliding_window_is_causal_and_local() -> None:
+    window = 2
+    model = make(decoder_layers=1, self_attention_window=window)
+    src = tokens(3, (1, 5))
+    src_mask = torch.ones_like(src, dtype=torch.bool)
+    tgt = tokens(4, (1, 9))
+    changed = tgt.clone()
+    changed[0, 3] = 4 if tgt[0, 3] != 4 else 5
+    with torch.no_grad():
+        before, _ = model(src, src_mask, tgt)
+        after, _ = model(src, src_mask, changed)
+    moved = (after - before).abs().amax(-1)[0] > 1e-6
+    assert moved.tolist() == [3 <= i <= 3 + window for i in range(9)]
+
+
+def test_sinusoidal_positions_follow_the_paper() -> None:
+    table = SinusoidalPositions(8)(start=0, length=50)
+    pos, i = 37, 2
+    angle = pos / 10000 ** (2 * i / 8)
+    assert table[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-5)
+    assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-5)
+    torch.testing.assert_close(SinusoidalPositions(8)(start=37, length=1), table[37:38])
+
+
+def test_learned_positions_refuse_positions_beyond_the_table() -> None:
+    positions = LearnedPositions(4, 8)
+    assert positions(0, 4).shape == (4, 8)
+    with pytest.raises(ValueError, match="max_positions"):
+        positions(2, 3)
+
+
+def test_cache_grows_one_position_per_step_and_cross_keys_are_reused() -> None:
+    model = make()
+    src = tokens(5, (3, 6))
+    src_mask = torch.ones_like(src, dtype=torch.bool)
+    with torch.no_grad():
+        state = model.encode(src, src_mask)
+        cross = state["cross_k.0"]
+        assert cross.shape == (3, 2, 6, 8)  # [B, heads, S, dh]
+        for step in range(1, 4):
+            _, _, state = model.decode_step(state, torch.full((3,), BOS_ID))
+            assert state["self_k.1"].shape == (3, 2, step, 8)
+        assert state["cross_k.0"] is cross
+
+
+def test_alignment_is_the_chosen_layers_head_average() -> None:
+    model = make(decoder_layers=3, alignment_layer=0)
+    src = tokens(6, (2, 5))
+    src_mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    tgt = tokens(7, (2, 4))
+    with torch.no_grad():
+        _, attention = model(src, src_mask, tgt, with_attention=True)
+        # Recompute layer 0's cross-attention by hand.
+        memory, _ = model.encoder(src, src_mask)
+        layer = model.decoder.layers[0]
+        x = model.decoder.embed(tgt)
+        h = layer.self_norm(x)
+        q, k, v = layer.self_attn.project_qkv(h)
+        a, _ = layer.self_attn.attend(q, k, v, is_causal=True)
+        x = x + a
+        q = layer.cross_attn.project_q(layer.cross_norm(x))
+        k, _ = layer.cross_attn.project_kv(memory)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(8)
+        scores = scores.masked_fill(~src_mask[:, None, None, :], float("-inf"))
+    torch.testing.assert_close(attention, scores.softmax(-1).mean(1), atol=1e-6, rtol=1e-5)
+
+
+def test_pre_norm_has_final_layer_norms_and_post_norm_none() -> None:
+    pre, post = make(norm="pre"), make(norm="post")
+    assert isinstance(pre.encoder.final_norm, torch.nn.LayerNorm)
+    assert isinstance(pre.decoder.final_norm, torch.nn.LayerNorm)
+    assert isinstance(post.encoder.final_norm, torch.nn.Identity)
+    assert isinstance(post.decoder.final_norm, torch.nn.Identity)
+
+
+def test_embeddings_scaled_by_sqrt_d() -> None:
+    model = make()
+    ids = torch.tensor([[5, 6]])
+    expected = model.decoder.embed.embedding(ids) * 4.0 + SinusoidalPositions(16)(0, 2)
+    torch.testing.assert_close(model.decoder.embed(ids), expected)
+
+
+def test_learned_positions_limit_target_length() -> None:
+    model = make(positions="learned", max_positions=3)
+    src = tokens(8, (1, 3))
+    state = model.encode(src, torch.ones_like(src, dtype=torch.bool))
+    for _ in range(3):
+        _, _, state = model.decode_step(state, torch.tensor([BOS_ID]))
+    with pytest.raises(ValueError, match="max_positions"):
+        model.decode_step(state, torch.tensor([BOS_ID]))
