@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from nmt.batching import TokenBatchSampler, collate
 from nmt.config import Config
-from nmt.data import PreparedData, TokenBatchSampler, collate
+from nmt.data import PreparedData
 from nmt.evaluate import bleu_metric
 from nmt.translator import Translator
 

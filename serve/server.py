@@ -37,7 +37,7 @@ from fastapi.routing import APIRoute
 from nmt.config import ConfigError
 from serve.api import TranslatorAPI
 from serve.metrics import CONTENT_TYPE, ServerMetrics
-from serve.middleware import ApiKeyMiddleware, MetricsMiddleware, RequestGuardMiddleware, validation_detail
+from serve.middleware import ApiKeyMiddleware, MetricsMiddleware, RequestGuardMiddleware
 from serve.schemas import ErrorResponse, InfoResponse, Limits, TranslateResponse
 from serve.shared import SharedJSON
 

@@ -149,8 +149,8 @@ def test_sigterm_saves_and_exits_cleanly(data_dir: Path, tmp_path: Path) -> None
 def test_two_process_gloo_ddp_matches_single_process(data_dir: Path, tmp_path: Path) -> None:
     def run(name: str, accum: int, launcher: list[str]) -> dict:
         raw = tiny_config_dict(data_dir, tmp_path / name)
-        raw["model"]["dropout"] = 0.0
-        raw["train"].update(max_steps=4, valid_every=4, accum_steps=accum, batch_tokens=512)
+        raw["model"].update(dropout=0.0, attention_dropout=0.0)  # ranks draw different masks
+        raw["train"].update(max_steps=4, valid_every=4, accum_steps=accum, batch_tokens=512, log_every=1)
         cfg = _write_config(tmp_path / f"{name}.yaml", raw)
         out = subprocess.run([*launcher, "train", "--config", str(cfg)], env=_env(),
                              capture_output=True, text=True, timeout=600)
@@ -158,8 +158,8 @@ def test_two_process_gloo_ddp_matches_single_process(data_dir: Path, tmp_path: P
         return load_checkpoint(tmp_path / name / "last.pt")["model"]
 
     single = run("single", 2, _cli())
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                "--master_port=0", "-m", "nmt.cli"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "-m", "nmt.cli"]
     ddp = run("ddp", 1, torchrun)
     for key in single:
         torch.testing.assert_close(single[key], ddp[key], rtol=1e-4, atol=1e-5)
@@ -181,3 +181,12 @@ def test_bad_config_and_missing_data_fail_with_one_line(data_dir: Path, tmp_path
     assert "Traceback" not in out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("nmt train: error:") and str(tmp_path / "nowhere") in last, out.stderr
+
+
+def test_diverging_loss_skips_steps_then_stops_with_a_clear_message(data_dir: Path, tmp_path: Path) -> None:
+    from nmt.train import TrainingError
+
+    config = _config(data_dir, tmp_path / "run", lr=1e30, warmup_steps=0, schedule="constant",
+                     max_nonfinite=3, max_steps=50, log_every=1)
+    with pytest.raises(TrainingError, match="not finite for 3 updates in a row"):
+        train(config)

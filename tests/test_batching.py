@@ -1,0 +1,103 @@
+"""Batching: token budget, coverage, determinism, shards, collation."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from nmt.batching import Batch, TokenBatchSampler, batch_lengths, collate
+from nmt.config import config_from_dict
+from nmt.data import prepare_data
+from nmt.specials import BOS_ID, EOS_ID, PAD_ID
+
+
+def _lengths(n: int, seed: int = 0) -> tuple[list[int], list[int]]:
+    rng = random.Random(seed)
+    src = [rng.randint(1, 40) for _ in range(n)]
+    return src, [max(1, s + rng.randint(-5, 5)) for s in src]
+
+
+def _padded_size(batch: list[int], src: list[int], tgt: list[int]) -> int:
+    return len(batch) * max(max(src[i], tgt[i]) for i in batch)
+
+
+def test_sampler_respects_budget_and_covers_each_row_once() -> None:
+    src, tgt = _lengths(500)
+    src[7] = tgt[7] = 300  # longer than the whole budget
+    sampler = TokenBatchSampler(src, tgt, batch_tokens=200, seed=3)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        assert sorted(i for b in batches for i in b) == list(range(500))
+        assert [7] in batches
+        assert all(_padded_size(b, src, tgt) <= 200 for b in batches if b != [7])
+
+
+def test_sampler_is_deterministic_by_seed_and_epoch() -> None:
+    src, tgt = _lengths(300)
+    def batches(seed: int, epoch: int) -> list[list[int]]:
+        sampler = TokenBatchSampler(src, tgt, 150, seed=seed)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+    assert batches(1, 0) == batches(1, 0)
+    assert batches(1, 0) != batches(2, 0)
+    assert batches(1, 0) != batches(1, 1)
+
+
+def test_sampler_without_shuffle_goes_by_length() -> None:
+    src, tgt = _lengths(100)
+    batches = list(TokenBatchSampler(src, tgt, 120, shuffle=False))
+    order = [i for b in batches for i in b]
+    assert [(src[i], tgt[i]) for i in order] == sorted(zip(src, tgt))
+
+
+@pytest.mark.parametrize("n,world_size", [(500, 3), (37, 4), (5, 2), (1, 2)])
+def test_sampler_shards_are_disjoint_equal_and_complete(n: int, world_size: int) -> None:
+    src, tgt = _lengths(n, seed=n)
+    shards = []
+    for rank in range(world_size):
+        sampler = TokenBatchSampler(src, tgt, 100, seed=5, rank=rank, world_size=world_size)
+        sampler.set_epoch(2)
+        shards.append(list(sampler))
+    assert len({len(s) for s in shards}) == 1 and len(shards[0]) == len(sampler)
+    rows = [i for shard in shards for batch in shard for i in batch]
+    assert set(rows) == set(range(n))
+    if n >= world_size:  # enough rows to split: no row repeated
+        assert len(rows) == n
+
+
+def test_sampler_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="rank 2"):
+        TokenBatchSampler([1], [1], 10, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="2 source lengths but 1"):
+        TokenBatchSampler([1, 2], [1], 10)
+
+
+def test_collate_pads_and_shifts() -> None:
+    rows = [{"src_ids": [5, 6, EOS_ID], "tgt_ids": [7, 8, 9]}, {"src_ids": [5, EOS_ID], "tgt_ids": [7]}]
+    batch = collate(rows, [10, 4])
+    assert isinstance(batch, Batch) and batch.indices == [10, 4]
+    assert batch.src.tolist() == [[5, 6, EOS_ID], [5, EOS_ID, PAD_ID]]
+    assert batch.src_mask.tolist() == [[True, True, True], [True, True, False]]
+    assert batch.tgt_in.tolist() == [[BOS_ID, 7, 8, 9], [BOS_ID, 7, PAD_ID, PAD_ID]]
+    assert batch.tgt_out.tolist() == [[7, 8, 9, EOS_ID], [7, EOS_ID, PAD_ID, PAD_ID]]
+    assert batch.tgt_mask.tolist() == [[True] * 4, [True, True, False, False]]
+    assert (batch.num_src_tokens, batch.num_tgt_tokens) == (5, 6)
+    assert batch.src.dtype == torch.long and batch.src_mask.dtype == torch.bool
+    moved = batch.to("cpu")
+    assert torch.equal(moved.tgt_out, batch.tgt_out) and moved.indices == batch.indices
+
+
+def test_sampler_and_collate_on_prepared_data(data_dir: Path, tmp_path: Path) -> None:
+    config = config_from_dict({"data": {"dir": str(data_dir), "train_limit": 500},
+                               "tokenizer": {"vocab_size": 500}})
+    split = prepare_data(config, tmp_path).splits["train"]
+    src_lengths, tgt_lengths = batch_lengths(split)
+    assert src_lengths[0] == len(split[0]["src_ids"]) and tgt_lengths[0] == len(split[0]["tgt_ids"]) + 1
+    for indices in TokenBatchSampler(src_lengths, tgt_lengths, 400, seed=1):
+        batch = collate([split[i] for i in indices], indices)
+        assert batch.src.numel() <= 400 and batch.tgt_out.numel() <= 400
