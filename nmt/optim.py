@@ -135,7 +135,8 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         uniform = ((lse - mean) * keep).sum()
         ctx.save_for_backward(logits, target, lse, keep)
         ctx.smoothing = smoothing
-        return (1.0 - smoothing) * nll + smoothing * uniform, nll.detach()
+        ctx.mark_non_differentiable(nll)
+        return (1.0 - smoothing) * nll + smoothing * uniform, nll
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor, _grad_nll: torch.Tensor):  # type: ignore[override]
