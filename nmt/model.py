@@ -89,7 +89,9 @@ class Seq2Seq(nn.Module):
                 f"source length {src.size(1)} exceeds the model's limit of {self.max_source_len}"
             )
         memory, final = self.encoder(src, src_mask)
-        return self.decoder.init_state(memory, final, src_mask)
+        state = self.decoder.init_state(memory, final, src_mask)
+        state["sentence"] = torch.arange(src.size(0), device=src.device)
+        return state
 
     def decode_step(
         self, state: DecoderState, prev_tokens: Tensor, with_attention: bool = True
@@ -100,8 +102,19 @@ class Seq2Seq(nn.Module):
         return log_probs, None if attention is None else attention.float(), new_state
 
     def reorder(self, state: DecoderState, indices: Tensor) -> DecoderState:
-        """Select batch rows (indices [B'] long, may repeat) of every state tensor."""
-        return {key: value.index_select(0, indices) for key, value in state.items()}
+        """Select batch rows (indices [B'] long, may repeat) of every state tensor.
+
+        Entries computed once from the source (encoder memory, cross-attention keys/values)
+        are equal for all beams of a sentence; when every row stays on its sentence (a beam
+        step that finishes no sentence) they are kept as they are instead of copied.
+        """
+        sentence = state["sentence"]
+        moved = sentence.index_select(0, indices)
+        same_rows = moved.shape == sentence.shape and torch.equal(moved, sentence)
+        return {
+            key: value if same_rows and _from_source(key) else value.index_select(0, indices)
+            for key, value in state.items()
+        }
 
     def forward(
         self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, with_attention: bool = False
@@ -109,6 +122,11 @@ class Seq2Seq(nn.Module):
         """Teacher forcing: -> logits [B,T,V] (autocast dtype), attention [B,T,S] or None."""
         logits, attention = self.decoder(self.encode(src, src_mask), tgt_in, with_attention)
         return logits, None if attention is None or not with_attention else attention.float()
+
+
+def _from_source(key: str) -> bool:
+    """State entries that depend on the source sentence only, not on the target prefix."""
+    return key in ("src_mask", "memory", "keys", "context") or key.startswith(("cross_k.", "cross_v."))
 
 
 def count_parameters(model: nn.Module) -> int:
