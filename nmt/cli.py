@@ -7,6 +7,7 @@ Errors the user can fix (bad config, missing file, bad checkpoint) print one lin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -127,10 +128,25 @@ def _add_average(sub: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------- translate
 
 
+def _add_decoding_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-tokens", type=int,
+                        help="source tokens per decoding batch (default: decode.batch_tokens)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"],
+                        help="decoding precision (default: decode.precision); bf16 is about "
+                        "1.6x faster on CPU, outputs may differ slightly")
+
+
+def _override_decoding(translator, args: argparse.Namespace) -> None:
+    """Apply --batch-tokens / --precision over the checkpoint's decode settings."""
+    changes = {"batch_tokens": args.batch_tokens, "precision": args.precision}
+    changes = {k: v for k, v in changes.items() if v}
+    if changes:
+        translator.decode = dataclasses.replace(translator.decode, **changes)
+
+
 def _cmd_translate(args: argparse.Namespace) -> None:
     """Translate a file (progress bar) or stdin (streamed in small chunks, flushed per chunk)."""
     import contextlib
-    import dataclasses
     import json
 
     from tqdm import tqdm
@@ -140,8 +156,7 @@ def _cmd_translate(args: argparse.Namespace) -> None:
     from nmt.translator import Translation, Translator, read_chunks
 
     translator = Translator.load(args.checkpoint, device=args.device)
-    if args.batch_tokens:
-        translator.decode = dataclasses.replace(translator.decode, batch_tokens=args.batch_tokens)
+    _override_decoding(translator, args)
     aligned = bool(args.alignments or args.plot_attention or args.with_alignment)
     words = args.alignment_level == "word"
 
@@ -220,8 +235,7 @@ def _add_translate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--truncate", action="store_true",
                    help="cut inputs longer than the model accepts instead of failing")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
-    p.add_argument("--batch-tokens", type=int,
-                   help="source tokens per decoding batch (default: decode.batch_tokens)")
+    _add_decoding_args(p)
     p.set_defaults(func=_cmd_translate)
 
 
@@ -230,7 +244,6 @@ def _add_translate(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     """Translate --src with --checkpoint (or read --hyp), score against --ref, write a report."""
-    import dataclasses
 
     from nmt import evaluate as ev
 
@@ -245,10 +258,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         from nmt.translator import Translator
 
         translator = Translator.load(args.checkpoint, device=args.device)
-        if args.batch_tokens:
-            translator.decode = dataclasses.replace(
-                translator.decode, batch_tokens=args.batch_tokens
-            )
+        _override_decoding(translator, args)
         hyps = ev.translate_lines(
             translator, srcs, args.beam, args.max_len, args.truncate, progress=True
         )
@@ -304,7 +314,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--truncate", action="store_true",
                    help="cut over-long inputs instead of failing")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
-    p.add_argument("--batch-tokens", type=int, help="source tokens per decoding batch")
+    _add_decoding_args(p)
     p.set_defaults(func=_cmd_evaluate)
 
 

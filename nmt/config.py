@@ -159,6 +159,9 @@ class DecodeConfig:
     max_len_b: int = 10
     min_len: int = 1
     batch_tokens: int = 4096  # source-token budget of one decoding sub-batch
+    # bf16 autocast: about 1.6x faster on CPUs with bf16 matmuls, same BLEU, but translations
+    # may differ slightly and are no longer independent of the batch they are decoded in.
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 @dataclass

@@ -237,6 +237,7 @@ def decoding_settings(
         "max_len_b": None if max_len is not None else decode.max_len_b,
         "min_len": decode.min_len,
         "batch_tokens": decode.batch_tokens,
+        "precision": decode.precision,
         "device": str(translator.device),
     }
 

@@ -8,6 +8,7 @@ tokens, decoded (greedy for beam size 1, else beam search), and returned in inpu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import queue
 import threading
@@ -149,7 +150,7 @@ class Translator:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), self._autocast():
                 lengths = {i: len(ids) for i, (ids, _) in encoded.items()}
                 for chunk in _sub_batches(lengths, self.decode.batch_tokens):
                     hyps = self._search([encoded[i][0] for i in chunk], request)
@@ -159,6 +160,11 @@ class Translator:
         finally:
             self.model.train(was_training)
         return [r for r in results if r is not None]
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.decode.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _request(
         self,

@@ -216,3 +216,17 @@ def test_cli_evaluate_checkpoint(tmp_path: Path, tiny_checkpoint: Path, data_dir
     assert report["decoding"]["beam_size"] == 2
     assert report["signatures"]["bleu"].startswith("nrefs:1|")
     assert sum(b["sentences"] for b in report["by_length"]) == 12
+
+
+def test_bf16_decoding_translates_every_sentence(tiny_checkpoint: Path) -> None:
+    fp32 = Translator.load(tiny_checkpoint)
+    bf16 = Translator.load(tiny_checkpoint)
+    bf16.decode = dataclasses.replace(bf16.decode, precision="bf16")
+    texts = ["Ein Hund läuft über die Wiese.", "", "Zwei Kinder spielen."]
+    fast = bf16.translate(texts, beam_size=2, with_alignment=True)
+    slow = fp32.translate(texts, beam_size=2, with_alignment=True)
+    assert [t.source for t in fast] == texts and fast[1].text == ""
+    for a, b in zip(fast, slow):
+        if a.alignment is not None:
+            assert len(a.alignment.soft) == len(a.tokens)
+        assert abs(a.score - b.score) < 0.5 or a.text != b.text
