@@ -9,7 +9,7 @@
 #     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .
 #
 # The server reads its checkpoint from /models/model.pt. Either mount it:
-#   docker run --rm -p 8000:8000 -v "$PWD/runs/multi30k_de_en/best.pt:/models/model.pt:ro" nmt-serve
+#   docker run --rm -p 8000:8000 -v "$PWD/runs/multi30k_de_en_de-en/best.pt:/models/model.pt:ro" nmt-serve
 #   (GPU: add --gpus all)
 # or bake it into the image: copy it into models/ of the build context and name it,
 #   docker build --build-arg CHECKPOINT=models/best.pt -t nmt-serve:multi30k .

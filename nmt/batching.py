@@ -14,7 +14,6 @@ import torch
 from nmt.specials import BOS_ID, EOS_ID, PAD_ID
 
 
-
 @dataclass
 class Batch:
     """Padded tensors of one batch; masks are True on real tokens."""

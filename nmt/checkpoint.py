@@ -6,15 +6,18 @@ A checkpoint is a plain dict of tensors, numbers, strings and bytes:
   tokenizer    the SentencePiece model protos (bytes) and their settings
   vocab        {"src": int, "tgt": int}
   step, epoch, batch_in_epoch    where training stands (the data position)
+  vocab        also {"joint": bool}: whether one SentencePiece model serves both sides
   metrics      e.g. {"valid_bleu": ..., "valid_loss": ...} at save time
-  meta         versions, git commit, time
+  meta         parameter count, run folder, save time, precision (versions: env.json)
   training     optimizer / scheduler / scaler / RNG states (absent in averaged or exported files)
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -48,6 +51,22 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def copy_atomic(src: str | Path, dst: str | Path) -> None:
+    """Copy a file so that `dst` is always either the old or the complete new file."""
+    dst = Path(dst)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp_name, dst)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(dst.parent)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -86,6 +105,19 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def snapshots_of_run(run_dir: str | Path, last: int | None = None, best: int | None = None) -> list[Path]:
+    """The `last` newest or `best` best-BLEU snapshots listed in a run's checkpoints.json."""
+    index = Path(run_dir) / "checkpoints.json"
+    if not index.is_file():
+        raise CheckpointError(f"no checkpoints.json in {run_dir}: is it a run folder?")
+    snaps = json.loads(index.read_text())
+    if best:
+        chosen = sorted(snaps, key=lambda s: -s["bleu"])[:best]
+    else:
+        chosen = sorted(snaps, key=lambda s: s["step"])[-(last or len(snaps)):]
+    return [Path(run_dir) / s["path"] for s in sorted(chosen, key=lambda s: s["step"])]
+
+
 def average_checkpoints(paths: list[str | Path]) -> dict[str, Any]:
     """Average the model weights of several checkpoints of one run (float tensors only).
 
@@ -109,5 +141,6 @@ def average_checkpoints(paths: list[str | Path]) -> dict[str, Any]:
             averaged[key] = tensors[-1]
     result = {k: v for k, v in payloads[-1].items() if k != "training"}
     result["model"] = averaged
+    result["metrics"] = {}  # the inputs' scores are not the average's
     result["meta"] = dict(result.get("meta", {}), averaged_from=[str(p) for p in paths])
     return result

@@ -18,28 +18,25 @@ from nmt.config import ConfigError, load_config
 EXAMPLES = """examples:
   nmt prepare --config configs/multi30k_de_en.yaml
   nmt train --config configs/multi30k_de_en.yaml --set train.max_minutes=10
-  nmt translate --checkpoint runs/multi30k_de_en/best.pt --beam 5 < input.de
-  nmt evaluate --checkpoint runs/multi30k_de_en/best.pt --src test.de --ref test.en
-  nmt serve --checkpoint runs/multi30k_de_en/best.pt --port 8000
+  nmt translate --checkpoint runs/multi30k_de_en_de-en/best.pt --beam 5 < input.de
+  nmt evaluate --checkpoint runs/multi30k_de_en_de-en/best.pt --src test.de --ref test.en
+  nmt serve --checkpoint runs/multi30k_de_en_de-en/best.pt --port 8000
 """
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types whose message is enough for the user (no traceback)."""
-    errors: list[type[BaseException]] = [ConfigError, CheckpointError, FileNotFoundError]
-    try:
-        from nmt.data import DataError
+    """Exception types whose message is enough for the user (no traceback).
 
-        errors.append(DataError)
-    except ImportError:
-        pass
-    try:
-        from nmt.translator import TranslationError
+    Imported here, not at the top, so that `nmt --help` does not pay for torch and datasets.
+    """
+    from nmt.data import DataError
+    from nmt.evaluate import EvaluationError
+    from nmt.tokenizer import TokenizerError
+    from nmt.train import TrainingError
+    from nmt.translator import TranslationError
 
-        errors.append(TranslationError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (ConfigError, CheckpointError, FileNotFoundError, DataError, EvaluationError,
+            TokenizerError, TrainingError, TranslationError)
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -111,16 +108,29 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_average(args: argparse.Namespace) -> None:
-    from nmt.checkpoint import average_checkpoints, save_checkpoint
+    from nmt.checkpoint import average_checkpoints, save_checkpoint, snapshots_of_run
 
-    paths = list(args.checkpoints)
+    if args.checkpoints:
+        paths = list(args.checkpoints)
+    elif args.run_dir and (args.last or args.best):
+        paths = snapshots_of_run(args.run_dir, last=args.last, best=args.best)
+    else:
+        raise ConfigError("give --checkpoints FILE..., or --run-dir with --last N or --best N")
     save_checkpoint(average_checkpoints(paths), args.output)
-    print(f"averaged {len(paths)} checkpoints into {args.output}")
+    print(f"averaged {len(paths)} checkpoints ({', '.join(Path(p).name for p in paths)}) into {args.output}")
 
 
 def _add_average(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("average", help="average the weights of several checkpoints")
-    p.add_argument("--checkpoints", nargs="+", required=True, help="checkpoint files of one run")
+    p = sub.add_parser(
+        "average",
+        help="average the weights of several checkpoints",
+        description="Average the weights of checkpoints of one run: listed files, or the last "
+        "or best N snapshots of a run folder (by validation BLEU, from its checkpoints.json).",
+    )
+    p.add_argument("--checkpoints", nargs="+", help="checkpoint files of one run")
+    p.add_argument("--run-dir", help="a run folder, with --last N or --best N")
+    p.add_argument("--last", type=int, help="the N newest snapshots of --run-dir")
+    p.add_argument("--best", type=int, help="the N snapshots of --run-dir with the best validation BLEU")
     p.add_argument("--output", required=True, help="where to write the averaged checkpoint")
     p.set_defaults(func=_cmd_average)
 
@@ -269,8 +279,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         hyps = ev.read_lines(args.hyp)
     tgt_lang = args.tgt_lang or (translator.info.get("tgt_lang") if translator else None)
     tgt_lang = tgt_lang or ev.guess_lang(args.ref)
+    # A checkpoint whose tokenizer removes spaces when decoding needs references without them.
+    tokenizer = translator.tokenizer if translator else None
+    remove_spaces = args.remove_spaces or bool(
+        tokenizer and tokenizer.tgt_lang in tokenizer.config.detok_remove_spaces
+    )
     try:
-        result = ev.score_corpus(hyps, refs, tgt_lang, args.literature, args.tokenize_refs, srcs)
+        result = ev.score_corpus(hyps, refs, tgt_lang, args.literature, args.tokenize_refs, srcs,
+                                 remove_spaces)
     except ev.EvaluationError as e:
         if args.debug:
             raise
@@ -309,6 +325,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    "(e.g. tok/test_2016_flickr.lc.norm.tok.de), sacreBLEU tokenize=none")
     p.add_argument("--tokenize-refs", action="store_true",
                    help="with --literature: references are raw text; process them the same way")
+    p.add_argument("--remove-spaces", action="store_true",
+                   help="remove all spaces from hypotheses and references before scoring, for "
+                   "pre-tokenized references in languages written without spaces, e.g. "
+                   "small_parallel_enja's Japanese (automatic with a --checkpoint whose "
+                   "tokenizer.detok_remove_spaces lists its target language)")
     p.add_argument("--beam", type=int, help="beam size (default: decode.beam_size)")
     p.add_argument("--max-len", type=int, help="maximum output length in tokens")
     p.add_argument("--truncate", action="store_true",

@@ -113,7 +113,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    # Run folder; null = runs/<config file stem>.
+    # Run folder; null = runs/<name>_<src_lang>-<tgt_lang> (name: the config file's stem).
     run_dir: Optional[str] = None
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -241,7 +241,9 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     keys = dotted.strip().split(".")
     node = raw
     for key in keys[:-1]:
-        node = node.setdefault(key, {})
+        if node.get(key) is None:  # a section left null in a base file (e.g. data.hub)
+            node[key] = {}
+        node = node[key]
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {key} is not a section")
     node[keys[-1]] = yaml.safe_load(text) if text.strip() else None

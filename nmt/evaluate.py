@@ -9,6 +9,11 @@ Two settings:
   splitting, with Moses' HTML escaping of quotes, like the official `*.lc.norm.tok.*` files),
   scored with `tokenize="none"`. The references are used as given (the official tokenized
   files) unless `tokenize_refs=True`, which runs them through the same pipeline.
+
+Pre-segmented corpora (small_parallel_enja's Japanese, words split by spaces) need
+`remove_spaces=True`: our decoder removes those spaces for languages in
+`tokenizer.detok_remove_spaces`, so both sides lose them (`remove_word_spaces`) before
+sacreBLEU tokenizes (`ja-mecab`/`char`); the report records it as `normalisation`.
 """
 
 from __future__ import annotations
@@ -103,6 +108,12 @@ def literature_tokenize(lines: Sequence[str], lang: str) -> list[str]:
     return out
 
 
+def remove_word_spaces(lines: Sequence[str]) -> list[str]:
+    """Lines with all whitespace removed: the form `Tokenizer.decode_tgt` gives text in a
+    `detok_remove_spaces` language, applied to references (and hypotheses) so they match."""
+    return ["".join(line.split()) for line in lines]
+
+
 # --------------------------------------------------------------------------- scoring
 
 
@@ -125,17 +136,22 @@ def score_corpus(
     literature: bool = False,
     tokenize_refs: bool = False,
     srcs: Optional[Sequence[str]] = None,
+    remove_spaces: bool = False,
 ) -> dict[str, Any]:
     """BLEU, chrF and TER with their signatures; BLEU by source length when `srcs` is given.
 
-    Returns {"bleu", "chrf", "ter", "signatures": {...}, "bleu_verbose", "setting",
-    "sentences", "by_length": [...] | None}.
+    `remove_spaces` runs both sides through `remove_word_spaces` first (pre-segmented
+    references in a `detok_remove_spaces` language).
+    Returns {"bleu", "chrf", "ter", "signatures": {...}, "normalisation": "remove-spaces" |
+    None, "bleu_verbose", "setting", "sentences", "by_length": [...] | None}.
     """
     hyps, refs = list(hyps), list(refs)
     if len(hyps) != len(refs):
         raise EvaluationError(f"{len(hyps)} hypotheses but {len(refs)} references")
     if srcs is not None and len(srcs) != len(refs):
         raise EvaluationError(f"{len(srcs)} source lines but {len(refs)} references")
+    if remove_spaces:
+        hyps, refs = remove_word_spaces(hyps), remove_word_spaces(refs)
     if literature:
         if not tgt_lang:
             raise EvaluationError("the literature setting needs the target language")
@@ -158,6 +174,7 @@ def score_corpus(
             "chrf": str(chrf.get_signature()),
             "ter": str(ter.get_signature()),
         },
+        "normalisation": "remove-spaces" if remove_spaces else None,
         "by_length": None,
     }
     if srcs is not None:
@@ -256,6 +273,8 @@ def format_scores(result: dict[str, Any]) -> str:
         f"TER = {result['ter']:.2f}",
         f"  {sig['ter']}",
     ]
+    if result.get("normalisation") == "remove-spaces":
+        lines.append("normalisation: spaces removed from hypotheses and references")
     if result.get("setting") == "literature":
         lines.append("setting: literature (lowercased, Moses-normalised and -tokenized)")
     for row in result.get("by_length") or []:
@@ -274,6 +293,7 @@ def build_report(
     report: dict[str, Any] = {
         "scores": {k: result[k] for k in ("bleu", "chrf", "ter")},
         "signatures": result["signatures"],
+        "normalisation": result.get("normalisation"),
         "bleu_verbose": result["bleu_verbose"],
         "setting": result["setting"],
         "sentences": result["sentences"],

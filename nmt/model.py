@@ -34,12 +34,22 @@ from torch import Tensor, nn
 from nmt.attention import BahdanauAttention, LuongAttention, LuongLocalAttention
 from nmt.config import ConfigError, ModelConfig
 from nmt.rnn import (
-    BahdanauDecoder, Bridge, LuongDecoder, OutputLayer, RNNEncoder, SutskeverDecoder,
+    BahdanauDecoder,
+    Bridge,
+    LuongDecoder,
+    OutputLayer,
+    RNNEncoder,
+    SutskeverDecoder,
 )
 from nmt.specials import PAD_ID
 from nmt.transformer import (
-    LearnedPositions, SinusoidalPositions, TransformerDecoder, TransformerDecoderLayer,
-    TransformerEmbedding, TransformerEncoder, TransformerEncoderLayer,
+    LearnedPositions,
+    SinusoidalPositions,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEmbedding,
+    TransformerEncoder,
+    TransformerEncoderLayer,
     transformer_embedding_table,
 )
 

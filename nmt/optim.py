@@ -54,7 +54,7 @@ def lr_factor(step: int, config: TrainConfig, d_model: int) -> float:
 class LearningRate:
     """Sets the optimiser's learning rate every step; plateau decay is a persistent scale.
 
-    Its whole state is two numbers, saved in checkpoints so a resumed run continues exactly.
+    Its whole state is three numbers, saved in checkpoints so a resumed run continues exactly.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig, d_model: int):

@@ -12,8 +12,10 @@ vocabulary (logged as a warning) instead of failing; the real sizes are
 Already space-tokenized corpora (small_parallel_enja's Japanese, segmented by KyTea) are
 trained as they are: the spaces become word boundaries (▁) the model learns. Decoding into a
 language listed in `detok_remove_spaces` removes every space again, so Japanese output reads
-as normal unsegmented text; evaluation then re-tokenizes it with a Japanese tokenizer.
-(Spaces between Latin-script words inside such output are removed too.)
+as normal unsegmented text. (Spaces between Latin-script words inside such output are removed
+too.) The references still carry the segmentation spaces, so scoring removes them as well
+(`nmt.evaluate.remove_word_spaces`, in validation and `nmt evaluate`) before sacreBLEU
+re-tokenizes both sides with its Japanese tokenizer.
 
 Text goes through sentencepiece's default NFKC normalization, so decoding returns normalized
 text (e.g. full-width digits come back as ASCII digits).

@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import random
-import shutil
 import signal
 import sys
 import time
@@ -31,10 +30,16 @@ from torch import nn
 from tqdm import tqdm
 
 from nmt.batching import Batch, TokenBatchSampler, collate
-from nmt.checkpoint import average_checkpoints, load_checkpoint, save_checkpoint
+from nmt.checkpoint import (
+    average_checkpoints,
+    copy_atomic,
+    load_checkpoint,
+    save_checkpoint,
+)
 from nmt.config import Config, ConfigError, save_config
 from nmt.data import PreparedData, prepare_data
 from nmt.distributed import (
+    DistInfo,
     any_across,
     barrier,
     close_distributed,
@@ -254,7 +259,7 @@ class Trainer:
                  self.config.model.arch, f"{count_parameters(self.model):,}", self.device,
                  self.precision, self.dist.world_size)
         try:
-            while True:
+            while not self._should_stop(started):
                 micro = [b for _, b in zip(range(cfg.accum_steps), batches)]
                 if not micro:
                     self.stop_reason = "max_epochs"
@@ -270,15 +275,13 @@ class Trainer:
                     elapsed = time.monotonic() - window_start
                     self._log_train(bar, lr, window_nll, window_tokens, elapsed)
                     window_tokens, window_nll, window_start = 0, 0.0, time.monotonic()
-                if self._should_stop(started):
-                    break
                 if applied and self.progress.step % cfg.valid_every == 0:
                     self._validate_and_save()
                     window_start = time.monotonic()  # validation time is not training speed
                     if self.stop_reason:
                         break
             if self.stop_reason == "signal":
-                self._save_last({})  # be quick: the process was asked to go
+                self._save_last({}, _gather_rng_states(self.dist))  # quick: we were asked to go
             elif self.last_validated_step != self.progress.step:
                 self._validate_and_save()
         finally:
@@ -313,37 +316,39 @@ class Trainer:
     # ------------------------------------------------------------------ validation
 
     def _validate_and_save(self) -> None:
+        """Rank 0 validates and writes; every rank applies the same BLEU to the plateau schedule
+        and the patience count, so learning rates and stopping never drift apart."""
+        from nmt.validate import validate
+
         self.last_validated_step = self.progress.step
+        rng_states = _gather_rng_states(self.dist)
         metrics: dict[str, Any] = {}
         if self.dist.is_main:
-            from nmt.validate import validate
-
             metrics = validate(self.model, self.data, self.config, self.device)
-            self._record_validation(metrics)
+        bleu = sum_across(self.dist, metrics.get("bleu", 0.0), self.device)  # rank 0's BLEU
+        improved = bleu > self.progress.best_bleu
+        self.progress.bad_validations = 0 if improved else self.progress.bad_validations + 1
+        self.progress.best_bleu = max(self.progress.best_bleu, bleu)
+        self.lr.observe_validation(bleu)
+        if self.dist.is_main:
+            self._record_validation(metrics, improved, rng_states)
         barrier(self.dist)
-        # Every rank must agree whether early stopping triggered.
-        stop = any_across(self.dist, self.dist.is_main and self._patience_exhausted(), self.device)
-        if stop and not self.stop_reason:
+        if self._patience_exhausted() and not self.stop_reason:
             self.stop_reason = "patience"
 
     def _patience_exhausted(self) -> bool:
         patience = self.config.train.patience
         return patience > 0 and self.progress.bad_validations >= patience
 
-    def _record_validation(self, metrics: dict[str, Any]) -> None:
+    def _record_validation(self, metrics: dict[str, Any], improved: bool, rng_states: list[Any]) -> None:
         bleu = metrics["bleu"]
-        improved = bleu > self.progress.best_bleu
-        self.progress.bad_validations = 0 if improved else self.progress.bad_validations + 1
-        self.lr.observe_validation(bleu)
         snapshot = self.run_dir / f"ckpt-{self.progress.step}.pt"
-        save_checkpoint(self._payload(metrics, with_training=False), snapshot)
+        save_checkpoint(self._payload(metrics), snapshot)
         self.progress.snapshots.append({"path": snapshot.name, "step": self.progress.step, "bleu": bleu})
         if improved:
-            self.progress.best_bleu = bleu
-            shutil.copyfile(snapshot, self.run_dir / ".best.pt.tmp")
-            (self.run_dir / ".best.pt.tmp").replace(self.run_dir / "best.pt")
+            copy_atomic(snapshot, self.run_dir / "best.pt")
         self._prune_snapshots()
-        self._save_last(metrics)
+        self._save_last(metrics, rng_states)
         (self.run_dir / "checkpoints.json").write_text(json.dumps(self.progress.snapshots, indent=2) + "\n")
         if self.metrics:
             self.metrics.write("valid", self.progress.step, {**metrics, "best_bleu": self.progress.best_bleu})
@@ -363,11 +368,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _save_last(self, metrics: dict[str, Any]) -> None:
+    def _save_last(self, metrics: dict[str, Any], rng_states: list[Any]) -> None:
         if self.dist.is_main:
-            save_checkpoint(self._payload(metrics, with_training=True), self.run_dir / "last.pt")
+            save_checkpoint(self._payload(metrics, rng_states), self.run_dir / "last.pt")
 
-    def _payload(self, metrics: dict[str, Any], with_training: bool) -> dict[str, Any]:
+    def _payload(self, metrics: dict[str, Any], rng_states: list[Any] | None = None) -> dict[str, Any]:
+        """A checkpoint; with `rng_states` (one per rank) also the full training state."""
         tok = self.data.tokenizer
         payload: dict[str, Any] = {
             "model": self.model.state_dict(),
@@ -381,12 +387,12 @@ class Trainer:
             "meta": {"parameters": count_parameters(self.model), "run_dir": str(self.run_dir),
                      "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "precision": self.precision},
         }
-        if with_training:
+        if rng_states is not None:
             payload["training"] = {
                 "optimizer": self.optimizer.state_dict(),
                 "lr": self.lr.state_dict(),
                 "scaler": self.scaler.state_dict(),
-                "rng": _rng_state(),
+                "rng": rng_states,
                 "progress": self.progress.__dict__.copy(),
             }
         return payload
@@ -399,7 +405,11 @@ class Trainer:
         self.lr.load_state_dict(training["lr"])
         self.scaler.load_state_dict(training["scaler"])
         self.progress = Progress(**training["progress"])
-        _set_rng_state(training["rng"])
+        states = training["rng"]
+        if len(states) != self.dist.world_size:
+            log.warning("resuming %d process(es) from a run of %d: random streams will differ",
+                        self.dist.world_size, len(states))
+        _set_rng_state(states[self.dist.rank % len(states)])
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.progress.step,
                  self.progress.epoch, self.progress.batch_in_epoch)
 
@@ -410,7 +420,7 @@ class Trainer:
             "parameters": count_parameters(self.model),
         }
         if self.dist.is_main:
-            if self.config.train.average_last > 0:
+            if self.config.train.average_last > 0 and self.stop_reason != "signal":
                 summary["averaged"] = self._average_last()
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             if self.metrics:
@@ -483,6 +493,16 @@ def _keep_freed_memory() -> None:
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _gather_rng_states(info: DistInfo) -> list[dict[str, Any]]:
+    """Every rank's random state, in rank order (collective: all ranks must call it)."""
+    state = _rng_state()
+    if not info.enabled:
+        return [state]
+    states: list[Any] = [None] * info.world_size
+    torch.distributed.all_gather_object(states, state)
+    return states
 
 
 def _rng_state() -> dict[str, Any]:

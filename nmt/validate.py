@@ -12,7 +12,7 @@ from torch import nn
 from nmt.batching import TokenBatchSampler, collate
 from nmt.config import Config
 from nmt.data import PreparedData
-from nmt.evaluate import bleu_metric
+from nmt.evaluate import bleu_metric, remove_word_spaces
 from nmt.translator import Translator
 
 
@@ -42,6 +42,9 @@ def validate(model: nn.Module, data: PreparedData, config: Config, device: torch
     ds = data.splits[config.data.valid_split]
     rows = ds[: config.train.valid_limit or len(ds)]
     sources, references = rows["src"], rows["tgt"]
+    if config.data.tgt_lang in config.tokenizer.detok_remove_spaces:
+        # The decoder removes the spaces of pre-segmented targets: score against the same form.
+        references = remove_word_spaces(references)
     decode = dataclasses.replace(config.decode, beam_size=config.train.valid_beam_size, n_best=1)
     translator = Translator(model, data.tokenizer, decode, device, info={"name": config.name})
     hypotheses = [t.text for t in translator.translate(sources)]

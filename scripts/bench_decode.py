@@ -7,7 +7,7 @@ comparison, WITHOUT a cache: every step re-runs `model.forward` (encoder and dec
 source and the whole target prefix. The two must produce the same translations; the script
 checks that too.
 
-  python scripts/bench_decode.py runs/multi30k_de_en/best.pt
+  python scripts/bench_decode.py runs/multi30k_de_en_de-en/best.pt
   python scripts/bench_decode.py --limit 50        # a randomly initialised reference-sized model
 
 Without a checkpoint the model is the reference config's architecture, RANDOMLY INITIALISED

@@ -8,7 +8,7 @@ server formed (from /metrics, before and after). Traffic goes to loopback addres
     # against a running server
     python scripts/load_test.py --url http://127.0.0.1:8000 --clients 16 --requests 400
     # start a server for the run (and stop it afterwards)
-    python scripts/load_test.py --checkpoint runs/multi30k_de_en/best.pt --max-batch-size 16
+    python scripts/load_test.py --checkpoint runs/multi30k_de_en_de-en/best.pt --max-batch-size 16
 
 The data folder is $NMT_DATA_DIR (default: ../shared/data beside the checkout).
 """

@@ -1,6 +1,6 @@
 """HTTP translation service: a thin LitServe layer over `nmt.translator.Translator`.
 
-    nmt serve --checkpoint runs/multi30k_de_en/best.pt --port 8000
+    nmt serve --checkpoint runs/multi30k_de_en_de-en/best.pt --port 8000
     curl -s localhost:8000/translate -H 'Content-Type: application/json' \\
          -d '{"texts": ["Ein Hund rennt."], "beam_size": 5, "alignment": true}'
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import random
@@ -14,7 +15,7 @@ import pytest
 from nmt.cli import main
 from nmt.evaluate import (
     EvaluationError, bleu_by_length, bleu_tokenizer, literature_tokenize, mecab_available,
-    read_lines, score_corpus, write_lines,
+    read_lines, remove_word_spaces, score_corpus, write_lines,
 )
 
 SACREBLEU = Path(sys.executable).parent / "sacrebleu"
@@ -152,3 +153,98 @@ def test_japanese_tokenizer_choice_is_stated_in_signature() -> None:
     assert f"tok:{expected}" in result["signatures"]["bleu"]
     assert 0 < result["bleu"] < 100
     assert bleu_tokenizer("de") == "13a"
+
+
+# --------------------------------------------------------------------------- pre-segmented Japanese
+
+
+@pytest.fixture(scope="module")
+def dev_ja(data_dir: Path) -> list[str]:
+    """small_parallel_enja's dev references: KyTea-segmented, words separated by spaces."""
+    lines = read_lines(data_dir / "small_parallel_enja" / "dev.ja")
+    assert all(" " in line for line in lines[:50])
+    return lines
+
+
+def test_remove_word_spaces_matches_what_the_decoder_outputs(dev_ja: list[str]) -> None:
+    assert remove_word_spaces(["私 は テニス 部員 で す 。", "", " a  b\t"]) == [
+        "私はテニス部員です。", "", "ab"]
+    assert remove_word_spaces(dev_ja) == [line.replace(" ", "") for line in dev_ja]
+
+
+def test_segmented_references_score_100_against_decoder_style_output(dev_ja: list[str]) -> None:
+    decoded = remove_word_spaces(dev_ja)  # a perfect translation, as our decoder writes it
+    plain = score_corpus(decoded, dev_ja, "ja")
+    assert plain["bleu"] < 80 and plain["normalisation"] is None  # the mismatch being fixed
+    fixed = score_corpus(decoded, dev_ja, "ja", remove_spaces=True)
+    assert fixed["bleu"] == pytest.approx(100.0) and fixed["ter"] == pytest.approx(0.0)
+    assert fixed["normalisation"] == "remove-spaces"
+    itself = score_corpus(dev_ja, dev_ja, "ja", remove_spaces=True)  # hyps in the corpus' format
+    assert itself["bleu"] == pytest.approx(100.0)
+    assert f"tok:{bleu_tokenizer('ja')}" in fixed["signatures"]["bleu"]
+
+
+def test_cli_remove_spaces_flag_and_report(
+    tmp_path: Path, data_dir: Path, dev_ja: list[str], capsys: pytest.CaptureFixture
+) -> None:
+    ref = data_dir / "small_parallel_enja" / "dev.ja"
+    write_lines(remove_word_spaces(dev_ja), tmp_path / "hyp.ja")
+    argv = ["evaluate", "--hyp", str(tmp_path / "hyp.ja"), "--ref", str(ref)]
+    assert main(argv + ["--report", str(tmp_path / "plain.json")]) == 0
+    plain = json.loads((tmp_path / "plain.json").read_text(encoding="utf-8"))
+    assert plain["normalisation"] is None and plain["scores"]["bleu"] < 80
+    capsys.readouterr()
+    assert main(argv + ["--remove-spaces", "--report", str(tmp_path / "fixed.json")]) == 0
+    assert "spaces removed" in capsys.readouterr().out
+    fixed = json.loads((tmp_path / "fixed.json").read_text(encoding="utf-8"))
+    assert fixed["scores"]["bleu"] == pytest.approx(100.0)
+    assert fixed["normalisation"] == "remove-spaces"
+    assert fixed["files"]["tgt_lang"] == "ja"
+
+
+def _untrained_enja_checkpoint(data_dir: Path, out_dir: Path, remove: list[str]) -> Path:
+    """An en->ja checkpoint (tiny untrained Transformer) whose tokenizer lists `remove`."""
+    import torch
+
+    from nmt.checkpoint import save_checkpoint
+    from nmt.config import TokenizerConfig, config_from_dict
+    from nmt.model import build_model
+    from nmt.tokenizer import Tokenizer
+
+    corpus = data_dir / "small_parallel_enja"
+    tok_config = TokenizerConfig(vocab_size=800, joint=False, character_coverage=0.98,
+                                 detok_remove_spaces=remove)
+    tokenizer = Tokenizer.train(tok_config, read_lines(corpus / "dev.en"),
+                                read_lines(corpus / "dev.ja"), "en", "ja", out_dir / "tok")
+    config = config_from_dict({
+        "name": "enja", "data": {"preset": "small_parallel_enja", "src_lang": "en", "tgt_lang": "ja"},
+        "tokenizer": dataclasses.asdict(tok_config),
+        "model": {"arch": "transformer", "embed_dim": 16, "hidden_size": 16, "encoder_layers": 1,
+                  "decoder_layers": 1, "heads": 2, "ffn_size": 32, "max_positions": 64},
+        "decode": {"beam_size": 1, "max_len_a": 0.0, "max_len_b": 4},
+    })
+    torch.manual_seed(0)
+    model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+    path = out_dir / "enja.pt"
+    save_checkpoint({"model": model.state_dict(), "config": config.to_dict(),
+                     "tokenizer": tokenizer.to_state(), "metrics": {}, "step": 0,
+                     "vocab": {"src": tokenizer.src_vocab_size, "tgt": tokenizer.tgt_vocab_size,
+                               "joint": False}}, path)
+    return path
+
+
+@pytest.mark.parametrize("remove", [["ja"], []])
+def test_cli_checkpoint_that_removes_spaces_normalises_references(
+    tmp_path: Path, data_dir: Path, remove: list[str]
+) -> None:
+    checkpoint = _untrained_enja_checkpoint(data_dir, tmp_path, remove)
+    corpus = data_dir / "small_parallel_enja"
+    write_lines(read_lines(corpus / "dev.en")[:8], tmp_path / "src.en")
+    write_lines(read_lines(corpus / "dev.ja")[:8], tmp_path / "ref.ja")
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--src", str(tmp_path / "src.en"),
+                 "--ref", str(tmp_path / "ref.ja"), "--output", str(tmp_path / "hyp.ja")]) == 0
+    report = json.loads((tmp_path / "hyp.ja.json").read_text(encoding="utf-8"))
+    assert report["normalisation"] == ("remove-spaces" if remove else None)
+    assert report["sentences"] == 8
+    if remove:  # the decoder wrote no spaces: the references lost theirs too
+        assert all(" " not in hyp for hyp in read_lines(tmp_path / "hyp.ja"))
