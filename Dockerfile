@@ -40,7 +40,7 @@ COPY pyproject.toml README.md ./
 COPY nmt ./nmt
 COPY serve ./serve
 RUN if [ -n "${TORCH_INDEX_URL}" ]; then \
-        pip install --index-url "${TORCH_INDEX_URL}" "torch>=2.3,<2.15"; \
+        pip install --index-url "${TORCH_INDEX_URL}" "torch>=2.5,<2.15"; \
     fi \
     && pip install /opt/nmt \
     && nmt serve --help > /dev/null

@@ -284,14 +284,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     remove_spaces = args.remove_spaces or bool(
         tokenizer and tokenizer.tgt_lang in tokenizer.config.detok_remove_spaces
     )
-    try:
-        result = ev.score_corpus(hyps, refs, tgt_lang, args.literature, args.tokenize_refs, srcs,
-                                 remove_spaces)
-    except ev.EvaluationError as e:
-        if args.debug:
-            raise
-        print(f"nmt evaluate: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    result = ev.score_corpus(hyps, refs, tgt_lang, args.literature, args.tokenize_refs, srcs,
+                             remove_spaces)
     print(ev.format_scores(result))
     files = {"src": args.src, "ref": args.ref, "hyp": args.hyp or args.output, "tgt_lang": tgt_lang}
     report = ev.build_report(result, files, decoding, translator.info if translator else None)

@@ -20,16 +20,18 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.hooks import RemovableHandle
 
-from nmt.config import load_config
 from nmt.batching import Batch
+from nmt.config import load_config
 from nmt.model import count_parameters
 from nmt.train import Trainer
 
@@ -62,7 +64,7 @@ def sdpa_cpu_backward_flops(
     return 2 * attention_matmul_flops(query, key, value)
 
 
-def flop_formulas() -> dict[Callable, Callable]:
+def flop_formulas() -> dict[Any, Callable[..., int]]:
     """custom_mapping for FlopCounterMode: the CPU flash attention kernels."""
     aten = torch.ops.aten
     return {
@@ -107,7 +109,7 @@ class RecurrentFlops:
         self.counter = counter
         self.flops = 0
         self._counted_before = 0
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._handles: list[RemovableHandle] = []
 
     def _before(self, module: nn.Module, args: tuple) -> None:
         self._counted_before = self.counter.get_total_flops()
@@ -132,9 +134,9 @@ class RecurrentFlops:
 
 def step_flops(trainer: Trainer, batch: Batch) -> int:
     """FLOPs of one training step (forward + backward) on `batch`; it does update the model."""
-    with FlopCounterMode(display=False, custom_mapping=flop_formulas()) as counter:
-        with RecurrentFlops(trainer.model, counter) as recurrent:
-            trainer._update([batch])
+    with (FlopCounterMode(display=False, custom_mapping=flop_formulas()) as counter,
+          RecurrentFlops(trainer.model, counter) as recurrent):
+        trainer._update([batch])
     return counter.get_total_flops() + recurrent.flops
 
 

@@ -23,6 +23,12 @@ ARCHS = {
     "lstm_local_p": dict(arch="rnn", cell="lstm", attention="luong", luong_score="general",
                          local_window=2),
     "transformer": dict(arch="transformer", heads=2, ffn_size=32),
+    "transformer_post_learned": dict(arch="transformer", heads=2, ffn_size=32, norm="post",
+                                     positions="learned"),
+    "transformer_window": dict(arch="transformer", heads=2, ffn_size=32, self_attention_window=2),
+    "gru_no_attention": dict(arch="rnn", cell="gru", attention="none"),
+    "rnn_no_attention_cho": dict(arch="rnn", cell="rnn", attention="none", context_every_step=True),
+    "lstm_luong_no_feeding": dict(arch="rnn", cell="lstm", attention="luong", input_feeding=False),
 }
 LENGTHS = [11, 3, 6, 1, 8, 2, 9]
 
