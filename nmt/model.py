@@ -50,7 +50,6 @@ from nmt.transformer import (
     TransformerEmbedding,
     TransformerEncoder,
     TransformerEncoderLayer,
-    transformer_embedding_table,
 )
 
 DecoderState = dict[str, Tensor]
@@ -219,9 +218,9 @@ def _build_transformer(
 ) -> tuple[TransformerEncoder, TransformerDecoder]:
     # d_model is embed_dim; hidden_size only sizes RNNs.
     dim = config.embed_dim
-    tgt_table = transformer_embedding_table(tgt_vocab_size, dim)
+    tgt_table = _embedding_table(tgt_vocab_size, dim)
     share_src = config.tie_embeddings and joint_vocab
-    src_table = tgt_table if share_src else transformer_embedding_table(src_vocab_size, dim)
+    src_table = tgt_table if share_src else _embedding_table(src_vocab_size, dim)
     pre_norm = config.norm == "pre"
 
     def positions() -> nn.Module:
@@ -246,7 +245,8 @@ def _build_transformer(
     return encoder, decoder
 
 
-def _rnn_embedding(vocab_size: int, embed_dim: int) -> nn.Embedding:
+def _embedding_table(vocab_size: int, embed_dim: int) -> nn.Embedding:
+    """Token embeddings, N(0, d^-1/2) init (the Transformer scales them by sqrt(d) on use)."""
     table = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
     nn.init.normal_(table.weight, std=embed_dim**-0.5)
     with torch.no_grad():
@@ -258,9 +258,9 @@ def _build_rnn(
     config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, joint_vocab: bool
 ) -> tuple[RNNEncoder, nn.Module]:
     hidden, dropout, cell = config.hidden_size, config.dropout, config.cell
-    tgt_table = _rnn_embedding(tgt_vocab_size, config.embed_dim)
+    tgt_table = _embedding_table(tgt_vocab_size, config.embed_dim)
     share_src = config.tie_embeddings and joint_vocab
-    src_table = tgt_table if share_src else _rnn_embedding(src_vocab_size, config.embed_dim)
+    src_table = tgt_table if share_src else _embedding_table(src_vocab_size, config.embed_dim)
     encoder = RNNEncoder(src_table, cell, hidden, config.encoder_layers, config.bidirectional,
                          dropout)
     memory_size = hidden * (2 if config.bidirectional else 1)

@@ -20,7 +20,6 @@ import torch
 from torch import Tensor, nn
 
 from nmt.attention import MultiHeadAttention
-from nmt.specials import PAD_ID
 
 DecoderState = dict[str, Tensor]
 
@@ -274,12 +273,3 @@ class TransformerDecoder(nn.Module):
             attention = weights.squeeze(1) if need else attention
         logits = self.output(self.final_norm(x)).squeeze(1)
         return logits, attention, new_state
-
-
-def transformer_embedding_table(vocab_size: int, embed_dim: int) -> nn.Embedding:
-    """Token embeddings with N(0, d^-1/2) init (they are scaled by sqrt(d) on use)."""
-    table = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
-    nn.init.normal_(table.weight, std=embed_dim**-0.5)
-    with torch.no_grad():
-        table.weight[PAD_ID].zero_()
-    return table

@@ -59,7 +59,7 @@ def sdpa_cpu_backward_flops(
     grad_out: Shape, query: Shape, key: Shape, value: Shape, *args: Any, **kwargs: Any
 ) -> int:
     """Formula for its _backward: twice the forward, the four matmuls for dP, dV, dQ and dK
-    (the usual 6-FLOPs-per-MAC-of-training convention). The flash kernel also recomputes
+    (the usual training convention, backward = 2 x forward). The flash kernel also recomputes
     q k^T, which is not counted: MFU counts model FLOPs, not recomputation."""
     return 2 * attention_matmul_flops(query, key, value)
 

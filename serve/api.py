@@ -204,12 +204,12 @@ def to_alignment(alignment: Any) -> Alignment:
         tgt_tokens=list(alignment.tgt_tokens),
         matrix=[[round(float(v), SOFT_DECIMALS) for v in row] for row in alignment.soft],
         hard=[tuple(link) for link in alignment.hard],
-        pharaoh=" ".join(f"{i}-{j}" for i, j in alignment.hard),
+        pharaoh=alignment.pharaoh(words=False),
         words=WordAlignment(
             src_words=list(alignment.src_words),
             tgt_words=list(alignment.tgt_words),
             matrix=[[round(float(v), SOFT_DECIMALS) for v in row] for row in alignment.word_soft],
             links=word_links,
-            pharaoh=" ".join(f"{i}-{j}" for i, j in word_links),
+            pharaoh=alignment.pharaoh(words=True),
         ),
     )
