@@ -17,7 +17,6 @@ import ctypes
 import json
 import logging
 import math
-import random
 import signal
 import sys
 import time
@@ -39,7 +38,6 @@ from nmt.checkpoint import (
 from nmt.config import Config, ConfigError, save_config
 from nmt.data import PreparedData, prepare_data
 from nmt.distributed import (
-    DistInfo,
     any_across,
     barrier,
     close_distributed,
@@ -48,6 +46,7 @@ from nmt.distributed import (
 )
 from nmt.model import build_model, count_parameters
 from nmt.optim import LearningRate, build_optimizer, label_smoothed_nll
+from nmt.rng import gather_rng_states, seed_everything, set_rng_state
 from nmt.runlog import MetricsLog, environment_info
 
 log = logging.getLogger("nmt.train")
@@ -115,7 +114,7 @@ class Trainer:
             _keep_freed_memory()
         self.run_dir = default_run_dir(config)
         self._check_run_dir(resume)
-        _seed_everything(config.train.seed + self.dist.rank)
+        seed_everything(config.train.seed + self.dist.rank)
 
         self.data = self._prepare()
         self.train_src, self.train_tgt = _id_columns(self.data, "train")
@@ -281,7 +280,7 @@ class Trainer:
                     if self.stop_reason:
                         break
             if self.stop_reason == "signal":
-                self._save_last({}, _gather_rng_states(self.dist))  # quick: we were asked to go
+                self._save_last({}, gather_rng_states(self.dist))  # quick: we were asked to go
             elif self.last_validated_step != self.progress.step:
                 self._validate_and_save()
         finally:
@@ -321,7 +320,7 @@ class Trainer:
         from nmt.validate import validate
 
         self.last_validated_step = self.progress.step
-        rng_states = _gather_rng_states(self.dist)
+        rng_states = gather_rng_states(self.dist)
         metrics: dict[str, Any] = {}
         if self.dist.is_main:
             metrics = validate(self.model, self.data, self.config, self.device)
@@ -409,7 +408,7 @@ class Trainer:
         if len(states) != self.dist.world_size:
             log.warning("resuming %d process(es) from a run of %d: random streams will differ",
                         self.dist.world_size, len(states))
-        _set_rng_state(states[self.dist.rank % len(states)])
+        set_rng_state(states[self.dist.rank % len(states)])
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.progress.step,
                  self.progress.epoch, self.progress.batch_in_epoch)
 
@@ -488,36 +487,3 @@ def _keep_freed_memory() -> None:
     m_trim_threshold, m_mmap_max = -1, -4
     libc.mallopt(m_mmap_max, 0)
     libc.mallopt(m_trim_threshold, 1 << 30)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _gather_rng_states(info: DistInfo) -> list[dict[str, Any]]:
-    """Every rank's random state, in rank order (collective: all ranks must call it)."""
-    state = _rng_state()
-    if not info.enabled:
-        return [state]
-    states: list[Any] = [None] * info.world_size
-    torch.distributed.all_gather_object(states, state)
-    return states
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_as_tuple(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(value: Any) -> Any:
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value

@@ -190,3 +190,31 @@ def test_diverging_loss_skips_steps_then_stops_with_a_clear_message(data_dir: Pa
                      max_nonfinite=3, max_steps=50, log_every=1)
     with pytest.raises(TrainingError, match="not finite for 3 updates in a row"):
         train(config)
+
+
+@pytest.mark.slow
+def test_two_process_resume_reproduces_uninterrupted_run(data_dir: Path, tmp_path: Path) -> None:
+    """Each rank's dropout stream and the plateau schedule survive an interruption under DDP."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "-m", "nmt.cli"]
+
+    def run(name: str, max_steps: int, resume: bool) -> None:
+        raw = tiny_config_dict(data_dir, tmp_path / name)
+        raw["train"].update(max_steps=max_steps, valid_every=2, batch_tokens=512, log_every=1,
+                            schedule="plateau", plateau_patience=0, warmup_steps=0)
+        cfg = _write_config(tmp_path / f"{name}-{max_steps}.yaml", raw)
+        extra = ["--resume"] if resume else []
+        out = subprocess.run([*torchrun, "train", "--config", str(cfg), *extra], env=_env(),
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+
+    run("full", 4, resume=False)
+    run("part", 2, resume=False)
+    run("part", 4, resume=True)
+    full = [r["loss"] for r in read_metrics(tmp_path / "full", "train")]
+    part = [r["loss"] for r in read_metrics(tmp_path / "part", "train")]
+    assert len(full) == 4 and part == pytest.approx(full, rel=1e-5)
+    a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "part" / "last.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
