@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""Score finished Multi30k runs on test_2016_flickr and print the README's results table.
+
+For each run folder: take averaged.pt when its validation BLEU beats best.pt's (else best.pt),
+translate test_2016_flickr with beam 5, and score it twice: standard sacreBLEU (cased,
+detokenized) and the literature's setting (lowercased, Moses-tokenized hypothesis against the
+official tok/*.lc.norm.tok.* references). Writes test.hyp.<lang> and results.json into each
+run folder and prints one Markdown row per run.
+
+  python scripts/results_table.py runs/ref_transformer_en-de runs/ref_lstm_bahdanau_en-de
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nmt.checkpoint import load_checkpoint
+from nmt.evaluate import read_lines, score_corpus, write_lines
+from nmt.runlog import read_metrics
+from nmt.translator import Translator
+
+
+def pick_checkpoint(run_dir: Path) -> Path:
+    """averaged.pt if it validated better than best.pt, else best.pt."""
+    best = run_dir / "best.pt"
+    averaged = run_dir / "averaged.pt"
+    if not averaged.is_file():
+        return best
+    bleu = {p: load_checkpoint(p)["metrics"].get("valid_bleu", -1.0) for p in (best, averaged)}
+    return averaged if bleu[averaged] >= bleu[best] else best
+
+
+def training_minutes(run_dir: Path) -> float:
+    """Wall-clock minutes of training from the run's metrics log (sessions summed)."""
+    times = [r["time"] for r in read_metrics(run_dir, "train")]
+    if len(times) < 2:
+        return 0.0
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    return sum(g for g in gaps if g < 600) / 60  # a gap of >10 min is a pause between sessions
+
+
+def score_run(run_dir: Path, data_dir: Path, beam: int) -> dict[str, Any]:
+    checkpoint = pick_checkpoint(run_dir)
+    translator = Translator.load(checkpoint)
+    src, tgt = translator.info["src_lang"], translator.info["tgt_lang"]
+    sources = read_lines(data_dir / "multi30k" / f"test_2016_flickr.{src}.gz")
+    hyps = [t.text for t in translator.translate(sources, beam_size=beam)]
+    write_lines(hyps, run_dir / f"test.hyp.{tgt}")
+    raw_refs = read_lines(data_dir / "multi30k" / f"test_2016_flickr.{tgt}.gz")
+    tok_refs = read_lines(data_dir / "multi30k" / "tok" / f"test_2016_flickr.lc.norm.tok.{tgt}")
+    standard = score_corpus(hyps, raw_refs, tgt, srcs=sources)
+    literature = score_corpus(hyps, tok_refs, tgt, literature=True)
+    result = {
+        "run": str(run_dir), "checkpoint": checkpoint.name, "direction": f"{src}-{tgt}",
+        "architecture": translator.info["architecture"], "parameters": translator.info["parameters"],
+        "train_minutes": round(training_minutes(run_dir), 1), "beam": beam,
+        "bleu": round(standard["bleu"], 2), "chrf": round(standard["chrf"], 2),
+        "bleu_literature": round(literature["bleu"], 2),
+        "by_length": standard["by_length"], "signatures": {
+            "sacrebleu": standard["signatures"]["bleu"], "literature": literature["signatures"]["bleu"]},
+    }
+    (run_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="run folders")
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--data-dir", default=os.environ.get("NMT_DATA_DIR", "data"))
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print("| model | direction | params | train min | checkpoint | BLEU (lit.) | BLEU (sacreBLEU) | chrF |")
+    print("|---|---|---|---|---|---|---|---|")
+    for run in args.runs:
+        r = score_run(Path(run), Path(args.data_dir), args.beam)
+        print(f"| {r['architecture']} | {r['direction']} | {r['parameters'] / 1e6:.1f}M | "
+              f"{r['train_minutes']:.0f} | {r['checkpoint']} | {r['bleu_literature']:.1f} | "
+              f"{r['bleu']:.1f} | {r['chrf']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
