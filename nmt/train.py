@@ -405,6 +405,8 @@ class Trainer:
         self.scaler.load_state_dict(training["scaler"])
         self.progress = Progress(**training["progress"])
         states = training["rng"]
+        if isinstance(states, dict):  # a single state, saved by one process
+            states = [states]
         if len(states) != self.dist.world_size:
             log.warning("resuming %d process(es) from a run of %d: random streams will differ",
                         self.dist.world_size, len(states))
