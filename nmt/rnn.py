@@ -84,8 +84,11 @@ class Bridge(nn.Module):
 
     Layers are aligned from the top: decoder layer l takes encoder layer L_enc - L_dec + l
     (layer 0 when the decoder is deeper). When the encoder state is wider than the decoder
-    (bidirectional: both directions concatenated) each state kind (h, and c for LSTM) goes
-    through its own tanh(W s + b); otherwise it is copied unchanged, as in Sutskever et al.
+    (bidirectional: both directions concatenated) each decoder state kind (h, and c for LSTM)
+    is its own tanh(W h_enc + b) of the encoder's final *hidden* state; otherwise the states
+    are copied unchanged, as in Sutskever et al. The encoder's LSTM cell state is unbounded;
+    projecting it saturates the tanh, which cuts the only gradient path from the decoder to
+    the encoder of a model without attention.
     """
 
     def __init__(
@@ -104,7 +107,7 @@ class Bridge(nn.Module):
         states = tuple(state[:, self.layer_index] for state in final)
         if self.proj is None:
             return states
-        return tuple(torch.tanh(proj(state)) for proj, state in zip(self.proj, states))
+        return tuple(torch.tanh(proj(states[0])) for proj in self.proj)
 
 
 class OutputLayer(nn.Module):
