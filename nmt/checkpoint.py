@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 
@@ -33,17 +33,28 @@ REQUIRED_KEYS = ("model", "config", "tokenizer", "vocab")
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
-    """Write `payload` to `path` atomically: temp file in the same folder, fsync, rename.
-
-    A crash (even SIGKILL) at any moment leaves either the old file or the new one, never a
-    truncated file under the final name.
-    """
+    """Write `payload` to `path` atomically (see `_write_atomic`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, lambda f: torch.save(payload, f))
+
+
+def copy_atomic(src: str | Path, dst: str | Path) -> None:
+    """Copy a file so that `dst` is always either the old or the complete new file."""
+    def copy(out: BinaryIO) -> None:
+        with open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, 1 << 20)
+
+    _write_atomic(Path(dst), copy)
+
+
+def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Temp file in the same folder, fsync, rename: a crash (even SIGKILL) at any moment leaves
+    either the old file or the new one, never a truncated file under the final name."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
@@ -51,22 +62,6 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
-
-
-def copy_atomic(src: str | Path, dst: str | Path) -> None:
-    """Copy a file so that `dst` is always either the old or the complete new file."""
-    dst = Path(dst)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp_name, dst)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(dst.parent)
 
 
 def _fsync_dir(folder: Path) -> None:
