@@ -139,6 +139,10 @@ def _add_average(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_decoding_args(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that decodes with a checkpoint."""
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+    parser.add_argument("--truncate", action="store_true",
+                        help="cut inputs longer than the model accepts instead of failing")
     parser.add_argument("--batch-tokens", type=int,
                         help="source tokens per decoding batch (default: decode.batch_tokens)")
     parser.add_argument("--precision", choices=["fp32", "bf16"],
@@ -242,9 +246,6 @@ def _add_translate(sub: argparse._SubParsersAction) -> None:
                    help="align words (subword pieces merged at ▁) or pieces (default: word)")
     p.add_argument("--plot-attention", metavar="DIR",
                    help="write an attention heatmap PNG per sentence into DIR")
-    p.add_argument("--truncate", action="store_true",
-                   help="cut inputs longer than the model accepts instead of failing")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
     _add_decoding_args(p)
     p.set_defaults(func=_cmd_translate)
 
@@ -326,9 +327,6 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    "tokenizer.detok_remove_spaces lists its target language)")
     p.add_argument("--beam", type=int, help="beam size (default: decode.beam_size)")
     p.add_argument("--max-len", type=int, help="maximum output length in tokens")
-    p.add_argument("--truncate", action="store_true",
-                   help="cut over-long inputs instead of failing")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
     _add_decoding_args(p)
     p.set_defaults(func=_cmd_evaluate)
 
