@@ -350,7 +350,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         api_key=args.api_key or os.environ.get("NMT_API_KEY") or None,
         limits=Limits(max_chars=args.max_chars, max_texts=args.max_texts, max_beam=args.max_beam,
                       max_len=args.max_len, max_body_bytes=args.max_body_bytes),
-        request_timeout=args.request_timeout, threads=args.threads,
+        request_timeout=args.request_timeout, threads=args.threads, precision=args.precision,
         log_level="debug" if args.verbose else args.log_level, shutdown_grace=args.shutdown_grace,
     )
     code = serve(settings)
@@ -385,6 +385,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--request-timeout", type=float, default=30.0,
                    help="seconds a request may wait for a worker before a 504 (default 30)")
     p.add_argument("--threads", type=int, help="torch threads per worker (default: cores / workers)")
+    p.add_argument("--precision", choices=["fp32", "bf16"],
+                   help="decoding precision (default: the checkpoint's decode.precision); bf16 is "
+                   "about 1.6x faster on CPU, outputs may differ slightly")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--shutdown-grace", type=float, default=10.0,
                    help="seconds for a graceful stop before worker processes are killed (default 10)")

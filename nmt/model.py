@@ -107,7 +107,7 @@ class Seq2Seq(nn.Module):
     ) -> tuple[Tensor, Optional[Tensor], DecoderState]:
         """prev_tokens [B] -> log-probs [B,V] float32, attention [B,S] float32 or None, state."""
         logits, attention, new_state = self.decoder.step(state, prev_tokens, with_attention)
-        log_probs = F.log_softmax(logits.float(), dim=-1)
+        log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
         return log_probs, None if attention is None else attention.float(), new_state
 
     def reorder(self, state: DecoderState, indices: Tensor) -> DecoderState:

@@ -60,6 +60,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--max-batch-size", type=int, default=32, help="for the started server")
     p.add_argument("--batch-timeout", type=float, default=0.01, help="for the started server")
     p.add_argument("--threads", type=int, help="torch threads per worker of the started server")
+    p.add_argument("--workers-per-device", type=int, help="worker processes of the started server")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="decoding precision of the started server")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     p.add_argument("--requests", type=int, default=200, help="total requests (default 200)")
     p.add_argument("--texts-per-request", type=int, default=1, help="up to this many texts each (default 1)")
@@ -206,6 +208,10 @@ def started_server(args: argparse.Namespace) -> Iterator[str]:
                "--log-level", "warning"]
     if args.threads:
         command += ["--threads", str(args.threads)]
+    if args.workers_per_device:
+        command += ["--workers-per-device", str(args.workers_per_device)]
+    if args.precision:
+        command += ["--precision", args.precision]
     if args.api_key:
         command += ["--api-key", args.api_key]
     process = subprocess.Popen(command, cwd=REPO_ROOT)

@@ -61,18 +61,21 @@ class TranslatorAPI(ls.LitAPI):
 
     def __init__(self, checkpoint: str, metrics: ServerMetrics, model_board: SharedJSON,
                  max_batch_size: int = 32, batch_timeout: float = 0.01, threads: Optional[int] = None,
-                 api_path: str = "/translate") -> None:
+                 precision: Optional[str] = None, api_path: str = "/translate") -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=api_path)
         self.checkpoint = checkpoint
         self.metrics = metrics
         self.model_board = model_board
         self.threads = threads
+        self.precision = precision  # None = the checkpoint's decode.precision
         self.translator = None
         self.model_ref: Optional[ModelRef] = None
 
     # ------------------------------------------------------------------ worker start
 
     def setup(self, device: str) -> None:
+        import dataclasses
+
         import torch
 
         from nmt.checkpoint import file_sha256
@@ -83,7 +86,10 @@ class TranslatorAPI(ls.LitAPI):
         if self.threads:
             torch.set_num_threads(self.threads)
         self.translator = Translator.load(self.checkpoint, device=device)
+        if self.precision:
+            self.translator.decode = dataclasses.replace(self.translator.decode, precision=self.precision)
         info = dict(self.translator.info)
+        info["decode"] = dataclasses.asdict(self.translator.decode)
         version = str(info.get("checkpoint_sha256") or file_sha256(self.checkpoint))[:12]
         self.model_ref = ModelRef(
             name=str(info.get("name", "nmt")), version=version,

@@ -62,6 +62,7 @@ class ServeSettings:
     limits: Limits = field(default_factory=Limits)
     request_timeout: float = 30.0  # seconds a request may wait in the queue (then 504)
     threads: Optional[int] = None  # torch threads per worker; None = cores / workers_per_device
+    precision: Optional[str] = None  # fp32 | bf16 decoding; None = the checkpoint's decode.precision
     log_level: str = "info"
     shutdown_grace: float = 10.0  # seconds for LitServe's own shutdown before the group is killed
 
@@ -77,6 +78,8 @@ class ServeSettings:
             raise ConfigError("--max-batch-size and --workers-per-device must be at least 1")
         if not 0 <= self.batch_timeout < self.request_timeout:
             raise ConfigError("--batch-timeout must be >= 0 and smaller than --request-timeout")
+        if self.precision not in (None, "fp32", "bf16"):
+            raise ConfigError(f"--precision must be fp32 or bf16, got {self.precision!r}")
         if self.accelerator not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--accelerator must be auto, cpu or cuda, got {self.accelerator!r}")
         limits = self.limits
@@ -97,7 +100,7 @@ def build_server(settings: ServeSettings) -> ls.LitServer:
     api = TranslatorAPI(
         checkpoint=str(settings.checkpoint), metrics=metrics, model_board=model_board,
         max_batch_size=settings.max_batch_size, batch_timeout=settings.batch_timeout,
-        threads=settings.worker_threads(), api_path=TRANSLATE_PATH,
+        threads=settings.worker_threads(), precision=settings.precision, api_path=TRANSLATE_PATH,
     )
     # Registered innermost first: metrics see every answer, including 401 and 413.
     middlewares: list[Any] = [(RequestGuardMiddleware, {"path": TRANSLATE_PATH, "limits": settings.limits})]

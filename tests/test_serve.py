@@ -25,8 +25,10 @@ import pytest
 from fastapi.testclient import TestClient
 from litserve.utils import wrap_litserve_start
 
-from serve.metrics import parse_histogram
-from serve.schemas import Limits
+from serve.api import TranslatorAPI
+from serve.metrics import ServerMetrics, parse_histogram
+from serve.schemas import Limits, TranslateRequest
+from serve.shared import SharedJSON
 from serve.server import ServeSettings, build_server, group_members
 
 API_KEY = "test-key"
@@ -222,6 +224,20 @@ def test_request_waiting_too_long_gets_504_then_server_recovers(tiny_checkpoint:
         _wait_healthy(c.get)
         assert c.post("/translate", json=GOOD).status_code == 200
         assert 'nmt_http_requests_total{endpoint="/translate",status="504"} 1' in c.get("/metrics").text
+
+
+def test_precision_setting_reaches_the_worker_and_info(tiny_checkpoint: Path) -> None:
+    """`nmt serve --precision bf16` decodes under bf16 autocast and says so in /info."""
+    board = SharedJSON()
+    api = TranslatorAPI(checkpoint=str(tiny_checkpoint), metrics=ServerMetrics(), model_board=board,
+                        threads=1, precision="bf16")
+    api.setup("cpu")
+    assert api.translator.decode.precision == "bf16"
+    assert board.read()["info"]["decode"]["precision"] == "bf16"
+    outcome = api.predict([api.decode_request(TranslateRequest(texts=["Ein Hund läuft.", "Zwei Männer."]))])[0]
+    assert outcome.error is None and len(outcome.translations) == 2
+    with pytest.raises(Exception, match="--precision"):
+        ServeSettings(checkpoint=str(tiny_checkpoint), precision="fp16").check()
 
 
 # --------------------------------------------------------------------------- the real server
