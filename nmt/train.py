@@ -215,8 +215,8 @@ class Trainer:
             with sync:
                 with self._autocast():
                     logits, _ = self.wrapped(batch.src, batch.src_mask, batch.tgt_in)
-                loss, nll = label_smoothed_nll(logits, batch.tgt_out, self.config.train.label_smoothing)
-                self.scaler.scale(loss * scale).backward()
+                loss, nll = label_smoothed_nll(logits, batch.tgt_out, self.config.train.label_smoothing, scale)
+                self.scaler.scale(loss).backward()
             nll_total += float(nll)
         applied = self._optimizer_step(nll_total)
         return nll_total, local_tokens, applied
