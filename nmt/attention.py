@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmt.dropout import inverted_dropout
+
 # Finite (not -inf) so that a row without any real token gives uniform weights instead of NaN;
 # exp(MASKED - max) underflows to exactly 0 in float32 whenever the row has a real token.
 MASKED = -1e30
@@ -230,7 +232,7 @@ class MultiHeadAttention(nn.Module):
             causal = torch.ones(t, s, dtype=torch.bool, device=q.device).tril()
             mask = causal if mask is None else mask & causal
         probs = scores.softmax(-1) if mask is None else masked_softmax(scores, mask)
-        dropped = F.dropout(probs, dropout) if dropout > 0 else probs
+        dropped = inverted_dropout(probs, dropout, training=True)
         context = torch.matmul(dropped.to(v.dtype), v)
         return context, probs.mean(dim=1)
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.attention import BahdanauAttention, LuongAttention, LuongLocalAttention
+from nmt.dropout import Dropout
 
 DecoderState = dict[str, Tensor]
 Recurrent = Union[Tensor, tuple[Tensor, Tensor]]  # torch layout: h [L,B,H] or (h, c)
@@ -58,7 +59,7 @@ class RNNEncoder(nn.Module):
         self.embedding = embedding
         self.rnn = make_rnn(cell, embedding.embedding_dim, hidden_size, layers, dropout,
                             bidirectional)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.directions = 2 if bidirectional else 1
 
     def forward(self, src: Tensor, src_mask: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -132,7 +133,7 @@ class OutputLayer(nn.Module):
         elif tie and in_size != embed_dim:
             self.readout = nn.Linear(in_size, embed_dim)
             size = embed_dim
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.proj = nn.Linear(size, vocab_size)
         if tie:
             self.proj.weight = embedding.weight
@@ -184,7 +185,7 @@ class SutskeverDecoder(nn.Module):
         self.embedding = embedding
         self.rnn = make_rnn(cell, embedding.embedding_dim + context_size, hidden_size, layers,
                             dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.bridge = bridge
         self.context_size = context_size
         self.output = output
@@ -237,7 +238,7 @@ class BahdanauDecoder(nn.Module):
         self.attention = attention
         self.rnn = make_rnn(cell, embedding.embedding_dim + memory_size, hidden_size, layers,
                             dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.bridge = bridge
         self.output = output
 
@@ -302,7 +303,7 @@ class LuongDecoder(nn.Module):
         self.rnn = make_rnn(cell, embedding.embedding_dim + feed_size, hidden_size, layers,
                             dropout)
         self.combine = nn.Linear(memory_size + hidden_size, hidden_size, bias=False)  # W_c
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.input_feeding = input_feeding
         self.hidden_size = hidden_size
         self.bridge = bridge

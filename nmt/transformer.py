@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from nmt.attention import MultiHeadAttention
+from nmt.dropout import Dropout
 
 DecoderState = dict[str, Tensor]
 
@@ -68,7 +69,7 @@ class TransformerEmbedding(nn.Module):
         self.embedding = embedding
         self.positions = positions
         self.scale = math.sqrt(embedding.embedding_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, tokens: Tensor, start: int = 0) -> Tensor:
         """tokens [B,T] at positions start.. -> [B,T,E]."""
@@ -83,7 +84,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.inner = nn.Linear(embed_dim, ffn_size)
         self.outer = nn.Linear(ffn_size, embed_dim)
-        self.dropout = nn.Dropout(activation_dropout)
+        self.dropout = Dropout(activation_dropout)
         for layer in (self.inner, self.outer):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -104,7 +105,7 @@ class TransformerEncoderLayer(nn.Module):
         self.ffn = FeedForward(embed_dim, ffn_size, activation_dropout)
         self.attn_norm = nn.LayerNorm(embed_dim)
         self.ffn_norm = nn.LayerNorm(embed_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.pre_norm = pre_norm
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -163,7 +164,7 @@ class TransformerDecoderLayer(nn.Module):
         self.self_norm = nn.LayerNorm(embed_dim)
         self.cross_norm = nn.LayerNorm(embed_dim)
         self.ffn_norm = nn.LayerNorm(embed_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.pre_norm = pre_norm
 
     def forward(
