@@ -9,6 +9,11 @@ server formed (from /metrics, before and after). Traffic goes to loopback addres
     python scripts/load_test.py --url http://127.0.0.1:8000 --clients 16 --requests 400
     # start a server for the run (and stop it afterwards)
     python scripts/load_test.py --checkpoint runs/multi30k_de_en_de-en/best.pt --max-batch-size 16
+    # batching on and off against the same load: one server per setting, then the speed-up
+    python scripts/load_test.py --checkpoint CKPT --clients 32 --requests 400 --max-batch-size 32 1
+
+Before measuring, `--warmup` requests (default: one per client) let the server finish its
+one-time work (first allocations, lazy initialisation); they are not counted.
 
 The data folder is $NMT_DATA_DIR (default: ../shared/data beside the checkout).
 """
@@ -42,6 +47,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from serve.metrics import parse_histogram  # noqa: E402
 
 BATCH_HISTOGRAM = "nmt_batch_size_requests"
+BATCH_SECONDS = "nmt_batch_seconds"
 
 
 @dataclass
@@ -57,7 +63,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--url", help="a running server on this machine, e.g. http://127.0.0.1:8000")
     target.add_argument("--checkpoint", help="start `nmt serve` on this checkpoint for the run")
-    p.add_argument("--max-batch-size", type=int, default=32, help="for the started server")
+    p.add_argument("--max-batch-size", type=int, nargs="+", default=[32],
+                   help="for the started server; several values start one server each and compare them")
     p.add_argument("--batch-timeout", type=float, default=0.01, help="for the started server")
     p.add_argument("--threads", type=int, help="torch threads per worker of the started server")
     p.add_argument("--workers-per-device", type=int, help="worker processes of the started server")
@@ -69,10 +76,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--alignment", action="store_true", help="ask for alignments too")
     p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
     p.add_argument("--api-key", default=os.environ.get("NMT_API_KEY"), help="default: $NMT_API_KEY")
+    p.add_argument("--warmup", type=int, help="uncounted requests sent first (default: --clients)")
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)
     if args.clients < 1 or args.requests < 1 or args.texts_per_request < 1:
         p.error("--clients, --requests and --texts-per-request must be at least 1")
+    if min(args.max_batch_size) < 1:
+        p.error("--max-batch-size must be at least 1")
+    if args.warmup is None:
+        args.warmup = args.clients
     if args.url:
         host = urlparse(args.url).hostname or ""
         if not _is_loopback(host):
@@ -157,7 +169,9 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-def report(results: Results, batches: dict[str, float], sum_before: float, sum_after: float) -> None:
+def report(results: Results, before: str, after: str) -> float:
+    """Print the run's figures (`before`/`after`: /metrics pages); returns its requests/s."""
+    batches = batch_sizes(before, after)
     ok = len(results.latencies)
     total = sum(results.statuses.values()) + sum(results.transport_errors.values())
     print(f"requests: {total} in {results.elapsed:.2f}s = {total / results.elapsed:.1f} req/s ({ok} ok)")
@@ -171,17 +185,23 @@ def report(results: Results, batches: dict[str, float], sum_before: float, sum_a
     formed = sum(batches.values())
     if formed:
         sizes = "  ".join(f"<={le}: {int(n)}" for le, n in batches.items() if n)
-        print(f"batches formed: {int(formed)}, mean {(sum_after - sum_before) / formed:.2f} requests  ({sizes})")
+        requests = _metric_sum(after, BATCH_HISTOGRAM) - _metric_sum(before, BATCH_HISTOGRAM)
+        print(f"batches formed: {int(formed)}, mean {requests / formed:.2f} requests  ({sizes})")
+        busy = _metric_sum(after, BATCH_SECONDS) - _metric_sum(before, BATCH_SECONDS)
+        print(f"workers translating: {busy:.2f}s of {results.elapsed:.2f}s "
+              f"({busy / results.elapsed:.0%} of wall time, summed over workers)")
+    return total / results.elapsed
 
 
-def _metric_sum(text: str) -> float:
+def _metric_sum(text: str, histogram: str) -> float:
     for line in text.splitlines():
-        if line.startswith(f"{BATCH_HISTOGRAM}_sum "):
+        if line.startswith(f"{histogram}_sum "):
             return float(line.split()[1])
     return 0.0
 
 
-async def measure(args: argparse.Namespace, url: str) -> None:
+async def measure(args: argparse.Namespace, url: str) -> float:
+    """One load run against `url`; returns requests/s."""
     headers = {"X-API-Key": args.api_key} if args.api_key else {}
     limits = httpx.Limits(max_connections=args.clients)
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=args.timeout, limits=limits) as client:
@@ -191,20 +211,23 @@ async def measure(args: argparse.Namespace, url: str) -> None:
               f"batching: max {info['serving']['max_batch_size']}, timeout {info['serving']['batch_timeout']}s; "
               f"{args.clients} clients, {args.requests} requests")
         sentences = load_sentences(model["src_lang"], 4 * args.requests, args.seed)
+        payloads = build_payloads(args, sentences)
+        if args.warmup:
+            await run_load(client, payloads[:args.warmup], args.clients)
         before = (await client.get("/metrics")).text
-        results = await run_load(client, build_payloads(args, sentences), args.clients)
+        results = await run_load(client, payloads, args.clients)
         after = (await client.get("/metrics")).text
-    report(results, batch_sizes(before, after), _metric_sum(before), _metric_sum(after))
+    return report(results, before, after)
 
 
 @contextmanager
-def started_server(args: argparse.Namespace) -> Iterator[str]:
+def started_server(args: argparse.Namespace, max_batch_size: int) -> Iterator[str]:
     """`nmt serve` on a free loopback port for the duration of the block."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     command = [sys.executable, "-m", "nmt.cli", "serve", "--checkpoint", args.checkpoint, "--port", str(port),
-               "--max-batch-size", str(args.max_batch_size), "--batch-timeout", str(args.batch_timeout),
+               "--max-batch-size", str(max_batch_size), "--batch-timeout", str(args.batch_timeout),
                "--log-level", "warning"]
     if args.threads:
         command += ["--threads", str(args.threads)]
@@ -247,8 +270,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.url:
         asyncio.run(measure(args, args.url.rstrip("/")))
         return
-    with started_server(args) as url:
-        asyncio.run(measure(args, url))
+    throughput = {}
+    for size in args.max_batch_size:
+        print(f"--- max_batch_size {size}")
+        with started_server(args, size) as url:
+            throughput[size] = asyncio.run(measure(args, url))
+    if len(throughput) > 1:
+        base = min(throughput)  # the smallest max_batch_size, usually 1 (batching off)
+        print("throughput: " + ", ".join(
+            f"max_batch_size {size}: {rps:.1f} req/s ({rps / throughput[base]:.2f}x)"
+            for size, rps in throughput.items()))
 
 
 if __name__ == "__main__":
