@@ -36,6 +36,16 @@ def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
     return scores.float().masked_fill(~mask, MASKED).softmax(dim=-1)
 
 
+def group_by_sentence(queries: Tensor, sentences: int) -> Tensor:
+    """[R,T,D] queries of R decoder rows -> [N,R*T/N,D], each sentence's rows side by side.
+
+    Decoder states keep source-side entries (memory, keys, masks) once per sentence, with a
+    sentence's R/N rows (its beams) consecutive, so beams attend to one shared copy instead of
+    a copy per beam; see nmt/model.py. With R == N this is the identity.
+    """
+    return queries.reshape(sentences, -1, queries.size(-1))
+
+
 def _weighted_sum(weights: Tensor, memory: Tensor) -> Tensor:
     """[B,T,S] x [B,S,K] -> [B,T,K] in the memory's dtype (autocast may still lower it)."""
     return torch.bmm(weights.to(memory.dtype), memory)

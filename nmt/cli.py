@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from nmt.allocator import keep_freed_memory
 from nmt.checkpoint import CheckpointError
 from nmt.config import ConfigError, load_config
 
@@ -150,12 +151,19 @@ def _add_decoding_args(parser: argparse.ArgumentParser) -> None:
                         "1.6x faster on CPU, outputs may differ slightly")
 
 
-def _override_decoding(translator, args: argparse.Namespace) -> None:
-    """Apply --batch-tokens / --precision over the checkpoint's decode settings."""
+def _load_translator(args: argparse.Namespace):
+    """The checkpoint's Translator with --batch-tokens / --precision applied over its decode
+    settings."""
+    from nmt.translator import Translator
+
+    translator = Translator.load(args.checkpoint, device=args.device)
+    if translator.device.type == "cpu":
+        keep_freed_memory()
     changes = {"batch_tokens": args.batch_tokens, "precision": args.precision}
     changes = {k: v for k, v in changes.items() if v}
     if changes:
         translator.decode = dataclasses.replace(translator.decode, **changes)
+    return translator
 
 
 def _cmd_translate(args: argparse.Namespace) -> None:
@@ -167,10 +175,9 @@ def _cmd_translate(args: argparse.Namespace) -> None:
 
     from nmt.alignment import plot_alignment
     from nmt.evaluate import read_lines
-    from nmt.translator import Translation, Translator, read_chunks
+    from nmt.translator import Translation, read_chunks
 
-    translator = Translator.load(args.checkpoint, device=args.device)
-    _override_decoding(translator, args)
+    translator = _load_translator(args)
     aligned = bool(args.alignments or args.plot_attention or args.with_alignment)
     words = args.alignment_level == "word"
 
@@ -266,10 +273,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     srcs = ev.read_lines(args.src) if args.src else None
     translator, decoding = None, None
     if args.checkpoint:
-        from nmt.translator import Translator
-
-        translator = Translator.load(args.checkpoint, device=args.device)
-        _override_decoding(translator, args)
+        translator = _load_translator(args)
         hyps = ev.translate_lines(
             translator, srcs, args.beam, args.max_len, args.truncate, progress=True
         )

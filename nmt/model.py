@@ -7,9 +7,14 @@ One interface serves every architecture, so one beam search serves them all:
     state = model.reorder(state, indices)               # beams: select / expand / prune
     logits, attention = model(src, src_mask, tgt_in, with_attention=True)  # teacher forcing
 
-DecoderState is a dict of tensors that ALL have the batch on dim 0, so reordering is one
-generic `index_select(0, indices)` (indices may repeat, which expands for beams). The keys
-belong to the architecture (see nmt/rnn.py and nmt/transformer.py); treat them as opaque.
+DecoderState is a dict of tensors with the batch on dim 0, in two kinds: per-row entries
+(one row per hypothesis: recurrent states, self-attention caches) and per-sentence entries
+computed once from the source (memory, attention keys, masks; see `_from_source`). The R rows
+of N sentences are consecutive per sentence, W = R/N each, so a decoder attends its rows
+grouped by sentence (`nmt.attention.group_by_sentence`) to one copy of the source entries;
+`reorder` keeps that layout (indices may repeat, which expands for beams). "sentence" [R] and
+"source_ids" [N] say which input sentence each row and each source entry belongs to. The
+other keys belong to the architecture (see nmt/rnn.py and nmt/transformer.py).
 
 Attention is float32 and exactly 0 on padded source positions; over real tokens it sums to 1.
 For the Transformer it is the head-averaged cross-attention of `alignment_layer`. Models
@@ -100,6 +105,7 @@ class Seq2Seq(nn.Module):
         memory, final = self.encoder(src, src_mask)
         state = self.decoder.init_state(memory, final, src_mask)
         state["sentence"] = torch.arange(src.size(0), device=src.device)
+        state["source_ids"] = state["sentence"]
         return state
 
     def decode_step(
@@ -111,19 +117,34 @@ class Seq2Seq(nn.Module):
         return log_probs, None if attention is None else attention.float(), new_state
 
     def reorder(self, state: DecoderState, indices: Tensor) -> DecoderState:
-        """Select batch rows (indices [B'] long, may repeat) of every state tensor.
+        """Select rows (indices [R'] long, may repeat) of every per-row state entry.
 
-        Entries computed once from the source (encoder memory, cross-attention keys/values)
-        are equal for all beams of a sentence; when every row stays on its sentence (a beam
-        step that finishes no sentence) they are kept as they are instead of copied.
+        Source-side entries (memory, keys, masks, cross-attention keys/values) are equal for
+        all rows of a sentence, so they are kept once per sentence while the new rows come in
+        consecutive, equally long runs per sentence with sentences in ascending order (what
+        beam search produces: it selects only those, rows follow beams within a sentence, and
+        dropping a finished sentence copies just its source entries out). Any other order
+        stores them once per row (W = 1), so every reorder stays valid.
         """
-        sentence = state["sentence"]
-        moved = sentence.index_select(0, indices)
-        same_rows = moved.shape == sentence.shape and torch.equal(moved, sentence)
-        return {
-            key: value if same_rows and _from_source(key) else value.index_select(0, indices)
-            for key, value in state.items()
-        }
+        sentence = state["sentence"].index_select(0, indices)  # input sentence of each new row
+        ids, counts = torch.unique_consecutive(sentence, return_counts=True)
+        grouped = bool((counts == counts[0]).all()) and bool((ids[1:] > ids[:-1]).all())
+        new_sources = ids if grouped else sentence
+        sources = state["source_ids"]
+        pick = None
+        if not torch.equal(new_sources, sources):
+            position = torch.empty(int(sources.max()) + 1, dtype=torch.long, device=sources.device)
+            position[sources] = torch.arange(sources.numel(), device=sources.device)
+            pick = position[new_sources]
+        reordered: DecoderState = {"sentence": sentence, "source_ids": new_sources}
+        for key, value in state.items():
+            if key in reordered:
+                continue
+            if not _from_source(key):
+                reordered[key] = value.index_select(0, indices)
+            else:
+                reordered[key] = value if pick is None else value.index_select(0, pick)
+        return reordered
 
     def forward(
         self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, with_attention: bool = False
@@ -135,7 +156,7 @@ class Seq2Seq(nn.Module):
 
 def _from_source(key: str) -> bool:
     """State entries that depend on the source sentence only, not on the target prefix."""
-    return key in ("src_mask", "memory", "keys", "context") or key.startswith(("cross_k.", "cross_v."))
+    return key in ("src_mask", "memory", "keys") or key.startswith(("cross_k.", "cross_v."))
 
 
 def count_parameters(model: nn.Module) -> int:

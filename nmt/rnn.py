@@ -9,10 +9,10 @@
 - `LuongDecoder`: global or local-p attention from the current state, after the recurrent
   step; attentional state h~ = tanh(W_c [c; h]); optional input feeding.
 
-Decoder state (every tensor has the batch on dim 0, see nmt/model.py):
-  hidden [B,L,H] (and cell [B,L,H] for LSTM); memory [B,S,K] encoder outputs and keys [B,S,A]
-  their step-independent attention projection (omitted when equal to memory); src_mask [B,S];
-  feed [B,H] the previous h~ (Luong input feeding); context [B,K] (Cho-style summary).
+Decoder state (see nmt/model.py: N sentences, R = N*W rows): per row, hidden [R,L,H] (and
+cell [R,L,H] for LSTM), feed [R,H] the previous h~ (Luong input feeding), context [R,K]
+(Cho-style summary); per sentence, memory [N,S,K] encoder outputs and keys [N,S,A] their
+step-independent attention projection (omitted when equal to memory), src_mask [N,S].
 """
 
 from __future__ import annotations
@@ -23,7 +23,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from nmt.attention import BahdanauAttention, LuongAttention, LuongLocalAttention
+from nmt.attention import (
+    BahdanauAttention,
+    LuongAttention,
+    LuongLocalAttention,
+    group_by_sentence,
+)
 from nmt.dropout import Dropout
 
 DecoderState = dict[str, Tensor]
@@ -166,6 +171,16 @@ def _store(state: DecoderState, hx: Recurrent) -> DecoderState:
     return new_state
 
 
+def _attend_by_sentence(
+    attention: nn.Module, query: Tensor, state: DecoderState, keys: Tensor
+) -> tuple[Tensor, Tensor]:
+    """query [R,T,Q] of R rows over the N sentences' memory -> context [R,T,K], weights [R,T,S]."""
+    rows, length, _ = query.shape
+    grouped = group_by_sentence(query, keys.size(0))
+    context, weights = attention(grouped, keys, state["memory"], state["src_mask"])
+    return context.reshape(rows, length, -1), weights.reshape(rows, length, -1)
+
+
 def _top(hx: Recurrent) -> Tensor:
     """The top layer's hidden state [B,H]."""
     return (hx[0] if isinstance(hx, tuple) else hx)[-1]
@@ -254,8 +269,7 @@ class BahdanauDecoder(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor, Recurrent]:
         """emb [B,1,E] -> new top state [B,1,H], context [B,1,K], weights [B,1,S], hx."""
         query = _top(hx).unsqueeze(1)  # s_{i-1}: attention comes before the step
-        context, weights = self.attention(query, state["keys"], state["memory"],
-                                          state["src_mask"])
+        context, weights = _attend_by_sentence(self.attention, query, state, state["keys"])
         outputs, hx = self.rnn(torch.cat((emb, context.to(emb.dtype)), dim=-1), hx)
         return outputs, context, weights, hx
 
@@ -323,9 +337,8 @@ class LuongDecoder(nn.Module):
 
     def _attend(self, state: DecoderState, top: Tensor) -> tuple[Tensor, Tensor]:
         """top [B,T,H] -> h~ [B,T,H], weights [B,T,S]."""
-        memory = state["memory"]
-        context, weights = self.attention(top, state.get("keys", memory), memory,
-                                          state["src_mask"])
+        context, weights = _attend_by_sentence(self.attention, top, state,
+                                               state.get("keys", state["memory"]))
         return torch.tanh(self.combine(torch.cat((context.to(top.dtype), top), -1))), weights
 
     def _recur(

@@ -5,10 +5,11 @@ post-norm residual blocks (pre-norm adds a final LayerNorm to each stack), sinus
 learned positions, sliding-window (local) self-attention, and reporting one decoder layer's
 head-averaged cross-attention as the alignment.
 
-Decoder state (every tensor has the batch on dim 0, see nmt/model.py):
-  src_mask [B,S] bool; cross_k.{i}, cross_v.{i} [B,heads,S,dh] (the encoder output projected
-  once by layer i's cross-attention); self_k.{i}, self_v.{i} [B,heads,t,dh] (the keys/values
-  of the t target positions decoded so far; t is the step counter).
+Decoder state (see nmt/model.py: N sentences, R = N*W rows): per sentence, src_mask [N,S] bool
+and cross_k.{i}, cross_v.{i} [N,heads,S,dh] (the encoder output projected once by layer i's
+cross-attention, shared by the sentence's beams); per row, self_k.{i}, self_v.{i}
+[R,heads,t,dh] (the keys/values of the t target positions decoded so far; t is the step
+counter).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from nmt.attention import MultiHeadAttention
+from nmt.attention import MultiHeadAttention, group_by_sentence
 from nmt.dropout import Dropout
 
 DecoderState = dict[str, Tensor]
@@ -176,7 +177,7 @@ class TransformerDecoderLayer(nn.Module):
         cache: Optional[tuple[Tensor, Tensor]],
         need_weights: bool,
     ) -> tuple[Tensor, Optional[Tensor], tuple[Tensor, Tensor]]:
-        """x [B,T,E]; cross_kv [B,h,S,dh] each; src_mask [B,1,1,S].
+        """x [R,T,E] (R = N sentences x W rows each); cross_kv [N,h,S,dh] each; src_mask [N,1,1,S].
 
         Full sequence (cache None): causal self-attention, `self_mask` = the causal window
         mask [T,T] or None. One step (cache = keys/values of earlier positions): attends to the
@@ -196,9 +197,13 @@ class TransformerDecoderLayer(nn.Module):
             h, _ = self.self_attn.attend(q, k, v, is_causal=x.size(1) > 1)
         x = _residual(x, self.dropout(h), self.self_norm, self.pre_norm)
         h = self.cross_norm(x) if self.pre_norm else x
+        rows, length, _ = x.shape
         h, weights = self.cross_attn.attend(
-            self.cross_attn.project_q(h), *cross_kv, mask=src_mask, need_weights=need_weights
+            self.cross_attn.project_q(group_by_sentence(h, cross_kv[0].size(0))), *cross_kv,
+            mask=src_mask, need_weights=need_weights,
         )
+        h = h.reshape(rows, length, -1)
+        weights = None if weights is None else weights.reshape(rows, length, -1)
         x = _residual(x, self.dropout(h), self.cross_norm, self.pre_norm)
         h = self.ffn_norm(x) if self.pre_norm else x
         x = _residual(x, self.dropout(self.ffn(h)), self.ffn_norm, self.pre_norm)

@@ -78,6 +78,7 @@ class TranslatorAPI(ls.LitAPI):
 
         import torch
 
+        from nmt.allocator import keep_freed_memory
         from nmt.checkpoint import file_sha256
         from nmt.translator import Translator
 
@@ -86,6 +87,8 @@ class TranslatorAPI(ls.LitAPI):
         if self.threads:
             torch.set_num_threads(self.threads)
         self.translator = Translator.load(self.checkpoint, device=device)
+        if self.translator.device.type == "cpu":
+            keep_freed_memory()
         if self.precision:
             self.translator.decode = dataclasses.replace(self.translator.decode, precision=self.precision)
         info = dict(self.translator.info)

@@ -174,6 +174,43 @@ def test_reorder_equals_decoding_the_reordered_batch(name: str, batch) -> None:
 
 
 @pytest.mark.parametrize("name", ARCHS)
+def test_beam_layout_keeps_source_entries_once_per_sentence(name: str, batch) -> None:
+    """Beam-search reorders (expand to 3 beams, follow beams, drop sentences) keep one copy of
+    the source entries per sentence and decode exactly like a batch built in that order."""
+    model = make_model(name).eval()
+    src, src_mask, tgt_in, _, _ = batch
+    expand = torch.arange(5).repeat_interleave(3)  # 5 sentences x 3 beams
+    follow = torch.tensor([2, 0, 0, 3, 5, 4, 6, 6, 8, 9, 9, 10, 14, 12, 12])  # within sentences
+    drop = torch.tensor([3, 4, 4, 12, 14, 13])  # sentences 1 and 4 go on
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        state = model.encode(src, src_mask)
+        rows, history = torch.arange(5), tgt_in[:, :1]  # input sentence, tokens fed per row
+        _, _, state = model.decode_step(state, history[:, 0])
+        for indices in (expand, follow, drop):
+            state = model.reorder(state, indices)
+            rows, history = rows[indices], history[indices]
+            sentences = len(set(rows.tolist()))
+            assert state["source_ids"].numel() == sentences
+            per_sentence = {k for k, v in state.items() if v.size(0) == sentences}
+            assert {"src_mask", "memory", "cross_k.0"} & state.keys() <= per_sentence
+            if indices is not drop:
+                tokens = torch.randint(4, VOCAB, (len(indices),), generator=gen)
+                _, _, state = model.decode_step(state, tokens)
+                history = torch.cat([history, tokens[:, None]], dim=1)
+        assert state["source_ids"].tolist() == [1, 4]
+        last = torch.randint(4, VOCAB, (len(rows),), generator=gen)
+        got, got_attention, _ = model.decode_step(state, last)
+        reference = model.encode(src[rows], src_mask[rows])
+        for t in range(history.size(1)):
+            _, _, reference = model.decode_step(reference, history[:, t])
+        want, want_attention, _ = model.decode_step(reference, last)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    if want_attention is not None:
+        torch.testing.assert_close(got_attention, want_attention, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ARCHS)
 def test_every_parameter_gets_a_gradient(name: str, batch) -> None:
     model = make_model(name).train()
     src, src_mask, tgt_in, tgt_out, _ = batch
