@@ -147,8 +147,9 @@ def _add_decoding_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-tokens", type=int,
                         help="source tokens per decoding batch (default: decode.batch_tokens)")
     parser.add_argument("--precision", choices=["fp32", "bf16"],
-                        help="decoding precision (default: decode.precision); bf16 is about "
-                        "1.6x faster on CPU, outputs may differ slightly")
+                        help="decoding precision (default: decode.precision); bf16: the vocabulary "
+                        "projection in bf16 on CPU (autocast on GPUs), faster, outputs may "
+                        "differ slightly")
 
 
 def _load_translator(args: argparse.Namespace):
@@ -390,8 +391,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="seconds a request may wait for a worker before a 504 (default 30)")
     p.add_argument("--threads", type=int, help="torch threads per worker (default: cores / workers)")
     p.add_argument("--precision", choices=["fp32", "bf16"],
-                   help="decoding precision (default: the checkpoint's decode.precision); bf16 is "
-                   "about 1.6x faster on CPU, outputs may differ slightly")
+                   help="decoding precision (default: the checkpoint's decode.precision); bf16: the "
+                   "vocabulary projection in bf16 on CPU (autocast on GPUs), faster, outputs "
+                   "may differ slightly")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--shutdown-grace", type=float, default=10.0,
                    help="seconds for a graceful stop before worker processes are killed (default 10)")

@@ -30,6 +30,7 @@ from nmt.attention import (
     group_by_sentence,
 )
 from nmt.dropout import Dropout
+from nmt.projection import VocabularyProjection
 
 DecoderState = dict[str, Tensor]
 Recurrent = Union[Tensor, tuple[Tensor, Tensor]]  # torch layout: h [L,B,H] or (h, c)
@@ -139,7 +140,7 @@ class OutputLayer(nn.Module):
             self.readout = nn.Linear(in_size, embed_dim)
             size = embed_dim
         self.dropout = Dropout(dropout)
-        self.proj = nn.Linear(size, vocab_size)
+        self.proj = VocabularyProjection(size, vocab_size)
         if tie:
             self.proj.weight = embedding.weight
 

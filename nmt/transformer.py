@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from nmt.attention import MultiHeadAttention, group_by_sentence
 from nmt.dropout import Dropout
+from nmt.projection import VocabularyProjection
 
 DecoderState = dict[str, Tensor]
 
@@ -222,7 +223,7 @@ class TransformerDecoder(nn.Module):
         self.layers = nn.ModuleList(layers)
         dim = embed.embedding.embedding_dim
         self.final_norm = nn.LayerNorm(dim) if pre_norm else nn.Identity()
-        self.output = nn.Linear(dim, vocab_size, bias=False)
+        self.output = VocabularyProjection(dim, vocab_size, bias=False)
         if tie:
             self.output.weight = embed.embedding.weight
         else:  # initialised like the embedding table it would otherwise share

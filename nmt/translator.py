@@ -24,6 +24,7 @@ from nmt.alignment import Alignment, build_alignment
 from nmt.checkpoint import file_sha256, load_checkpoint
 from nmt.config import DecodeConfig, ModelConfig, config_from_dict
 from nmt.model import build_model, count_parameters
+from nmt.projection import VocabularyProjection
 from nmt.search import Hypothesis, beam_search, greedy_search
 from nmt.specials import EOS_ID, PAD_ID
 from nmt.tokenizer import Tokenizer
@@ -150,7 +151,7 @@ class Translator:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode(), self._autocast():
+            with torch.inference_mode(), self._precision():
                 lengths = {i: len(ids) for i, (ids, _) in encoded.items()}
                 for chunk in _sub_batches(lengths, self.decode.batch_tokens):
                     hyps = self._search([encoded[i][0] for i in chunk], request)
@@ -161,10 +162,14 @@ class Translator:
             self.model.train(was_training)
         return [r for r in results if r is not None]
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.decode.precision == "bf16":
+    def _precision(self) -> contextlib.AbstractContextManager:
+        """bf16 decoding: autocast on accelerators; on CPU only the vocabulary projection, the one
+        matmul of a decoding step large enough for bf16 to pay (see nmt/projection.py)."""
+        if self.decode.precision != "bf16":
+            return contextlib.nullcontext()
+        if self.device.type != "cpu":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return _projections_in(self.model, torch.bfloat16)
 
     def _request(
         self,
@@ -250,6 +255,19 @@ class Translator:
         alignment = build_alignment(torch.zeros(0, 0), [], []) if request.with_alignment else None
         n_best = [("", 0.0)] if request.n_best > 1 else None
         return Translation(source, "", 0.0, [], [], alignment, n_best, False)
+
+
+@contextlib.contextmanager
+def _projections_in(model: nn.Module, dtype: torch.dtype) -> Iterator[None]:
+    """Decode with the model's vocabulary projections in `dtype`, restored afterwards."""
+    projections = [m for m in model.modules() if isinstance(m, VocabularyProjection)]
+    for projection in projections:
+        projection.decoding_dtype = dtype
+    try:
+        yield
+    finally:
+        for projection in projections:
+            projection.decoding_dtype = None
 
 
 def describe_model(config: ModelConfig) -> str:

@@ -41,7 +41,7 @@ def _source_lines(data_dir: Path, count: int) -> list[str]:
         return [next(f).rstrip("\n") for _ in range(count)]
 
 
-def _wait_healthy(get, timeout: float = 60.0) -> None:
+def _wait_healthy(get, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -227,7 +227,7 @@ def test_request_waiting_too_long_gets_504_then_server_recovers(tiny_checkpoint:
 
 
 def test_precision_setting_reaches_the_worker_and_info(tiny_checkpoint: Path) -> None:
-    """`nmt serve --precision bf16` decodes under bf16 autocast and says so in /info."""
+    """`nmt serve --precision bf16` decodes in bf16 and says so in /info."""
     board = SharedJSON()
     api = TranslatorAPI(checkpoint=str(tiny_checkpoint), metrics=ServerMetrics(), model_board=board,
                         threads=1, precision="bf16")
