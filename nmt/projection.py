@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -40,3 +41,16 @@ class VocabularyProjection(nn.Linear):
                 self._low_weight = self.weight.detach().to(dtype)
             self._low_key = key
         return self._low_weight
+
+
+@contextlib.contextmanager
+def projections_in(model: nn.Module, dtype: torch.dtype) -> Iterator[None]:
+    """Decode with every VocabularyProjection of `model` in `dtype`, restored afterwards."""
+    projections = [m for m in model.modules() if isinstance(m, VocabularyProjection)]
+    for projection in projections:
+        projection.decoding_dtype = dtype
+    try:
+        yield
+    finally:
+        for projection in projections:
+            projection.decoding_dtype = None

@@ -24,7 +24,7 @@ from nmt.alignment import Alignment, build_alignment
 from nmt.checkpoint import file_sha256, load_checkpoint
 from nmt.config import DecodeConfig, ModelConfig, config_from_dict
 from nmt.model import build_model, count_parameters
-from nmt.projection import VocabularyProjection
+from nmt.projection import projections_in
 from nmt.search import Hypothesis, beam_search, greedy_search
 from nmt.specials import EOS_ID, PAD_ID
 from nmt.tokenizer import Tokenizer
@@ -169,7 +169,7 @@ class Translator:
             return contextlib.nullcontext()
         if self.device.type != "cpu":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return _projections_in(self.model, torch.bfloat16)
+        return projections_in(self.model, torch.bfloat16)
 
     def _request(
         self,
@@ -255,19 +255,6 @@ class Translator:
         alignment = build_alignment(torch.zeros(0, 0), [], []) if request.with_alignment else None
         n_best = [("", 0.0)] if request.n_best > 1 else None
         return Translation(source, "", 0.0, [], [], alignment, n_best, False)
-
-
-@contextlib.contextmanager
-def _projections_in(model: nn.Module, dtype: torch.dtype) -> Iterator[None]:
-    """Decode with the model's vocabulary projections in `dtype`, restored afterwards."""
-    projections = [m for m in model.modules() if isinstance(m, VocabularyProjection)]
-    for projection in projections:
-        projection.decoding_dtype = dtype
-    try:
-        yield
-    finally:
-        for projection in projections:
-            projection.decoding_dtype = None
 
 
 def describe_model(config: ModelConfig) -> str:

@@ -5,7 +5,8 @@ Greedy and beam search (default beam 5), batches of ~64 sentences sorted by leng
 model's incremental decoding (Transformer: KV cache; RNN: recurrent state) and, for
 comparison, WITHOUT a cache: every step re-runs `model.forward` (encoder and decoder) over the
 source and the whole target prefix. The two must produce the same translations; the script
-checks that too.
+checks that too. On CPU it also runs the cached decoder with the vocabulary projection in
+bf16 (what `decode.precision: bf16` does there) and prints how many outputs stay the same.
 
   python scripts/bench_decode.py runs/multi30k_de_en_de-en/best.pt
   python scripts/bench_decode.py --limit 50        # a randomly initialised reference-sized model
@@ -19,6 +20,7 @@ data first (a few seconds).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import os
@@ -31,8 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmt.allocator import keep_freed_memory
 from nmt.config import load_config
 from nmt.model import build_model, count_parameters
+from nmt.projection import projections_in
 from nmt.search import Hypothesis, beam_search, greedy_search
 from nmt.specials import PAD_ID
 from nmt.tokenizer import Tokenizer
@@ -131,6 +135,12 @@ def run(
     return time.perf_counter() - start, outputs
 
 
+def _agreement(outputs: list[list[int]], reference: list[list[int]]) -> str:
+    """"yes" when every output equals the reference decoder's, else the share that does."""
+    equal = sum(a == b for a, b in zip(outputs, reference))
+    return "yes" if equal == len(reference) else f"{equal}/{len(reference)}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -153,6 +163,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cpu":
+        keep_freed_memory()  # as nmt translate / serve do
     data_dir = Path(args.data_dir)
     model, tokenizer, decode, label = load_model(args, data_dir)
     test_file = data_dir / "multi30k" / f"test_2016_flickr.{tokenizer.src_lang}.gz"
@@ -160,18 +172,22 @@ def main() -> None:
     data = batches(tokenizer.encode_src(sources), args.batch_size, args.device)
     print(f"model: {label}; {count_parameters(model):,} parameters; {len(sources)} sentences, "
           f"batches of {args.batch_size}, device {args.device}, {torch.get_num_threads()} threads")
-    variants: list[tuple[str, Any]] = [("cached", model)]
+    variants: list[tuple[str, Any, Any]] = [("cached", model, contextlib.nullcontext)]
+    if args.device == "cpu":  # what decode.precision bf16 does on a CPU
+        variants.append(("cached, bf16 projection", model,
+                         lambda: projections_in(model, torch.bfloat16)))
     if not args.skip_no_cache:
-        variants.append(("no cache (full forward)", FullPrefixDecoder(model)))
+        variants.append(("no cache (full forward)", FullPrefixDecoder(model), contextlib.nullcontext))
     results = []
     header = f"{'decoder':<26}{'search':<10}{'seconds':>9}{'sent/s':>10}{'tgt tok/s':>11}"
     print(header + "  same output")
     for beam in args.beams:
         reference: Optional[list] = None
-        for name, step_model in variants:
-            seconds, outputs = run(step_model, data, beam, decode)
+        for name, step_model, precision in variants:
+            with precision():
+                seconds, outputs = run(step_model, data, beam, decode)
             tokens = sum(len(t) + 1 for t in outputs)  # + EOS
-            same = "-" if reference is None else ("yes" if outputs == reference else "NO")
+            same = "-" if reference is None else _agreement(outputs, reference)
             reference = reference if reference is not None else outputs
             search = "greedy" if beam == 1 else f"beam {beam}"
             row = {"decoder": name, "search": search, "seconds": round(seconds, 3),
