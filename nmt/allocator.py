@@ -9,16 +9,16 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
 
-def keep_freed_memory() -> None:
-    """Stop glibc from returning large freed blocks to the OS.
+def keep_freed_memory(device_type: str) -> None:
+    """On CPU (`device_type` "cpu"), stop glibc from returning large freed blocks to the OS.
 
     Training steps and decoding steps free and re-allocate buffers of the same few sizes
     (activations; [rows, vocabulary] logits). By default glibc serves each large one with a
     fresh mmap, so every step pays page faults and zeroing again: 7-14% of a CPU training
     step, and half of a beam-search run's page faults. The process keeps its peak heap instead.
-    No-op off Linux/glibc.
+    No-op for other devices and off Linux/glibc.
     """
-    if not sys.platform.startswith("linux"):
+    if device_type != "cpu" or not sys.platform.startswith("linux"):
         return
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -158,8 +158,7 @@ def _load_translator(args: argparse.Namespace):
     from nmt.translator import Translator
 
     translator = Translator.load(args.checkpoint, device=args.device)
-    if translator.device.type == "cpu":
-        keep_freed_memory()
+    keep_freed_memory(translator.device.type)
     changes = {"batch_tokens": args.batch_tokens, "precision": args.precision}
     changes = {k: v for k, v in changes.items() if v}
     if changes:

@@ -173,12 +173,13 @@ def _store(state: DecoderState, hx: Recurrent) -> DecoderState:
 
 
 def _attend_by_sentence(
-    attention: nn.Module, query: Tensor, state: DecoderState, keys: Tensor
+    attention: nn.Module, query: Tensor, state: DecoderState
 ) -> tuple[Tensor, Tensor]:
     """query [R,T,Q] of R rows over the N sentences' memory -> context [R,T,K], weights [R,T,S]."""
     rows, length, _ = query.shape
-    grouped = group_by_sentence(query, keys.size(0))
-    context, weights = attention(grouped, keys, state["memory"], state["src_mask"])
+    memory = state["memory"]
+    grouped = group_by_sentence(query, memory.size(0))
+    context, weights = attention(grouped, state.get("keys", memory), memory, state["src_mask"])
     return context.reshape(rows, length, -1), weights.reshape(rows, length, -1)
 
 
@@ -270,7 +271,7 @@ class BahdanauDecoder(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor, Recurrent]:
         """emb [B,1,E] -> new top state [B,1,H], context [B,1,K], weights [B,1,S], hx."""
         query = _top(hx).unsqueeze(1)  # s_{i-1}: attention comes before the step
-        context, weights = _attend_by_sentence(self.attention, query, state, state["keys"])
+        context, weights = _attend_by_sentence(self.attention, query, state)
         outputs, hx = self.rnn(torch.cat((emb, context.to(emb.dtype)), dim=-1), hx)
         return outputs, context, weights, hx
 
@@ -338,8 +339,7 @@ class LuongDecoder(nn.Module):
 
     def _attend(self, state: DecoderState, top: Tensor) -> tuple[Tensor, Tensor]:
         """top [B,T,H] -> h~ [B,T,H], weights [B,T,S]."""
-        context, weights = _attend_by_sentence(self.attention, top, state,
-                                               state.get("keys", state["memory"]))
+        context, weights = _attend_by_sentence(self.attention, top, state)
         return torch.tanh(self.combine(torch.cat((context.to(top.dtype), top), -1))), weights
 
     def _recur(

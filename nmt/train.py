@@ -110,8 +110,7 @@ class Trainer:
             logging.getLogger("nmt").setLevel(logging.WARNING)
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
-        if self.device.type == "cpu":
-            keep_freed_memory()
+        keep_freed_memory(self.device.type)
         self.run_dir = default_run_dir(config)
         self._check_run_dir(resume)
         seed_everything(config.train.seed + self.dist.rank)

@@ -163,8 +163,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "cpu":
-        keep_freed_memory()  # as nmt translate / serve do
+    keep_freed_memory(torch.device(args.device).type)  # as nmt translate / serve do
     data_dir = Path(args.data_dir)
     model, tokenizer, decode, label = load_model(args, data_dir)
     test_file = data_dir / "multi30k" / f"test_2016_flickr.{tokenizer.src_lang}.gz"

@@ -87,8 +87,7 @@ class TranslatorAPI(ls.LitAPI):
         if self.threads:
             torch.set_num_threads(self.threads)
         self.translator = Translator.load(self.checkpoint, device=device)
-        if self.translator.device.type == "cpu":
-            keep_freed_memory()
+        keep_freed_memory(self.translator.device.type)
         if self.precision:
             self.translator.decode = dataclasses.replace(self.translator.decode, precision=self.precision)
         info = dict(self.translator.info)
