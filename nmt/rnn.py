@@ -21,7 +21,7 @@ from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from nmt.attention import (
     BahdanauAttention,
@@ -29,6 +29,7 @@ from nmt.attention import (
     LuongLocalAttention,
     group_by_sentence,
 )
+from nmt.cpu import has_native_bf16
 from nmt.dropout import Dropout
 from nmt.projection import VocabularyProjection
 
@@ -54,6 +55,29 @@ def make_rnn(
     raise ValueError(f"unknown RNN cell {cell!r}")
 
 
+def run_rnn(
+    rnn: nn.RNNBase, inputs: Union[Tensor, PackedSequence], hx: Optional[Recurrent] = None
+) -> tuple[Union[Tensor, PackedSequence], Recurrent]:
+    """Call a fused RNN; under CPU bf16 autocast on a CPU without native bf16, in fp32.
+
+    oneDNN's bf16 RNN kernels need native bf16 instructions (on AVX2-only CPUs they fail to
+    build their primitive), so there the recurrent layer alone runs in fp32 while the rest of
+    the model keeps autocast.
+    """
+    if inputs.data.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not has_native_bf16():
+        with torch.autocast("cpu", enabled=False):
+            return rnn(_as_float(inputs), None if hx is None else _as_float(hx))
+    return rnn(inputs, hx)
+
+
+def _as_float(x: Union[Tensor, PackedSequence, tuple[Tensor, ...]]) -> Union[Tensor, PackedSequence, tuple[Tensor, ...]]:
+    if isinstance(x, PackedSequence):
+        return x._replace(data=x.data.float())
+    if isinstance(x, tuple):
+        return tuple(t.float() for t in x)
+    return x.float()
+
+
 class RNNEncoder(nn.Module):
     """Embedding -> dropout -> stacked (bi)RNN over the real tokens only -> dropout."""
 
@@ -74,7 +98,7 @@ class RNNEncoder(nn.Module):
         emb = self.dropout(self.embedding(src))
         lengths = src_mask.sum(dim=1).clamp(min=1).cpu()
         packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
-        outputs, final = self.rnn(packed)
+        outputs, final = run_rnn(self.rnn, packed)
         memory, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src.size(1))
         finals = final if isinstance(final, tuple) else (final,)
         return self.dropout(memory), tuple(self._by_layer(state) for state in finals)
@@ -222,7 +246,7 @@ class SutskeverDecoder(nn.Module):
         if self.context_size > 0:
             context = state["context"].unsqueeze(1).expand(-1, tokens.size(1), -1)
             inputs = torch.cat((emb, context), dim=-1)
-        outputs, hx = self.rnn(inputs, _recurrent(state))
+        outputs, hx = run_rnn(self.rnn, inputs, _recurrent(state))
         if self.context_size > 0:
             outputs = torch.cat((outputs, context, emb), dim=-1)
         return self.output(outputs), _store(state, hx)
@@ -272,7 +296,7 @@ class BahdanauDecoder(nn.Module):
         """emb [B,1,E] -> new top state [B,1,H], context [B,1,K], weights [B,1,S], hx."""
         query = _top(hx).unsqueeze(1)  # s_{i-1}: attention comes before the step
         context, weights = _attend_by_sentence(self.attention, query, state)
-        outputs, hx = self.rnn(torch.cat((emb, context.to(emb.dtype)), dim=-1), hx)
+        outputs, hx = run_rnn(self.rnn, torch.cat((emb, context.to(emb.dtype)), dim=-1), hx)
         return outputs, context, weights, hx
 
     def forward(
@@ -346,7 +370,7 @@ class LuongDecoder(nn.Module):
         self, state: DecoderState, hx: Recurrent, emb: Tensor, feed: Tensor
     ) -> tuple[Tensor, Tensor, Recurrent]:
         """One input-fed step: emb [B,1,E], feed [B,1,H] -> h~ [B,1,H], weights [B,1,S], hx."""
-        top, hx = self.rnn(torch.cat((emb, feed.to(emb.dtype)), dim=-1), hx)
+        top, hx = run_rnn(self.rnn, torch.cat((emb, feed.to(emb.dtype)), dim=-1), hx)
         h_tilde, weights = self._attend(state, top)
         return h_tilde, weights, hx
 
@@ -357,7 +381,7 @@ class LuongDecoder(nn.Module):
         emb = self.dropout(self.embedding(tgt_in))
         hx = _recurrent(state)
         if not self.input_feeding:
-            top, _ = self.rnn(emb, hx)
+            top, _ = run_rnn(self.rnn, emb, hx)
             h_tilde, weights = self._attend(state, top)
         else:
             feed = state["feed"].unsqueeze(1)
@@ -378,7 +402,7 @@ class LuongDecoder(nn.Module):
         if self.input_feeding:
             h_tilde, weights, hx = self._recur(state, hx, emb, state["feed"].unsqueeze(1))
         else:
-            top, hx = self.rnn(emb, hx)
+            top, hx = run_rnn(self.rnn, emb, hx)
             h_tilde, weights = self._attend(state, top)
         new_state = _store(state, hx)
         if self.input_feeding:

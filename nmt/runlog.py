@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from nmt.cpu import cpu_name, has_native_bf16
+
 
 def environment_info(device: torch.device, precision: str, world_size: int) -> dict[str, Any]:
     """Versions, hardware and the git commit, so a result can be traced to its code."""
@@ -32,6 +34,9 @@ def environment_info(device: torch.device, precision: str, world_size: int) -> d
         "sacrebleu": sacrebleu.__version__,
         "device": str(device),
         "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "cpu": cpu_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": has_native_bf16(),
         "threads": torch.get_num_threads(),
         "precision": precision,
         "world_size": world_size,

@@ -36,6 +36,7 @@ from nmt.checkpoint import (
     save_checkpoint,
 )
 from nmt.config import Config, ConfigError, save_config
+from nmt.cpu import has_native_bf16
 from nmt.data import PreparedData, prepare_data
 from nmt.distributed import (
     any_across,
@@ -72,14 +73,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto: bf16 on CPU (about 3x faster matmuls than fp32 on recent CPUs) and on GPUs with
-    bf16 support, fp16 with loss scaling on older GPUs."""
+    """auto: bf16 on CPUs with native bf16 instructions (about 3x faster matmuls than fp32),
+    fp32 on other CPUs (where bf16 is emulated and many times slower); on GPUs bf16 where
+    supported, else fp16 with loss scaling."""
     if precision == "auto":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            return "fp16"
-        return "bf16"
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if has_native_bf16() else "fp32"
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    if precision == "bf16" and device.type == "cpu" and not has_native_bf16():
+        log.warning("train.precision bf16: this CPU has no native bf16 instructions, so bf16 "
+                    "matmuls are emulated and much slower than fp32 (precision auto picks fp32)")
     return precision
 
 

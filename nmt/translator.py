@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import logging
 import queue
 import threading
 import time
@@ -22,12 +24,15 @@ from torch import nn
 
 from nmt.alignment import Alignment, build_alignment
 from nmt.checkpoint import file_sha256, load_checkpoint
+from nmt.cpu import has_native_bf16
 from nmt.config import DecodeConfig, ModelConfig, config_from_dict
 from nmt.model import build_model, count_parameters
 from nmt.projection import projections_in
 from nmt.search import Hypothesis, beam_search, greedy_search
 from nmt.specials import EOS_ID, PAD_ID
 from nmt.tokenizer import Tokenizer
+
+log = logging.getLogger("nmt.translator")
 
 
 class TranslationError(ValueError):
@@ -60,6 +65,13 @@ class Translation:
         if data.get("n_best") is not None:
             values["n_best"] = [(str(text), float(score)) for text, score in data["n_best"]]
         return cls(**values)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_emulated_bf16() -> None:
+    """Once per process: bf16 decoding was asked for where it is a slowdown."""
+    log.warning("decode.precision bf16: this CPU has no native bf16 instructions, so the bf16 "
+                "vocabulary projection is emulated and slower than fp32; use fp32 here")
 
 
 @dataclass
@@ -169,6 +181,8 @@ class Translator:
             return contextlib.nullcontext()
         if self.device.type != "cpu":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if not has_native_bf16():
+            _warn_emulated_bf16()
         return projections_in(self.model, torch.bfloat16)
 
     def _request(

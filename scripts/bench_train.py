@@ -32,6 +32,7 @@ from torch.utils.hooks import RemovableHandle
 
 from nmt.batching import Batch
 from nmt.config import load_config
+from nmt.cpu import cpu_name, has_native_bf16
 from nmt.model import count_parameters
 from nmt.train import Trainer
 
@@ -190,7 +191,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="nmt-bench-"))
     peaks = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
-    print(f"threads {torch.get_num_threads()}; matmul peak: bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s, "
+    print(f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}, native bf16: "
+          f"{'yes' if has_native_bf16() else 'no'}); threads {torch.get_num_threads()}; matmul peak: bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s, "
           f"fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s")
     print(f"{'config':28} {'params':>10} {'prec':>5} {'tgt tok/s':>10} {'MFLOP/tok':>10} "
           f"{'GFLOP/s':>8} {'MFU':>6}")

@@ -15,9 +15,10 @@ import torch
 
 from conftest import tiny_config_dict
 from nmt.checkpoint import load_checkpoint
-from nmt.config import config_from_dict
+from nmt.config import ConfigError, config_from_dict
+from nmt.cpu import has_native_bf16
 from nmt.runlog import read_metrics
-from nmt.train import train
+from nmt.train import resolve_precision, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,6 +58,16 @@ def test_every_architecture_trains_and_loss_falls(data_dir: Path, tmp_path: Path
     assert "training" not in payload and payload["tokenizer"]
     assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "env.json").is_file()
     assert any((tmp_path / "run" / "tensorboard").iterdir())
+
+
+def test_auto_precision_uses_bf16_on_cpu_only_with_native_bf16() -> None:
+    """Emulated bf16 matmuls are many times slower than fp32, so auto must not pick them."""
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bf16" if has_native_bf16() else "fp32")
+    assert resolve_precision("bf16", cpu) == "bf16"  # an explicit choice is kept (with a warning)
+    assert resolve_precision("fp32", cpu) == "fp32"
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        resolve_precision("fp16", cpu)
 
 
 def test_resume_reproduces_uninterrupted_run(data_dir: Path, tmp_path: Path) -> None:
