@@ -349,7 +349,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     devices = args.devices if args.devices == "auto" else int(args.devices)
     settings = ServeSettings(
         checkpoint=args.checkpoint, host=args.host, port=args.port,
-        max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout,
+        max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout, batch_wait=args.batch_wait,
         workers_per_device=args.workers_per_device, accelerator=args.accelerator, devices=devices,
         api_key=args.api_key or os.environ.get("NMT_API_KEY") or None,
         limits=Limits(max_chars=args.max_chars, max_texts=args.max_texts, max_beam=args.max_beam,
@@ -376,6 +376,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch-size", type=int, default=32, help="requests per batch (default 32)")
     p.add_argument("--batch-timeout", type=float, default=0.01,
                    help="seconds a worker waits for a batch to fill (default 0.01)")
+    p.add_argument("--batch-wait", type=float, default=0.1,
+                   help="under load (the last batch held several requests), wait up to this "
+                   "fraction of the last batch's decoding time instead, if longer (default 0.1; "
+                   "0 = always --batch-timeout)")
     p.add_argument("--workers-per-device", type=int, default=1)
     p.add_argument("--accelerator", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--devices", default="auto", help="number of devices, or auto (default)")

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from nmt.allocator import keep_freed_memory
 from nmt.config import load_config
+from nmt.cpu import cpu_name, has_native_bf16
 from nmt.model import build_model, count_parameters
 from nmt.projection import projections_in
 from nmt.search import Hypothesis, beam_search, greedy_search
@@ -170,9 +171,12 @@ def main() -> None:
     sources = read_gz(test_file)[: args.limit]
     data = batches(tokenizer.encode_src(sources), args.batch_size, args.device)
     print(f"model: {label}; {count_parameters(model):,} parameters; {len(sources)} sentences, "
-          f"batches of {args.batch_size}, device {args.device}, {torch.get_num_threads()} threads")
+          f"batches of {args.batch_size}, device {args.device} ({cpu_name()}), "
+          f"{torch.get_num_threads()} threads")
     variants: list[tuple[str, Any, Any]] = [("cached", model, contextlib.nullcontext)]
-    if args.device == "cpu":  # what decode.precision bf16 does on a CPU
+    if args.device == "cpu" and not has_native_bf16():
+        print("this CPU has no native bf16: skipping the bf16-projection decoder (emulated, slow)")
+    elif args.device == "cpu":  # what decode.precision bf16 does on a CPU
         variants.append(("cached, bf16 projection", model,
                          lambda: projections_in(model, torch.bfloat16)))
     if not args.skip_no_cache:

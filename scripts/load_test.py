@@ -67,6 +67,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--max-batch-size", type=int, nargs="+", default=[32],
                    help="for the started server; several values start one server each and compare them")
     p.add_argument("--batch-timeout", type=float, default=0.01, help="for the started server")
+    p.add_argument("--batch-wait", type=float,
+                   help="for the started server: fraction of a batch's decoding time it waits under load")
     p.add_argument("--threads", type=int, help="torch threads per worker of the started server")
     p.add_argument("--workers-per-device", type=int, help="worker processes of the started server")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="decoding precision of the started server")
@@ -267,7 +269,8 @@ async def measure(args: argparse.Namespace, url: str) -> float:
         info = (await client.get("/info")).raise_for_status().json()
         model = info["model"]
         print(f"model: {model['name']} ({model['arch']}, {model['src_lang']}->{model['tgt_lang']}); "
-              f"batching: max {info['serving']['max_batch_size']}, timeout {info['serving']['batch_timeout']}s; "
+              f"batching: max {info['serving']['max_batch_size']}, timeout {info['serving']['batch_timeout']}s, "
+              f"wait under load {info['serving'].get('batch_wait', 0)}; "
               f"{args.clients} clients, {args.requests} requests")
         sentences = load_sentences(model["src_lang"], 4 * args.requests, args.seed)
         payloads = build_payloads(args, sentences)
@@ -288,6 +291,8 @@ def started_server(args: argparse.Namespace, max_batch_size: int) -> Iterator[st
     command = [sys.executable, "-m", "nmt.cli", "serve", "--checkpoint", args.checkpoint, "--port", str(port),
                "--max-batch-size", str(max_batch_size), "--batch-timeout", str(args.batch_timeout),
                "--log-level", "warning"]
+    if args.batch_wait is not None:
+        command += ["--batch-wait", str(args.batch_wait)]
     if args.threads:
         command += ["--threads", str(args.threads)]
     if args.workers_per_device:

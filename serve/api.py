@@ -1,7 +1,8 @@
 """The LitServe API: a thin layer that batches HTTP requests into Translator.translate calls.
 
 Per worker process, `setup()` loads the Translator once. LitServe's dynamic batching hands
-`predict()` every request that arrived within `batch_timeout` (at most `max_batch_size`);
+`predict()` every request that arrived within `batch_timeout` (at most `max_batch_size`;
+under load the window grows to a fraction of the last batch's decoding time, `batch_wait`);
 their sentences are decoded together with one `translate` call per group of identical
 settings (beam, n-best, max length, alignment, truncation), and the Translator sub-batches
 by token budget. A request whose texts the Translator rejects gets its own 422 while its
@@ -56,13 +57,31 @@ class Outcome:
     batch: tuple[int, int] = (1, 1)  # (requests, sentences) of the batch
 
 
+def next_batch_timeout(base: float, wait: float, last_requests: int, last_seconds: float) -> float:
+    """How long the worker collects the next batch: `base`, or under load `wait` x the last
+    batch's decoding time if that is longer.
+
+    Under load, the clients answered by the last batch send their next requests a round trip
+    later, just after a short fixed timeout has closed the next batch: batches then fill to
+    about half of max_batch_size. Waiting a small fraction of a batch's decoding time for them
+    fills batches (and shortens queueing), while a lone request (last batch of one) only ever
+    waits `base`, so latency at low load is unchanged.
+    """
+    if last_requests > 1 and wait > 0:
+        return max(base, wait * last_seconds)
+    return base
+
+
 class TranslatorAPI(ls.LitAPI):
     """POST /translate on a checkpoint; see serve.schemas for the request and response."""
 
     def __init__(self, checkpoint: str, metrics: ServerMetrics, model_board: SharedJSON,
-                 max_batch_size: int = 32, batch_timeout: float = 0.01, threads: Optional[int] = None,
-                 precision: Optional[str] = None, api_path: str = "/translate") -> None:
+                 max_batch_size: int = 32, batch_timeout: float = 0.01, batch_wait: float = 0.0,
+                 threads: Optional[int] = None, precision: Optional[str] = None,
+                 api_path: str = "/translate") -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=api_path)
+        self.base_batch_timeout = batch_timeout
+        self.batch_wait = batch_wait  # fraction of the last batch's decoding time (see predict)
         self.checkpoint = checkpoint
         self.metrics = metrics
         self.model_board = model_board
@@ -121,7 +140,10 @@ class TranslatorAPI(ls.LitAPI):
             for i, outcome in zip(indices, self._translate_group([jobs[i] for i in indices])):
                 outcomes[i] = outcome
         sentences = sum(len(job.texts) for job in jobs)
-        self.metrics.observe_batch(len(jobs), sentences, time.monotonic() - start)
+        seconds = time.monotonic() - start
+        self.metrics.observe_batch(len(jobs), sentences, seconds)
+        # LitServe reads batch_timeout before collecting each batch: adapt it to the load.
+        self.batch_timeout = next_batch_timeout(self.base_batch_timeout, self.batch_wait, len(jobs), seconds)
         for outcome in outcomes:
             outcome.batch = (len(jobs), sentences)
         return outcomes if isinstance(x, list) else outcomes[0]

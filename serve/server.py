@@ -55,6 +55,7 @@ class ServeSettings:
     port: int = 8000
     max_batch_size: int = 32
     batch_timeout: float = 0.01  # seconds a worker waits for a batch to fill
+    batch_wait: float = 0.1  # under load, wait up to this fraction of the last batch's decode time
     workers_per_device: int = 1
     accelerator: str = "auto"  # auto | cpu | cuda
     devices: Union[int, str] = "auto"
@@ -78,6 +79,8 @@ class ServeSettings:
             raise ConfigError("--max-batch-size and --workers-per-device must be at least 1")
         if not 0 <= self.batch_timeout < self.request_timeout:
             raise ConfigError("--batch-timeout must be >= 0 and smaller than --request-timeout")
+        if not 0 <= self.batch_wait <= 1:
+            raise ConfigError(f"--batch-wait must be in 0..1 (a fraction), got {self.batch_wait}")
         if self.precision not in (None, "fp32", "bf16"):
             raise ConfigError(f"--precision must be fp32 or bf16, got {self.precision!r}")
         if self.accelerator not in ("auto", "cpu", "cuda"):
@@ -100,7 +103,8 @@ def build_server(settings: ServeSettings) -> ls.LitServer:
     api = TranslatorAPI(
         checkpoint=str(settings.checkpoint), metrics=metrics, model_board=model_board,
         max_batch_size=settings.max_batch_size, batch_timeout=settings.batch_timeout,
-        threads=settings.worker_threads(), precision=settings.precision, api_path=TRANSLATE_PATH,
+        batch_wait=settings.batch_wait, threads=settings.worker_threads(), precision=settings.precision,
+        api_path=TRANSLATE_PATH,
     )
     # Registered innermost first: metrics see every answer, including 401 and 413.
     middlewares: list[Any] = [(RequestGuardMiddleware, {"path": TRANSLATE_PATH, "limits": settings.limits})]
@@ -127,6 +131,7 @@ def _serving_info(settings: ServeSettings, devices: list[Any]) -> dict[str, Any]
     return {
         "max_batch_size": settings.max_batch_size,
         "batch_timeout": settings.batch_timeout,
+        "batch_wait": settings.batch_wait,
         "workers_per_device": settings.workers_per_device,
         "accelerator": settings.accelerator,
         "devices": [str(d) for d in devices],

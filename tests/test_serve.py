@@ -25,7 +25,7 @@ import pytest
 from fastapi.testclient import TestClient
 from litserve.utils import wrap_litserve_start
 
-from serve.api import TranslatorAPI
+from serve.api import TranslatorAPI, next_batch_timeout
 from serve.metrics import ServerMetrics, parse_histogram
 from serve.schemas import Limits, TranslateRequest
 from serve.shared import SharedJSON
@@ -111,6 +111,7 @@ def test_info_health_metrics_and_docs(client: TestClient) -> None:
     assert info["model"]["parameters"] > 0 and "valid_bleu" in info["model"]
     assert info["model"]["decode"]["beam_size"] == 2
     assert info["serving"]["max_batch_size"] == 8 and info["serving"]["limits"]["max_texts"] == 8
+    assert info["serving"]["batch_timeout"] == 0.2 and info["serving"]["batch_wait"] == 0.1
 
     metrics = client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
@@ -238,6 +239,26 @@ def test_precision_setting_reaches_the_worker_and_info(tiny_checkpoint: Path) ->
     assert outcome.error is None and len(outcome.translations) == 2
     with pytest.raises(Exception, match="--precision"):
         ServeSettings(checkpoint=str(tiny_checkpoint), precision="fp16").check()
+
+
+def test_batch_wait_grows_with_load_and_never_delays_a_lone_request(tiny_checkpoint: Path) -> None:
+    """After a batch of several requests the worker waits a fraction of its decoding time for
+    the next batch to fill; after a batch of one it waits only --batch-timeout."""
+    assert next_batch_timeout(0.01, 0.1, last_requests=1, last_seconds=2.0) == 0.01
+    assert next_batch_timeout(0.01, 0.1, last_requests=8, last_seconds=2.0) == pytest.approx(0.2)
+    assert next_batch_timeout(0.01, 0.1, last_requests=8, last_seconds=0.05) == 0.01
+    assert next_batch_timeout(0.01, 0.0, last_requests=8, last_seconds=2.0) == 0.01
+
+    api = TranslatorAPI(checkpoint=str(tiny_checkpoint), metrics=ServerMetrics(), model_board=SharedJSON(),
+                        max_batch_size=8, batch_timeout=0.0, batch_wait=1.0, threads=1)
+    api.setup("cpu")
+    jobs = [api.decode_request(TranslateRequest(text=t)) for t in ("Ein Hund läuft.", "Zwei Männer.")]
+    api.predict(jobs)
+    assert api.batch_timeout > 0  # the whole last batch's time
+    api.predict(jobs[:1])
+    assert api.batch_timeout == 0.0
+    with pytest.raises(Exception, match="--batch-wait"):
+        ServeSettings(checkpoint=str(tiny_checkpoint), batch_wait=1.5).check()
 
 
 # --------------------------------------------------------------------------- the real server
