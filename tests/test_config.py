@@ -117,3 +117,14 @@ def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
     path.write_text("model: [unclosed\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="broken.yaml: invalid YAML"):
         load_config(path)
+
+
+SHIPPED = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_every_shipped_config_loads(path: Path) -> None:
+    """The README's commands name these files: each must pass strict loading and validation."""
+    config = load_config(path)
+    assert config.data.src_lang != config.data.tgt_lang
+    assert config.model.arch in ("transformer", "rnn")
