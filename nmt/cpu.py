@@ -24,20 +24,21 @@ def has_native_bf16() -> bool:
 
 def _arm_bf16() -> bool:
     """Arm CPUs list bf16 among /proc/cpuinfo's feature flags."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            return any(line.startswith("Features") and " bf16" in line for line in info)
-    except OSError:
-        return False
+    return any(line.startswith("Features") and " bf16" in line for line in _cpuinfo())
 
 
 def cpu_name() -> str:
     """The CPU model as the OS names it (run records and benchmarks say what they ran on)."""
+    for line in _cpuinfo():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _cpuinfo() -> list[str]:
+    """Lines of /proc/cpuinfo; none off Linux."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            return info.readlines()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return []

@@ -64,7 +64,7 @@ def run_rnn(
     build their primitive), so there the recurrent layer alone runs in fp32 while the rest of
     the model keeps autocast.
     """
-    if inputs.data.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not has_native_bf16():
+    if torch.is_autocast_enabled("cpu") and inputs.data.device.type == "cpu" and not has_native_bf16():
         with torch.autocast("cpu", enabled=False):
             return rnn(_as_float(inputs), None if hx is None else _as_float(hx))
     return rnn(inputs, hx)

@@ -24,8 +24,8 @@ from torch import nn
 
 from nmt.alignment import Alignment, build_alignment
 from nmt.checkpoint import file_sha256, load_checkpoint
-from nmt.cpu import has_native_bf16
 from nmt.config import DecodeConfig, ModelConfig, config_from_dict
+from nmt.cpu import has_native_bf16
 from nmt.model import build_model, count_parameters
 from nmt.projection import projections_in
 from nmt.search import Hypothesis, beam_search, greedy_search

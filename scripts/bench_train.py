@@ -199,10 +199,10 @@ def main() -> None:
           f"{'yes' if has_native_bf16() else 'no'}); threads {torch.get_num_threads()}")
     print(f"{'config':28} {'params':>10} {'prec':>5} {'tgt tok/s':>10} {'MFLOP/tok':>10} "
           f"{'GFLOP/s':>8} {'peak':>6} {'MFU':>6}")
-    peaks: dict[str, float] = {}  # measured per device and precision in use (emulated bf16 takes minutes)
+    peaks: dict[tuple[str, str], float] = {}  # per device and precision in use (emulated bf16 takes minutes)
     for path in args.configs:
         r = bench(path, list(args.set), args.steps, args.warmup, work)
-        key = f"{r['device']} {r['precision']}"
+        key = (str(r["device"]), r["precision"])
         if key not in peaks:
             peaks[key] = matmul_peak(DTYPES[r["precision"]], r["device"])
         peak = peaks[key]
@@ -210,6 +210,7 @@ def main() -> None:
               f"{r['flops_per_token'] / 1e6:>10.2f} {r['flops_per_s'] / 1e9:>8.1f} "
               f"{peak / 1e9:>6.1f} {r['flops_per_s'] / peak:>6.1%}")
     print("peak: GFLOP/s of a 2048x2048 matmul on the run's device, in its precision")
+
 
 if __name__ == "__main__":
     main()
