@@ -150,17 +150,23 @@ def _add_decoding_args(parser: argparse.ArgumentParser) -> None:
                         help="decoding precision (default: decode.precision); bf16: the vocabulary "
                         "projection in bf16 on CPU (autocast on GPUs), faster, outputs may "
                         "differ slightly")
+    parser.add_argument("--length-penalty", type=float,
+                        help="GNMT length-penalty alpha of beam search, 0 = raw log-probability "
+                        "(default: decode.length_penalty)")
 
 
 def _load_translator(args: argparse.Namespace):
-    """The checkpoint's Translator with --batch-tokens / --precision applied over its decode
-    settings."""
+    """The checkpoint's Translator with --batch-tokens / --precision / --length-penalty applied
+    over its decode settings."""
     from nmt.translator import Translator
 
+    if args.length_penalty is not None and args.length_penalty < 0:
+        raise ConfigError(f"--length-penalty must be >= 0, got {args.length_penalty}")
     translator = Translator.load(args.checkpoint, device=args.device)
     keep_freed_memory(translator.device.type)
-    changes = {"batch_tokens": args.batch_tokens, "precision": args.precision}
-    changes = {k: v for k, v in changes.items() if v}
+    changes = {"batch_tokens": args.batch_tokens, "precision": args.precision,
+               "length_penalty": args.length_penalty}
+    changes = {k: v for k, v in changes.items() if v is not None}
     if changes:
         translator.decode = dataclasses.replace(translator.decode, **changes)
     return translator
@@ -289,8 +295,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     remove_spaces = args.remove_spaces or bool(
         tokenizer and tokenizer.tgt_lang in tokenizer.config.detok_remove_spaces
     )
+    # A model trained on lowercased text is scored case-insensitively (case:lc).
+    lowercase = args.lowercase or bool(tokenizer and tokenizer.config.lowercase)
     result = ev.score_corpus(hyps, refs, tgt_lang, args.literature, args.tokenize_refs, srcs,
-                             remove_spaces)
+                             remove_spaces, lowercase)
     print(ev.format_scores(result))
     files = {"src": args.src, "ref": args.ref, "hyp": args.hyp or args.output, "tgt_lang": tgt_lang}
     report = ev.build_report(result, files, decoding, translator.info if translator else None)
@@ -329,6 +337,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    "pre-tokenized references in languages written without spaces, e.g. "
                    "small_parallel_enja's Japanese (automatic with a --checkpoint whose "
                    "tokenizer.detok_remove_spaces lists its target language)")
+    p.add_argument("--lowercase", action="store_true",
+                   help="score case-insensitively (automatic with a --checkpoint trained with "
+                   "tokenizer.lowercase)")
     p.add_argument("--beam", type=int, help="beam size (default: decode.beam_size)")
     p.add_argument("--max-len", type=int, help="maximum output length in tokens")
     _add_decoding_args(p)

@@ -73,6 +73,10 @@ class TokenizerConfig:
     # For corpora that are already space-tokenized (small_parallel_enja): treat the spaces
     # as word boundaries to learn, and remove them again after decoding for these languages.
     detok_remove_spaces: list[str] = field(default_factory=list)
+    # Lowercase every sentence before segmentation, in training and when translating (the
+    # Multi30k literature trains on lowercased text). Output is then lowercase, so BLEU,
+    # chrF and TER compare case-insensitively (signature case:lc).
+    lowercase: bool = False
 
 
 @dataclass

@@ -117,16 +117,23 @@ def remove_word_spaces(lines: Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------- scoring
 
 
-def bleu_metric(tgt_lang: Optional[str], literature: bool = False) -> BLEU:
-    """The BLEU metric object for `tgt_lang` (tokenize "none" in the literature setting)."""
+def bleu_metric(tgt_lang: Optional[str], literature: bool = False, lowercase: bool = False) -> BLEU:
+    """The BLEU metric object for `tgt_lang` (tokenize "none" in the literature setting).
+
+    `lowercase` scores case-insensitively (signature case:lc), for models trained on
+    lowercased text; the literature setting lowercases both sides already.
+    """
     if literature:  # tokenized on purpose: no "forgot to detokenize" warnings
         return BLEU(tokenize="none", force=True, trg_lang=tgt_lang or "")
-    return BLEU(tokenize=bleu_tokenizer(tgt_lang), trg_lang=tgt_lang or "")
+    return BLEU(tokenize=bleu_tokenizer(tgt_lang), trg_lang=tgt_lang or "", lowercase=lowercase)
 
 
-def _metrics(tgt_lang: Optional[str], literature: bool) -> tuple[BLEU, CHRF, TER]:
+def _metrics(tgt_lang: Optional[str], literature: bool, lowercase: bool) -> tuple[BLEU, CHRF, TER]:
     asian = tgt_lang in ("ja", "zh", "ko")
-    return bleu_metric(tgt_lang, literature), CHRF(), TER(asian_support=asian)
+    lowercase = lowercase and not literature
+    # sacreBLEU's TER is case-insensitive by default already.
+    return (bleu_metric(tgt_lang, literature, lowercase), CHRF(lowercase=lowercase),
+            TER(asian_support=asian))
 
 
 def score_corpus(
@@ -137,11 +144,12 @@ def score_corpus(
     tokenize_refs: bool = False,
     srcs: Optional[Sequence[str]] = None,
     remove_spaces: bool = False,
+    lowercase: bool = False,
 ) -> dict[str, Any]:
     """BLEU, chrF and TER with their signatures; BLEU by source length when `srcs` is given.
 
     `remove_spaces` runs both sides through `remove_word_spaces` first (pre-segmented
-    references in a `detok_remove_spaces` language).
+    references in a `detok_remove_spaces` language). `lowercase` scores case-insensitively.
     Returns {"bleu", "chrf", "ter", "signatures": {...}, "normalisation": "remove-spaces" |
     None, "bleu_verbose", "setting", "sentences", "by_length": [...] | None}.
     """
@@ -158,7 +166,7 @@ def score_corpus(
         hyps = literature_tokenize(hyps, tgt_lang)
         if tokenize_refs:
             refs = literature_tokenize(refs, tgt_lang)
-    bleu, chrf, ter = _metrics(tgt_lang, literature)
+    bleu, chrf, ter = _metrics(tgt_lang, literature, lowercase)
     bleu_score = bleu.corpus_score(hyps, [refs])
     chrf_score = chrf.corpus_score(hyps, [refs])
     ter_score = ter.corpus_score(hyps, [refs])
@@ -178,7 +186,7 @@ def score_corpus(
         "by_length": None,
     }
     if srcs is not None:
-        result["by_length"] = bleu_by_length(srcs, hyps, refs, tgt_lang, literature)
+        result["by_length"] = bleu_by_length(srcs, hyps, refs, tgt_lang, literature, lowercase)
     return result
 
 
@@ -195,6 +203,7 @@ def bleu_by_length(
     refs: Sequence[str],
     tgt_lang: Optional[str],
     literature: bool = False,
+    lowercase: bool = False,
 ) -> list[dict[str, Any]]:
     """Corpus BLEU per source-length bucket (source words split on whitespace).
 
@@ -208,7 +217,7 @@ def bleu_by_length(
     for bucket, indices in groups.items():
         score = None
         if indices:
-            bleu = bleu_metric(tgt_lang, literature)
+            bleu = bleu_metric(tgt_lang, literature, lowercase)
             bucket_refs = [[refs[i] for i in indices]]
             score = bleu.corpus_score([hyps[i] for i in indices], bucket_refs).score
         rows.append({"bucket": bucket, "sentences": len(indices), "bleu": score})

@@ -17,6 +17,9 @@ too.) The references still carry the segmentation spaces, so scoring removes the
 (`nmt.evaluate.remove_word_spaces`, in validation and `nmt evaluate`) before sacreBLEU
 re-tokenizes both sides with its Japanese tokenizer.
 
+With `lowercase`, every sentence is lowercased before training and encoding, so the models
+never see case and decoding returns lowercase text.
+
 Text goes through sentencepiece's default NFKC normalization, so decoding returns normalized
 text (e.g. full-width digits come back as ASCII digits).
 """
@@ -81,8 +84,8 @@ class Tokenizer:
     def train(cls, config: TokenizerConfig, src_texts: list[str], tgt_texts: list[str],
               src_lang: str, tgt_lang: str, out_dir: Path) -> Tokenizer:
         """Train the model(s) on the given sentences and save them under `out_dir`."""
-        src_sample = _sample(src_texts, config.input_sentence_size)
-        tgt_sample = _sample(tgt_texts, config.input_sentence_size)
+        src_sample = _sample(_cased(src_texts, config), config.input_sentence_size)
+        tgt_sample = _sample(_cased(tgt_texts, config), config.input_sentence_size)
         if config.joint:
             models = {"joint": _train_model(src_sample + tgt_sample, config, "joint")}
         else:
@@ -139,11 +142,11 @@ class Tokenizer:
 
     def encode_src(self, texts: list[str]) -> list[list[int]]:
         """Source ids: pieces followed by EOS (the encoder sees where the sentence ends)."""
-        return [ids + [EOS_ID] for ids in self._src.encode(list(texts))]
+        return [ids + [EOS_ID] for ids in self._src.encode(_cased(texts, self.config))]
 
     def encode_tgt(self, texts: list[str]) -> list[list[int]]:
         """Target ids: pieces only; the data pipeline adds BOS/EOS for decoder input/output."""
-        return self._tgt.encode(list(texts))
+        return self._tgt.encode(_cased(texts, self.config))
 
     def decode_tgt(self, ids: list[list[int]]) -> list[str]:
         """Text of target ids: cut at the first EOS, drop pad/bos, detokenize."""
@@ -167,6 +170,11 @@ class Tokenizer:
         if lang in self.config.detok_remove_spaces:
             texts = [t.replace(" ", "") for t in texts]
         return texts
+
+
+def _cased(texts: list[str], config: TokenizerConfig) -> list[str]:
+    """The texts as the models see them: lowercased when `tokenizer.lowercase` is set."""
+    return [t.lower() for t in texts] if config.lowercase else list(texts)
 
 
 def _strip_specials(ids: list[int]) -> list[int]:

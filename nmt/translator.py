@@ -124,6 +124,7 @@ class Translator:
             "architecture": describe_model(config.model),
             "src_lang": tokenizer.src_lang,
             "tgt_lang": tokenizer.tgt_lang,
+            "lowercase": tokenizer.config.lowercase,  # input and output are lowercased
             "parameters": count_parameters(model),
             "valid_bleu": metrics.get("valid_bleu"),
             "step": payload.get("step"),

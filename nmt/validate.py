@@ -48,7 +48,7 @@ def validate(model: nn.Module, data: PreparedData, config: Config, device: torch
     decode = dataclasses.replace(config.decode, beam_size=config.train.valid_beam_size, n_best=1)
     translator = Translator(model, data.tokenizer, decode, device, info={"name": config.name})
     hypotheses = [t.text for t in translator.translate(sources)]
-    metric = bleu_metric(config.data.tgt_lang)
+    metric = bleu_metric(config.data.tgt_lang, lowercase=config.tokenizer.lowercase)
     bleu = metric.corpus_score(hypotheses, [references])
     model.train()
     return {

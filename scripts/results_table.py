@@ -54,7 +54,8 @@ def score_run(run_dir: Path, data_dir: Path, beam: int) -> dict[str, Any]:
     write_lines(hyps, run_dir / f"test.hyp.{tgt}")
     raw_refs = read_lines(data_dir / "multi30k" / f"test_2016_flickr.{tgt}.gz")
     tok_refs = read_lines(data_dir / "multi30k" / "tok" / f"test_2016_flickr.lc.norm.tok.{tgt}")
-    standard = score_corpus(hyps, raw_refs, tgt, srcs=sources)
+    standard = score_corpus(hyps, raw_refs, tgt, srcs=sources,
+                            lowercase=translator.tokenizer.config.lowercase)
     literature = score_corpus(hyps, tok_refs, tgt, literature=True)
     result = {
         "run": str(run_dir), "checkpoint": checkpoint.name, "direction": f"{src}-{tgt}",

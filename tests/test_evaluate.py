@@ -68,6 +68,24 @@ def test_scores_equal_sacrebleu_cli(tmp_path: Path, refs: list[str]) -> None:
     assert ours["signatures"]["ter"] == expected["TER"]["signature"]
 
 
+def test_lowercase_scoring_ignores_case_and_says_so(tmp_path: Path, refs: list[str]) -> None:
+    hyps = [r.lower() for r in refs]
+    cased = score_corpus(hyps, refs, "en")
+    lowered = score_corpus(hyps, refs, "en", lowercase=True, srcs=refs)
+    assert cased["bleu"] < 95 and cased["chrf"] < 99
+    assert lowered["bleu"] == pytest.approx(100.0) and lowered["chrf"] == pytest.approx(100.0)
+    assert lowered["ter"] == pytest.approx(0.0)
+    assert all(b["bleu"] is None or b["bleu"] == pytest.approx(100.0) for b in lowered["by_length"])
+    assert "case:lc" in lowered["signatures"]["bleu"] and "case:lc" in lowered["signatures"]["chrf"]
+    assert "case:lc" in lowered["signatures"]["ter"]
+    write_lines(refs, tmp_path / "ref.en")
+    write_lines(hyps, tmp_path / "hyp.en")
+    assert main(["evaluate", "--hyp", str(tmp_path / "hyp.en"), "--ref", str(tmp_path / "ref.en"),
+                 "--lowercase"]) == 0
+    report = json.loads((tmp_path / "hyp.en.json").read_text(encoding="utf-8"))
+    assert report["scores"]["bleu"] == pytest.approx(100.0)
+
+
 def test_cli_hyp_equal_ref_scores_100_and_writes_report(
     tmp_path: Path, refs: list[str], capsys: pytest.CaptureFixture
 ) -> None:
@@ -202,7 +220,8 @@ def test_cli_remove_spaces_flag_and_report(
     assert fixed["files"]["tgt_lang"] == "ja"
 
 
-def _untrained_enja_checkpoint(data_dir: Path, out_dir: Path, remove: list[str]) -> Path:
+def _untrained_enja_checkpoint(data_dir: Path, out_dir: Path, remove: list[str],
+                               lowercase: bool = False) -> Path:
     """An en->ja checkpoint (tiny untrained Transformer) whose tokenizer lists `remove`."""
     import torch
 
@@ -213,7 +232,7 @@ def _untrained_enja_checkpoint(data_dir: Path, out_dir: Path, remove: list[str])
 
     corpus = data_dir / "small_parallel_enja"
     tok_config = TokenizerConfig(vocab_size=800, joint=False, character_coverage=0.98,
-                                 detok_remove_spaces=remove)
+                                 detok_remove_spaces=remove, lowercase=lowercase)
     tokenizer = Tokenizer.train(tok_config, read_lines(corpus / "dev.en"),
                                 read_lines(corpus / "dev.ja"), "en", "ja", out_dir / "tok")
     config = config_from_dict({
@@ -233,11 +252,12 @@ def _untrained_enja_checkpoint(data_dir: Path, out_dir: Path, remove: list[str])
     return path
 
 
-@pytest.mark.parametrize("remove", [["ja"], []])
-def test_cli_checkpoint_that_removes_spaces_normalises_references(
-    tmp_path: Path, data_dir: Path, remove: list[str]
+@pytest.mark.parametrize(("remove", "lowercase"), [(["ja"], True), ([], False)])
+def test_cli_checkpoint_normalises_references_as_its_tokenizer_does(
+    tmp_path: Path, data_dir: Path, remove: list[str], lowercase: bool
 ) -> None:
-    checkpoint = _untrained_enja_checkpoint(data_dir, tmp_path, remove)
+    """Spaces removed and case ignored exactly when the checkpoint's tokenizer does so."""
+    checkpoint = _untrained_enja_checkpoint(data_dir, tmp_path, remove, lowercase)
     corpus = data_dir / "small_parallel_enja"
     write_lines(read_lines(corpus / "dev.en")[:8], tmp_path / "src.en")
     write_lines(read_lines(corpus / "dev.ja")[:8], tmp_path / "ref.ja")
@@ -246,5 +266,8 @@ def test_cli_checkpoint_that_removes_spaces_normalises_references(
     report = json.loads((tmp_path / "hyp.ja.json").read_text(encoding="utf-8"))
     assert report["normalisation"] == ("remove-spaces" if remove else None)
     assert report["sentences"] == 8
+    case = "case:lc" if lowercase else "case:mixed"
+    assert all(case in report["signatures"][m] for m in ("bleu", "chrf"))
     if remove:  # the decoder wrote no spaces: the references lost theirs too
         assert all(" " not in hyp for hyp in read_lines(tmp_path / "hyp.ja"))
+

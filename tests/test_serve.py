@@ -108,6 +108,7 @@ def test_info_health_metrics_and_docs(client: TestClient) -> None:
     info = client.get("/info").json()
     assert info["model"]["arch"] == "transformer"
     assert (info["model"]["src_lang"], info["model"]["tgt_lang"]) == ("de", "en")
+    assert info["model"]["lowercase"] is False
     assert info["model"]["parameters"] > 0 and "valid_bleu" in info["model"]
     assert info["model"]["decode"]["beam_size"] == 2
     assert info["serving"]["max_batch_size"] == 8 and info["serving"]["limits"]["max_texts"] == 8

@@ -56,6 +56,17 @@ def test_joint_round_trip_and_specials(joint_deen: Tokenizer, multi30k) -> None:
     assert tok.decode_tgt(tok.encode_tgt(de)) == de
 
 
+def test_lowercase_tokenizer_never_sees_case(multi30k, tmp_path: Path) -> None:
+    config = TokenizerConfig(type="unigram", vocab_size=600, joint=True, lowercase=True)
+    tok = Tokenizer.train(config, multi30k["de"], multi30k["en"], "de", "en", tmp_path)
+    pieces = {tok.tgt_pieces([i])[0] for i in range(tok.tgt_vocab_size)}
+    assert not any(p != p.lower() for p in pieces - {"<pad>", "<unk>", "<s>", "</s>"})
+    en = multi30k["en"][:100]
+    assert tok.encode_src(en) == tok.encode_src([s.lower() for s in en])
+    assert tok.decode_tgt(tok.encode_tgt(en)) == [s.lower() for s in en]
+    assert Tokenizer.from_state(tok.to_state()).encode_src(["Ein Mann."]) == tok.encode_src(["ein mann."])
+
+
 def test_pieces_mark_word_starts(joint_deen: Tokenizer) -> None:
     ids = joint_deen.encode_src(["Ein Mann läuft."])[0]
     pieces = joint_deen.src_pieces(ids)

@@ -219,6 +219,25 @@ def test_cli_evaluate_checkpoint(tmp_path: Path, tiny_checkpoint: Path, data_dir
     assert sum(b["sentences"] for b in report["by_length"]) == 12
 
 
+def test_cli_length_penalty_reaches_the_decoder_and_report(
+    tmp_path: Path, tiny_checkpoint: Path, data_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    src = read_lines(data_dir / "multi30k" / "val.de.gz")[:4]
+    write_lines(src, tmp_path / "src.de")
+    write_lines(read_lines(data_dir / "multi30k" / "val.en.gz")[:4], tmp_path / "ref.en")
+    argv = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--src", str(tmp_path / "src.de"),
+            "--ref", str(tmp_path / "ref.en"), "--beam", "2", "--output", str(tmp_path / "hyp.en"),
+            "--length-penalty", "0"]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "hyp.en.json").read_text(encoding="utf-8"))
+    assert report["decoding"]["length_penalty"] == 0.0
+    raw = Translator.load(tiny_checkpoint)
+    raw.decode = dataclasses.replace(raw.decode, length_penalty=0.0)
+    assert read_lines(tmp_path / "hyp.en") == [t.text for t in raw.translate(src, beam_size=2)]
+    assert main(argv[:-1] + ["-1"]) == 2
+    assert "--length-penalty must be >= 0" in capsys.readouterr().err
+
+
 def test_bf16_decoding_translates_every_sentence(tiny_checkpoint: Path) -> None:
     fp32 = Translator.load(tiny_checkpoint)
     bf16 = Translator.load(tiny_checkpoint)
