@@ -7,12 +7,17 @@ detokenized) and the literature's setting (lowercased, Moses-tokenized hypothesi
 official tok/*.lc.norm.tok.* references). Writes test.hyp.<lang> and results.json into each
 run folder and prints one Markdown row per run.
 
+`--length-penalties A B ...` first decodes the validation split (val) with each GNMT alpha and
+keeps the one with the best literature-setting BLEU there; test is decoded once, with it.
+
   python scripts/results_table.py runs/ref_transformer_en-de runs/ref_lstm_bahdanau_en-de
+  python scripts/results_table.py runs/lc_en-de --length-penalties 0.3 0.6 1.0 1.5
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -45,9 +50,31 @@ def training_minutes(run_dir: Path) -> float:
     return sum(g for g in gaps if g < 600) / 60  # a gap of >10 min is a pause between sessions
 
 
-def score_run(run_dir: Path, data_dir: Path, beam: int) -> dict[str, Any]:
+def tune_length_penalty(translator: Translator, data_dir: Path, beam: int,
+                        alphas: list[float]) -> tuple[float, dict[str, float]]:
+    """The alpha with the best validation BLEU (literature setting), and every alpha's BLEU."""
+    src, tgt = translator.info["src_lang"], translator.info["tgt_lang"]
+    sources = read_lines(data_dir / "multi30k" / f"val.{src}.gz")
+    refs = read_lines(data_dir / "multi30k" / "tok" / f"val.lc.norm.tok.{tgt}")
+    scores = {}
+    for alpha in alphas:
+        translator.decode = dataclasses.replace(translator.decode, length_penalty=alpha)
+        hyps = [t.text for t in translator.translate(sources, beam_size=beam)]
+        scores[str(alpha)] = round(score_corpus(hyps, refs, tgt, literature=True)["bleu"], 2)
+        print(f"{translator.info['checkpoint']}: valid BLEU (lit.) {scores[str(alpha)]:.2f} "
+              f"with length penalty {alpha}")
+    best = max(alphas, key=lambda a: scores[str(a)])
+    return best, scores
+
+
+def score_run(run_dir: Path, data_dir: Path, beam: int, alphas: list[float] | None = None
+              ) -> dict[str, Any]:
     checkpoint = pick_checkpoint(run_dir)
     translator = Translator.load(checkpoint)
+    valid_by_alpha = None
+    if alphas:
+        alpha, valid_by_alpha = tune_length_penalty(translator, data_dir, beam, alphas)
+        translator.decode = dataclasses.replace(translator.decode, length_penalty=alpha)
     src, tgt = translator.info["src_lang"], translator.info["tgt_lang"]
     sources = read_lines(data_dir / "multi30k" / f"test_2016_flickr.{src}.gz")
     hyps = [t.text for t in translator.translate(sources, beam_size=beam)]
@@ -61,6 +88,8 @@ def score_run(run_dir: Path, data_dir: Path, beam: int) -> dict[str, Any]:
         "run": str(run_dir), "checkpoint": checkpoint.name, "direction": f"{src}-{tgt}",
         "architecture": translator.info["architecture"], "parameters": translator.info["parameters"],
         "train_minutes": round(training_minutes(run_dir), 1), "beam": beam,
+        "length_penalty": translator.decode.length_penalty, "valid_bleu_literature_by_length_penalty":
+            valid_by_alpha,
         "bleu": round(standard["bleu"], 2), "chrf": round(standard["chrf"], 2),
         "bleu_literature": round(literature["bleu"], 2),
         "by_length": standard["by_length"], "signatures": {
@@ -76,15 +105,18 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--data-dir", default=os.environ.get("NMT_DATA_DIR", "data"))
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--length-penalties", type=float, nargs="+", metavar="ALPHA",
+                        help="choose the length penalty among these on the validation split")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print("| model | direction | params | train min | checkpoint | BLEU (lit.) | BLEU (sacreBLEU) | chrF |")
     print("|---|---|---|---|---|---|---|---|")
     for run in args.runs:
-        r = score_run(Path(run), Path(args.data_dir), args.beam)
+        r = score_run(Path(run), Path(args.data_dir), args.beam, args.length_penalties)
         print(f"| {r['architecture']} | {r['direction']} | {r['parameters'] / 1e6:.1f}M | "
-              f"{r['train_minutes']:.0f} | {r['checkpoint']} | {r['bleu_literature']:.1f} | "
+              f"{r['train_minutes']:.0f} | {r['checkpoint']}, length penalty {r['length_penalty']} | "
+              f"{r['bleu_literature']:.1f} | "
               f"{r['bleu']:.1f} | {r['chrf']:.1f} |")
 
 
