@@ -84,8 +84,8 @@ class Tokenizer:
     def train(cls, config: TokenizerConfig, src_texts: list[str], tgt_texts: list[str],
               src_lang: str, tgt_lang: str, out_dir: Path) -> Tokenizer:
         """Train the model(s) on the given sentences and save them under `out_dir`."""
-        src_sample = _sample(_cased(src_texts, config), config.input_sentence_size)
-        tgt_sample = _sample(_cased(tgt_texts, config), config.input_sentence_size)
+        src_sample = _sample(_case_normalised(src_texts, config), config.input_sentence_size)
+        tgt_sample = _sample(_case_normalised(tgt_texts, config), config.input_sentence_size)
         if config.joint:
             models = {"joint": _train_model(src_sample + tgt_sample, config, "joint")}
         else:
@@ -142,11 +142,11 @@ class Tokenizer:
 
     def encode_src(self, texts: list[str]) -> list[list[int]]:
         """Source ids: pieces followed by EOS (the encoder sees where the sentence ends)."""
-        return [ids + [EOS_ID] for ids in self._src.encode(_cased(texts, self.config))]
+        return [ids + [EOS_ID] for ids in self._src.encode(_case_normalised(texts, self.config))]
 
     def encode_tgt(self, texts: list[str]) -> list[list[int]]:
         """Target ids: pieces only; the data pipeline adds BOS/EOS for decoder input/output."""
-        return self._tgt.encode(_cased(texts, self.config))
+        return self._tgt.encode(_case_normalised(texts, self.config))
 
     def decode_tgt(self, ids: list[list[int]]) -> list[str]:
         """Text of target ids: cut at the first EOS, drop pad/bos, detokenize."""
@@ -172,7 +172,7 @@ class Tokenizer:
         return texts
 
 
-def _cased(texts: list[str], config: TokenizerConfig) -> list[str]:
+def _case_normalised(texts: list[str], config: TokenizerConfig) -> list[str]:
     """The texts as the models see them: lowercased when `tokenizer.lowercase` is set."""
     return [t.lower() for t in texts] if config.lowercase else list(texts)
 
