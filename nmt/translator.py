@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import queue
 import threading
@@ -25,8 +24,8 @@ from torch import nn
 from nmt.alignment import Alignment, build_alignment
 from nmt.checkpoint import file_sha256, load_checkpoint
 from nmt.config import DecodeConfig, ModelConfig, config_from_dict
-from nmt.cpu import has_native_bf16
 from nmt.model import build_model, count_parameters
+from nmt.precision import decoding_precision, device_caps
 from nmt.projection import projections_in
 from nmt.search import Hypothesis, beam_search, greedy_search
 from nmt.specials import EOS_ID, PAD_ID
@@ -65,13 +64,6 @@ class Translation:
         if data.get("n_best") is not None:
             values["n_best"] = [(str(text), float(score)) for text, score in data["n_best"]]
         return cls(**values)
-
-
-@functools.lru_cache(maxsize=None)
-def _warn_emulated_bf16() -> None:
-    """Once per process: bf16 decoding was asked for where it is a slowdown."""
-    log.warning("decode.precision bf16: this CPU has no native bf16 instructions, so the bf16 "
-                "vocabulary projection is emulated and slower than fp32; use fp32 here")
 
 
 @dataclass
@@ -178,12 +170,10 @@ class Translator:
     def _precision(self) -> contextlib.AbstractContextManager:
         """bf16 decoding: autocast on accelerators; on CPU only the vocabulary projection, the one
         matmul of a decoding step large enough for bf16 to pay (see nmt/projection.py)."""
-        if self.decode.precision != "bf16":
+        if decoding_precision(self.decode.precision, device_caps(self.device)) != "bf16":
             return contextlib.nullcontext()
         if self.device.type != "cpu":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        if not has_native_bf16():
-            _warn_emulated_bf16()
         return projections_in(self.model, torch.bfloat16)
 
     def _request(
