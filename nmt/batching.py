@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, TypeVar
 
 import datasets
 import numpy as np
@@ -67,6 +67,76 @@ def batch_lengths(split: datasets.Dataset) -> tuple[list[int], list[int]]:
     return src, [t + 1 for t in tgt]
 
 
+class FlatIds:
+    """Token ids of one side of a split as one flat int32 array plus row offsets.
+
+    About 4 bytes per token where Python lists of ints take about 36, and a batch is padded
+    by array indexing instead of a Python loop per row.
+    """
+
+    def __init__(self, column: pyarrow.ChunkedArray | pyarrow.Array) -> None:
+        if isinstance(column, pyarrow.ChunkedArray):
+            column = column.combine_chunks()
+        lengths = pyarrow.compute.list_value_length(column).to_numpy(zero_copy_only=False)
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=self.offsets[1:])
+        flat = pyarrow.compute.list_flatten(column).to_numpy(zero_copy_only=False)
+        self.ids = np.asarray(flat, dtype=np.int32)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def padded(self, rows: np.ndarray, prefix: int | None = None, suffix: int | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, L] long ids of `rows` (with an optional first/last token added) and the bool
+        mask (True = token), padded with PAD_ID."""
+        lengths = self.lengths[rows]
+        extra = (prefix is not None) + (suffix is not None)
+        width = int(lengths.max()) + extra if len(rows) else 0
+        columns = np.arange(width)[None, :]
+        shift = 1 if prefix is not None else 0
+        inside = (columns >= shift) & (columns < lengths[:, None] + shift)
+        gather = self.offsets[rows][:, None] + np.clip(columns - shift, 0, None)
+        gather = np.minimum(gather, max(len(self.ids) - 1, 0))
+        out = np.where(inside, self.ids[gather] if len(self.ids) else PAD_ID, PAD_ID)
+        if prefix is not None:
+            out[:, 0] = prefix
+        if suffix is not None:
+            out[np.arange(len(rows)), lengths + shift] = suffix
+        total = lengths + extra
+        mask = columns < total[:, None]
+        return torch.from_numpy(out.astype(np.int64)), torch.from_numpy(mask)
+
+
+@dataclass
+class SplitIds:
+    """Source and target ids of a tokenized split (columns src_ids, tgt_ids)."""
+
+    src: FlatIds
+    tgt: FlatIds
+
+    @classmethod
+    def of(cls, split: datasets.Dataset) -> SplitIds:
+        table = split.with_format("arrow")[:]
+        return cls(FlatIds(table["src_ids"]), FlatIds(table["tgt_ids"]))
+
+    def batch_lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """Padded lengths per row as `batch` makes them: S = len(src_ids), T = len(tgt_ids) + 1."""
+        return self.src.lengths, self.tgt.lengths + 1
+
+    def batch(self, indices: Sequence[int]) -> Batch:
+        """The same Batch as `collate` of these rows, built without a loop over rows."""
+        rows = np.asarray(indices, dtype=np.int64)
+        src, src_mask = self.src.padded(rows)
+        tgt_in, tgt_mask = self.tgt.padded(rows, prefix=BOS_ID)
+        tgt_out, _ = self.tgt.padded(rows, suffix=EOS_ID)
+        return Batch(src=src, src_mask=src_mask, tgt_in=tgt_in, tgt_out=tgt_out,
+                     tgt_mask=tgt_mask, indices=list(map(int, rows)),
+                     num_src_tokens=int(self.src.lengths[rows].sum()),
+                     num_tgt_tokens=int(self.tgt.lengths[rows].sum()) + len(rows))
+
+
 class TokenBatchSampler:
     """Length-bucketed batches of row indices whose padded size fits a token budget.
 
@@ -77,9 +147,10 @@ class TokenBatchSampler:
     the same list. Each epoch yields every row exactly once overall.
 
     Sharding: rank r takes batches r, r + w, r + 2w, ... To give every rank the same number of
-    batches, the largest batches are halved until the count divides by world_size, which keeps
-    shards disjoint and complete. Only if no batch has two rows left to split (tiny corpora)
-    are the first batches of the epoch repeated at the end.
+    batches, the largest batches are halved (after shuffling, in place, so the sequence of
+    rows of an epoch does not depend on world_size) until the count divides by world_size,
+    which keeps shards disjoint and complete. Only if no batch has two rows left to split (tiny
+    corpora) are the first batches of the epoch repeated at the end.
     """
 
     def __init__(self, src_lengths: Sequence[int], tgt_lengths: Sequence[int], batch_tokens: int,
@@ -97,13 +168,14 @@ class TokenBatchSampler:
         # Rows with equal (src, tgt) lengths are interchangeable for cutting, so the batch sizes
         # along the sorted order are the same in every epoch: compute them once.
         widths = np.maximum(self.src_lengths, self.tgt_lengths)[self._sorted_rows(None)]
-        self._sizes = _divisible(_chunk_sizes(widths.tolist(), batch_tokens), world_size)
+        self._sizes = _chunk_sizes(widths.tolist(), batch_tokens)
+        self._count = len(_divisible(list(self._sizes), world_size))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return -(-len(self._sizes) // self.world_size)
+        return -(-self._count // self.world_size)
 
     def __iter__(self) -> Iterator[list[int]]:
         yield from self.epoch_batches()[self.rank :: self.world_size]
@@ -118,8 +190,25 @@ class TokenBatchSampler:
             start += size
         if rng is not None:
             batches = [batches[i] for i in rng.permutation(len(batches))]
+        batches = _divisible(batches, self.world_size)
         missing = -len(batches) % self.world_size
         return batches + batches[:missing]
+
+    def rows_before(self, position: int) -> int:
+        """Rows of this epoch consumed when every rank has taken `position` batches."""
+        return sum(len(b) for b in self.epoch_batches()[: position * self.world_size])
+
+    def position_after(self, rows: int) -> int:
+        """The per-rank position that has consumed at most `rows` rows of this epoch: how a run
+        resumed with another world size continues where the saved run stopped (it may repeat
+        part of a batch, never skip one)."""
+        consumed, batches = 0, 0
+        for batch in self.epoch_batches():
+            if consumed + len(batch) > rows:
+                break
+            consumed += len(batch)
+            batches += 1
+        return batches // self.world_size
 
     def _sorted_rows(self, rng: np.random.Generator | None) -> np.ndarray:
         n = len(self.src_lengths)
@@ -141,13 +230,29 @@ def _chunk_sizes(widths: list[int], budget: int) -> list[int]:
     return sizes
 
 
-def _divisible(sizes: list[int], world_size: int) -> list[int]:
-    """Halve the largest batches until the count divides by world_size (while any has >= 2 rows)."""
-    sizes = list(sizes)
-    while len(sizes) % world_size:
-        largest = max(range(len(sizes)), key=lambda i: sizes[i])
+Item = TypeVar("Item")
+
+
+def _divisible(items: list[Item], world_size: int) -> list[Item]:
+    """Halve the largest items (batches, or batch sizes) until the count divides by world_size,
+    while any has two rows or more."""
+    items = list(items)
+    while len(items) % world_size:
+        sizes = [_size(item) for item in items]
+        largest = max(range(len(items)), key=lambda i: sizes[i])
         if sizes[largest] < 2:
             break
-        half = sizes[largest] // 2
-        sizes[largest : largest + 1] = [half, sizes[largest] - half]
-    return sizes
+        items[largest : largest + 1] = _halves(items[largest])
+    return items
+
+
+def _size(item: Any) -> int:
+    return item if isinstance(item, int) else len(item)
+
+
+def _halves(item: Any) -> list[Any]:
+    """A batch (list of rows) or a batch size (int) cut in two, the first half rounded down."""
+    half = _size(item) // 2
+    if isinstance(item, int):
+        return [half, item - half]
+    return [item[:half], item[half:]]

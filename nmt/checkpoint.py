@@ -1,28 +1,32 @@
-"""Checkpoints: one self-contained file per save, written atomically, loaded without pickle code.
+"""Checkpoints: one typed, self-contained object per save, written atomically, loaded safely.
 
-A checkpoint is a plain dict of tensors, numbers, strings and bytes:
+`Checkpoint` is the one description of the format; training writes it, translation and
+averaging read it. On disk it is a plain dict of tensors, numbers, strings and bytes (loaded
+with `weights_only=True`, so a file can never run code):
   model        state_dict of the translator
   config       the full Config as a plain dict
   tokenizer    the SentencePiece model protos (bytes) and their settings
-  vocab        {"src": int, "tgt": int}
-  step, epoch, batch_in_epoch    where training stands (the data position)
-  vocab        also {"joint": bool}: whether one SentencePiece model serves both sides
+  vocab        {"src": int, "tgt": int, "joint": bool (one SentencePiece model for both sides)}
+  step, epoch, batch_in_epoch    where training stands
   metrics      e.g. {"valid_bleu": ..., "valid_loss": ...} at save time
   meta         parameter count, run folder, save time, precision (versions: env.json)
-  training     optimizer / scheduler / scaler / RNG states (absent in averaged or exported files)
+  training     optimizer / scheduler / scaler / RNG / progress states (only in last.pt)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
-import os
+import pickle
 import shutil
-import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import torch
+
+from nmt.config import Config, ConfigError, config_from_dict
+from nmt.files import write_atomic
 
 
 class CheckpointError(RuntimeError):
@@ -32,11 +36,91 @@ class CheckpointError(RuntimeError):
 REQUIRED_KEYS = ("model", "config", "tokenizer", "vocab")
 
 
-def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
-    """Write `payload` to `path` atomically (see `_write_atomic`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, lambda f: torch.save(payload, f))
+@dataclass(frozen=True)
+class VocabSizes:
+    src: int
+    tgt: int
+    joint: bool = False  # one SentencePiece model (and embedding table) for both sides
+
+
+@dataclass
+class TrainingState:
+    """What `nmt train --resume` needs besides the weights to continue exactly."""
+
+    optimizer: dict[str, Any]
+    lr: dict[str, float]
+    scaler: dict[str, Any]  # empty when the run had no loss scaling (bf16, fp32)
+    rng: list[dict[str, Any]]  # one random state per rank, in rank order
+    progress: dict[str, Any]  # nmt.train.Progress as a dict
+    world_size: int = 1  # processes that wrote it (the data position is per rank)
+    precision: str = ""  # the precision the run trained in
+
+
+@dataclass
+class Checkpoint:
+    model: dict[str, torch.Tensor]
+    config: Config
+    tokenizer: dict[str, Any]  # nmt.tokenizer.Tokenizer.to_state()
+    vocab: VocabSizes
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    training: TrainingState | None = None
+
+    def for_translation(self) -> Checkpoint:
+        """The same checkpoint without its training state (snapshots, averages, exports)."""
+        return dataclasses.replace(self, training=None)
+
+    def to_payload(self) -> dict[str, Any]:
+        """The dict written to disk (plain types only)."""
+        payload: dict[str, Any] = {
+            "model": self.model,
+            "config": self.config.to_dict(),
+            "tokenizer": self.tokenizer,
+            "vocab": dataclasses.asdict(self.vocab),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "metrics": self.metrics,
+            "meta": self.meta,
+        }
+        if self.training is not None:
+            payload["training"] = dataclasses.asdict(self.training)
+        return payload
+
+    @classmethod
+    def from_payload(cls, payload: Any, source: str = "checkpoint") -> Checkpoint:
+        """Validate a loaded dict; `source` names it in errors."""
+        missing = [k for k in REQUIRED_KEYS if k not in payload] if isinstance(payload, dict) \
+            else list(REQUIRED_KEYS)
+        if missing:
+            raise CheckpointError(f"{source} is not an nmt checkpoint (missing {', '.join(missing)})")
+        try:
+            config = config_from_dict(payload["config"])
+        except ConfigError as e:
+            raise CheckpointError(f"{source}: its config is not valid here: {e}") from None
+        vocab = payload["vocab"]
+        training = payload.get("training")
+        return cls(
+            model=payload["model"],
+            config=config,
+            tokenizer=payload["tokenizer"],
+            vocab=VocabSizes(int(vocab["src"]), int(vocab["tgt"]), bool(vocab.get("joint", False))),
+            step=int(payload.get("step", 0)),
+            epoch=int(payload.get("epoch", 0)),
+            batch_in_epoch=int(payload.get("batch_in_epoch", 0)),
+            metrics=dict(payload.get("metrics") or {}),
+            meta=dict(payload.get("meta") or {}),
+            training=TrainingState(**training) if training else None,
+        )
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> None:
+    """Write `checkpoint` to `path` atomically (see nmt.files.write_atomic)."""
+    payload = checkpoint.to_payload()
+    write_atomic(path, lambda f: torch.save(payload, f))
 
 
 def copy_atomic(src: str | Path, dst: str | Path) -> None:
@@ -45,51 +129,30 @@ def copy_atomic(src: str | Path, dst: str | Path) -> None:
         with open(src, "rb") as inp:
             shutil.copyfileobj(inp, out, 1 << 20)
 
-    _write_atomic(Path(dst), copy)
+    write_atomic(dst, copy)
 
 
-def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Temp file in the same folder, fsync, rename: a crash (even SIGKILL) at any moment leaves
-    either the old file or the new one, never a truncated file under the final name."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load a checkpoint onto the CPU without executing code from it.
 
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint without executing code from it (`weights_only=True`)."""
+    Always to the CPU: `load_state_dict` moves weights and optimizer moments to their
+    parameters' device, while random-number states must stay CPU tensors, and Adam's step
+    counters on the CPU spare a host sync per parameter and step.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated file, foreign pickle, ...
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
-    missing = [k for k in REQUIRED_KEYS if k not in payload] if isinstance(payload, dict) else REQUIRED_KEYS
-    if missing:
-        raise CheckpointError(f"{path} is not an nmt checkpoint (missing {', '.join(missing)})")
-    return payload
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch's own text advises weights_only=False: never repeat it
+        if isinstance(e, pickle.UnpicklingError) and "GLOBAL" in str(e):
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: it holds pickled Python objects, not only "
+                "tensors and plain values, and loading those could run code from the file"
+            ) from None
+        raise CheckpointError(f"cannot read checkpoint {path}: not a complete PyTorch "
+                              f"checkpoint file ({type(e).__name__})") from None
+    return Checkpoint.from_payload(payload, str(path))
 
 
 def file_sha256(path: str | Path) -> str:
@@ -100,20 +163,7 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def snapshots_of_run(run_dir: str | Path, last: int | None = None, best: int | None = None) -> list[Path]:
-    """The `last` newest or `best` best-BLEU snapshots listed in a run's checkpoints.json."""
-    index = Path(run_dir) / "checkpoints.json"
-    if not index.is_file():
-        raise CheckpointError(f"no checkpoints.json in {run_dir}: is it a run folder?")
-    snaps = json.loads(index.read_text())
-    if best:
-        chosen = sorted(snaps, key=lambda s: -s["bleu"])[:best]
-    else:
-        chosen = sorted(snaps, key=lambda s: s["step"])[-(last or len(snaps)):]
-    return [Path(run_dir) / s["path"] for s in sorted(chosen, key=lambda s: s["step"])]
-
-
-def average_checkpoints(paths: list[str | Path]) -> dict[str, Any]:
+def average_checkpoints(paths: list[str | Path]) -> Checkpoint:
     """Average the model weights of several checkpoints of one run (float tensors only).
 
     The result keeps the config, tokenizer and metadata of the last checkpoint and drops the
@@ -121,21 +171,22 @@ def average_checkpoints(paths: list[str | Path]) -> dict[str, Any]:
     """
     if not paths:
         raise CheckpointError("no checkpoints to average")
-    payloads = [load_checkpoint(p) for p in paths]
-    keys = payloads[0]["model"].keys()
-    for p, payload in zip(paths, payloads):
-        if payload["model"].keys() != keys:
+    checkpoints = [load_checkpoint(p) for p in paths]
+    keys = checkpoints[0].model.keys()
+    for p, checkpoint in zip(paths, checkpoints):
+        if checkpoint.model.keys() != keys:
             raise CheckpointError(f"{p} has different parameters from {paths[0]}")
     averaged: dict[str, torch.Tensor] = {}
     for key in keys:
-        tensors = [payload["model"][key] for payload in payloads]
+        tensors = [checkpoint.model[key] for checkpoint in checkpoints]
         if tensors[0].is_floating_point():
             stacked = torch.stack([t.double() for t in tensors])
             averaged[key] = stacked.mean(0).to(tensors[0].dtype)
         else:
             averaged[key] = tensors[-1]
-    result = {k: v for k, v in payloads[-1].items() if k != "training"}
-    result["model"] = averaged
-    result["metrics"] = {}  # the inputs' scores are not the average's
-    result["meta"] = dict(result.get("meta", {}), averaged_from=[str(p) for p in paths])
-    return result
+    return dataclasses.replace(
+        checkpoints[-1].for_translation(),
+        model=averaged,
+        metrics={},  # the inputs' scores are not the average's
+        meta=dict(checkpoints[-1].meta, averaged_from=[str(p) for p in paths]),
+    )

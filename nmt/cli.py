@@ -109,7 +109,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_average(args: argparse.Namespace) -> None:
-    from nmt.checkpoint import average_checkpoints, save_checkpoint, snapshots_of_run
+    from nmt.checkpoint import average_checkpoints, save_checkpoint
+    from nmt.runfolder import snapshots_of_run
 
     if args.checkpoints:
         paths = list(args.checkpoints)

@@ -1,12 +1,22 @@
-"""Process-group set-up for `torchrun` (NCCL on CUDA, gloo on CPU) and small collectives."""
+"""Process-group set-up for `torchrun` (NCCL on CUDA, gloo on CPU) and small collectives.
+
+Long one-sided waits (rank 0 preparing a large corpus or validating while the others wait)
+go through a separate gloo group with a long timeout (`wait_for_main`): NCCL's collectives
+time out after 10 minutes by default and its watchdog then aborts the whole job.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
+
+# How long ranks wait for rank 0's data preparation or validation before giving up.
+WAIT_FOR_MAIN_TIMEOUT = timedelta(hours=12)
 
 
 @dataclass(frozen=True)
@@ -14,6 +24,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    wait_group: Optional[Any] = None  # gloo group for long waits (see module docstring)
 
     @property
     def is_main(self) -> bool:
@@ -22,6 +33,12 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+
+def local_cuda_index(local_rank: int) -> int:
+    """This rank's GPU: its local rank, or the only visible GPU when the launcher binds one GPU
+    per process through CUDA_VISIBLE_DEVICES."""
+    return local_rank % max(torch.cuda.device_count(), 1)
 
 
 def init_distributed(device_type: str) -> DistInfo:
@@ -34,9 +51,11 @@ def init_distributed(device_type: str) -> DistInfo:
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         if backend == "nccl":
-            torch.cuda.set_device(local_rank)
+            torch.cuda.set_device(local_cuda_index(local_rank))
         dist.init_process_group(backend=backend)
-    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
+    wait_group = dist.new_group(backend="gloo", timeout=WAIT_FOR_MAIN_TIMEOUT)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank,
+                    wait_group=wait_group)
 
 
 def close_distributed(info: DistInfo) -> None:
@@ -49,6 +68,12 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def wait_for_main(info: DistInfo) -> None:
+    """A barrier that may wait hours: the other ranks call it while rank 0 works alone."""
+    if info.enabled:
+        dist.barrier(group=info.wait_group)
+
+
 def sum_across(info: DistInfo, value: float, device: torch.device) -> float:
     """Sum a number over all ranks (identity when alone)."""
     if not info.enabled:
@@ -56,6 +81,13 @@ def sum_across(info: DistInfo, value: float, device: torch.device) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return float(tensor.item())
+
+
+def sum_tensor_across(info: DistInfo, tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over all ranks in place, without a host sync (identity when alone)."""
+    if info.enabled:
+        dist.all_reduce(tensor)
+    return tensor
 
 
 def any_across(info: DistInfo, flag: bool, device: torch.device) -> bool:

@@ -11,8 +11,9 @@ from nmt.config import TrainConfig
 from nmt.specials import PAD_ID
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam or AdamW; weight decay is not applied to biases and norm gains."""
+def build_optimizer(model: nn.Module, config: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """Adam or AdamW; weight decay is not applied to biases and norm gains. `fused`: one
+    kernel for the whole update (CUDA), instead of a few per parameter tensor."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -23,7 +24,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         {"params": no_decay, "weight_decay": 0.0},
     ]
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return cls(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+    return cls(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=fused or None)
 
 
 def lr_factor(step: int, config: TrainConfig, d_model: int) -> float:
@@ -98,7 +99,8 @@ class LearningRate:
 
 
 def label_smoothed_nll(
-    logits: torch.Tensor, target: torch.Tensor, smoothing: float, scale: float = 1.0
+    logits: torch.Tensor, target: torch.Tensor, smoothing: float,
+    scale: float | torch.Tensor = 1.0, unit_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`scale` times the summed label-smoothed cross-entropy, and the summed NLL, over non-pad
     targets.
@@ -107,9 +109,12 @@ def label_smoothed_nll(
     over the vocabulary. The loss's normalisation (e.g. 1 / target tokens) is passed as
     `scale` rather than multiplied afterwards, because the gradient is computed in the forward
     pass already scaled; see `_SmoothedCrossEntropy` for why this is not F.cross_entropy.
+    `scale` may be a 0-dim device tensor (e.g. all-reduced token counts): no host sync then.
+    `unit_grad`: the caller back-propagates the loss itself, unscaled (no GradScaler), so the
+    backward pass returns the precomputed gradient without a pass over it.
     """
     flat = logits.reshape(-1, logits.size(-1))
-    return _SmoothedCrossEntropy.apply(flat, target.reshape(-1), smoothing, scale)
+    return _SmoothedCrossEntropy.apply(flat, target.reshape(-1), smoothing, scale, unit_grad)
 
 
 class _SmoothedCrossEntropy(torch.autograd.Function):
@@ -123,21 +128,34 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
     about a quarter of F.cross_entropy's time on CPU. The loss is computed in float32 whatever
     the autocast dtype; the saved gradient has the logits' dtype. Without grad (validation)
     no gradient is computed.
+
+    fp16 logits (CUDA mixed precision): scale * (softmax - q) is about p / tokens, below fp16's
+    normal range, and the loss scale only arrives in backward. So in fp16 the gradient is saved
+    as FP16_GRAD_SCALE * (softmax - q) (entries within [-1024, 1024], smoothing mass
+    included) and backward multiplies by loss_scale * scale / FP16_GRAD_SCALE: the true values
+    come out at the loss scale, where GradScaler expects them and detects overflow.
     """
 
-    ROWS = 256
+    ROWS = {"cpu": 256}  # rows per chunk: a chunk stays in a CPU core's cache
+    GPU_ROWS = 8192  # on GPUs, fewer and larger chunks (the loop is kernel-launch bound)
+    FP16_GRAD_SCALE = 1024.0
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, target: torch.Tensor, smoothing: float, scale: float):  # type: ignore[override]
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor, smoothing: float,  # type: ignore[override]
+                scale: float | torch.Tensor, unit_grad: bool):
         n, vocab = logits.shape
+        rows_per_chunk = _SmoothedCrossEntropy.ROWS.get(logits.device.type,
+                                                        _SmoothedCrossEntropy.GPU_ROWS)
         lse, gold, mean = (torch.empty(n, device=logits.device) for _ in range(3))
         keep = target != PAD_ID
         grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
-        row_weight = (keep * scale).unsqueeze(1)  # [N, 1]: zero for padding
-        chunk = torch.empty(min(n, _SmoothedCrossEntropy.ROWS), vocab, device=logits.device)
-        for start in range(0, n, _SmoothedCrossEntropy.ROWS):
-            rows = slice(start, start + _SmoothedCrossEntropy.ROWS)
-            x = chunk[: min(_SmoothedCrossEntropy.ROWS, n - start)]
+        deferred = logits.dtype == torch.float16
+        saved_scale = _SmoothedCrossEntropy.FP16_GRAD_SCALE if deferred else scale
+        row_weight = (keep * saved_scale).unsqueeze(1)  # [N, 1]: zero for padding
+        chunk = torch.empty(min(n, rows_per_chunk), vocab, device=logits.device)
+        for start in range(0, n, rows_per_chunk):
+            rows = slice(start, start + rows_per_chunk)
+            x = chunk[: min(rows_per_chunk, n - start)]
             x.copy_(logits[rows])
             gold[rows] = x.gather(1, target[rows, None]).squeeze(1)
             mean[rows] = x.mean(dim=-1)
@@ -146,20 +164,27 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
             lse[rows] = (peak + total.log()).squeeze(1)
             if grad is not None:
                 weight = row_weight[rows]
-                x.mul_(weight / total).sub_(weight * (smoothing / vocab))  # scale * (softmax - eps/V)
+                x.mul_(weight / total).sub_(weight * (smoothing / vocab))  # w * (softmax - eps/V)
                 x.scatter_add_(1, target[rows, None], weight * (smoothing - 1.0))
                 grad[rows] = x
         nll = ((lse - gold) * keep).sum()
         uniform = ((lse - mean) * keep).sum()
         ctx.save_for_backward(grad)
+        ctx.deferred = deferred
+        ctx.backward_factor = scale / saved_scale if deferred else 1.0
+        ctx.unit_grad = unit_grad and not deferred
         ctx.mark_non_differentiable(nll)
         return scale * ((1.0 - smoothing) * nll + smoothing * uniform), nll
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor, _grad_nll: torch.Tensor):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
-        # The usual CPU case: no pass over [N, V] at all. On CUDA the check would cost a host
+        none = (None, None, None, None)
+        if ctx.unit_grad:
+            return (grad, *none)
+        # Without the caller's word, a CPU check costs nothing; on CUDA it would cost a host
         # sync per micro-batch, while the multiply is cheap and asynchronous.
-        if grad.device.type == "cpu" and bool(grad_loss == 1.0):
-            return grad, None, None, None
-        return grad * grad_loss.to(grad.dtype), None, None, None
+        if grad.device.type == "cpu" and not ctx.deferred and bool(grad_loss == 1.0):
+            return (grad, *none)
+        factor = grad_loss.float() * ctx.backward_factor
+        return (grad * factor.to(grad.dtype), *none)

@@ -1,53 +1,64 @@
 """The training loop: data-parallel, mixed precision, validated by sacreBLEU, exactly resumable.
 
-Run-folder layout (rank 0 writes, other ranks only compute):
+Run-folder layout (rank 0 writes, other ranks only compute; checkpoint files: nmt/runfolder.py):
   config.yaml, env.json        what was run, on what
   metrics.jsonl, tensorboard/  training and validation curves
-  last.pt                      full training state, rewritten atomically at every validation
-  ckpt-<step>.pt               weights snapshots: the last `keep_last` and the best `keep_best`
-  best.pt                      the snapshot with the best validation BLEU
-  checkpoints.json             index of the snapshots and their BLEU
+  last.pt, ckpt-<step>.pt, best.pt, averaged.pt, checkpoints.json
   summary.json                 how the run ended
+
+Host syncs: one per optimiser step (a single all-reduce of the step's flags, read once), plus
+GradScaler's own in fp16; losses stay on the device until they are logged. On CUDA, batches
+are built by DataLoader workers into pinned memory while the GPU computes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import logging
 import math
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from nmt.allocator import keep_freed_memory
-from nmt.batching import Batch, TokenBatchSampler, collate
+from nmt.batching import Batch, SplitIds, TokenBatchSampler
 from nmt.checkpoint import (
-    average_checkpoints,
-    copy_atomic,
+    Checkpoint,
+    CheckpointError,
+    TrainingState,
+    VocabSizes,
     load_checkpoint,
     save_checkpoint,
 )
 from nmt.config import Config, ConfigError, save_config
-from nmt.cpu import has_native_bf16
 from nmt.data import PreparedData, prepare_data
 from nmt.distributed import (
-    any_across,
-    barrier,
     close_distributed,
     init_distributed,
+    local_cuda_index,
     sum_across,
+    sum_tensor_across,
+    wait_for_main,
 )
+from nmt.files import write_json_atomic
 from nmt.model import build_model, count_parameters
 from nmt.optim import LearningRate, build_optimizer, label_smoothed_nll
+from nmt.precision import (
+    PrecisionError,
+    autocast_dtype,
+    device_caps,
+    prepare_device,
+    training_precision,
+)
 from nmt.rng import gather_rng_states, seed_everything, set_rng_state
+from nmt.runfolder import RunFolder, Snapshot
 from nmt.runlog import MetricsLog, environment_info
 
 log = logging.getLogger("nmt.train")
@@ -73,19 +84,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto: bf16 on CPUs with native bf16 instructions (about 3x faster matmuls than fp32),
-    fp32 on other CPUs (where bf16 is emulated and many times slower); on GPUs bf16 where
-    supported, else fp16 with loss scaling."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if has_native_bf16() else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("train.precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-    if precision == "bf16" and device.type == "cpu" and not has_native_bf16():
-        log.warning("train.precision bf16: this CPU has no native bf16 instructions, so bf16 "
-                    "matmuls are emulated and much slower than fp32 (precision auto picks fp32)")
-    return precision
+    """The precision a run on `device` trains in (see nmt.precision.training_precision)."""
+    try:
+        return training_precision(precision, device_caps(device))
+    except PrecisionError as e:
+        raise ConfigError(str(e)) from None
+
+
+def loader_workers(device: torch.device) -> int:
+    """DataLoader worker processes that build batches: on CUDA two, so batches are padded and
+    pinned while the GPU computes; on CPU none (the workers would take the cores training
+    uses, and building a batch costs well under a millisecond)."""
+    return 2 if device.type == "cuda" else 0
 
 
 @dataclass
@@ -94,11 +104,21 @@ class Progress:
 
     step: int = 0
     epoch: int = 0
-    batch_in_epoch: int = 0  # batches of this epoch already consumed (per rank)
+    batch_in_epoch: int = 0  # batches of this epoch already consumed, per rank (see _restore)
     nonfinite_in_row: int = 0
     bad_validations: int = 0
     best_bleu: float = -1.0
-    snapshots: list[dict[str, Any]] = field(default_factory=list)  # {"path", "step", "bleu"}
+    snapshots: list[dict[str, Any]] = field(default_factory=list)  # runfolder.Snapshot dicts
+
+
+@dataclass
+class StepResult:
+    """One optimiser step as the loop needs it; `nll` stays on the device until it is logged."""
+
+    nll: torch.Tensor  # summed NLL of this rank's micro-batches
+    tokens: int  # this rank's target tokens
+    applied: bool  # the update was applied (not skipped for a non-finite loss or gradient)
+    stop: bool  # some rank asked to stop (signal or time budget)
 
 
 class Trainer:
@@ -109,7 +129,8 @@ class Trainer:
         self.device = resolve_device(config.train.device)
         self.dist = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
+            self.device = torch.device("cuda", local_cuda_index(self.dist.local_rank))
+        prepare_device(self.device)
         self.precision = resolve_precision(config.train.precision, self.device)
         if not self.dist.is_main:  # one voice in the logs: rank 0's
             logging.getLogger("nmt").setLevel(logging.WARNING)
@@ -117,35 +138,33 @@ class Trainer:
             torch.set_num_threads(config.train.threads)
         keep_freed_memory(self.device.type)
         self.run_dir = default_run_dir(config)
+        self.run_folder = RunFolder(self.run_dir)
         self._check_run_dir(resume)
         seed_everything(config.train.seed + self.dist.rank)
 
         self.data = self._prepare()
-        self.train_src, self.train_tgt = _id_columns(self.data, "train")
+        self.train_ids = SplitIds.of(self.data.splits["train"])
         tok = self.data.tokenizer
         self.model = build_model(config.model, tok.src_vocab_size, tok.tgt_vocab_size, joint_vocab=tok.joint)
         self.model.to(self.device)
         self.wrapped = self._wrap(self.model)
-        self.optimizer = build_optimizer(self.model, config.train)
+        self.optimizer = build_optimizer(self.model, config.train, fused=self.device.type == "cuda")
         self.lr = LearningRate(self.optimizer, config.train, config.model.embed_dim)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.progress = Progress()
-        self.sampler = TokenBatchSampler(
-            [len(x) for x in self.train_src], [len(y) + 1 for y in self.train_tgt],
-            config.train.batch_tokens, shuffle=True, seed=config.train.seed,
-            rank=self.dist.rank, world_size=self.dist.world_size,
-        )
+        self.sampler = self._sampler(self.dist.rank, self.dist.world_size)
         if resume:
-            self._restore(self.run_dir / "last.pt")
+            self._restore(self.run_folder.last)
         self.metrics = MetricsLog(self.run_dir) if self.dist.is_main else None
         self.stop_reason: str | None = None
         self.last_validated_step = -1
         self._signal = False
+        self._started = time.monotonic()
 
     # ------------------------------------------------------------------ set-up
 
     def _check_run_dir(self, resume: bool) -> None:
-        last = self.run_dir / "last.pt"
+        last = self.run_folder.last
         if resume and not last.is_file():
             raise ConfigError(f"--resume: no checkpoint to resume from at {last}")
         if not resume and last.is_file():
@@ -157,61 +176,83 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.config, self.run_dir / "config.yaml")
             env = environment_info(self.device, self.precision, self.dist.world_size)
-            (self.run_dir / "env.json").write_text(json.dumps(env, indent=2) + "\n")
+            write_json_atomic(self.run_dir / "env.json", env)
 
     def _prepare(self) -> PreparedData:
-        # Rank 0 trains the tokenizer and fills the cache; the others then read it.
+        """Rank 0 trains the tokenizer and fills the cache (for a large corpus this can take
+        hours: the others wait in a gloo barrier with a long timeout), then the others read it."""
         if self.dist.is_main:
             data = prepare_data(self.config, self.run_dir)
-        barrier(self.dist)
+        wait_for_main(self.dist)
         if not self.dist.is_main:
             data = prepare_data(self.config, self.run_dir)
         return data
+
+    def _sampler(self, rank: int, world_size: int) -> TokenBatchSampler:
+        src_lengths, tgt_lengths = self.train_ids.batch_lengths()
+        return TokenBatchSampler(src_lengths, tgt_lengths, self.config.train.batch_tokens,
+                                 shuffle=True, seed=self.config.train.seed, rank=rank,
+                                 world_size=world_size)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         if not self.dist.enabled:
             return model
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        # No persistent buffers need broadcasting; gradients live in DDP's buckets (one copy).
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=device_ids, broadcast_buffers=False, gradient_as_bucket_view=True)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "fp32":
+        dtype = autocast_dtype(self.precision)
+        if dtype is None:
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
     # ------------------------------------------------------------------ data
 
     def _batches(self) -> Iterator[Batch]:
-        """This rank's batches from the saved data position onwards, epoch after epoch."""
+        """This rank's batches from the saved data position onwards, epoch after epoch.
+
+        The data position advances when the loop takes a batch, not when a worker builds it,
+        so a checkpoint records exactly what training has consumed.
+        """
         pin = self.device.type == "cuda"
         while self.progress.epoch < self.config.train.max_epochs:
             self.sampler.set_epoch(self.progress.epoch)
-            for i, indices in enumerate(self.sampler):
-                if i < self.progress.batch_in_epoch:
-                    continue
-                rows = [{"src_ids": self.train_src[j], "tgt_ids": self.train_tgt[j]} for j in indices]
-                batch = collate(rows, indices)
-                if pin:
-                    batch = batch.pin_memory()
+            start = self.progress.batch_in_epoch
+            order = list(self.sampler)[start:]
+            for i, batch in enumerate(self._built(order, pin), start=start):
                 self.progress.batch_in_epoch = i + 1
                 yield batch.to(self.device, non_blocking=pin)
             self.progress.epoch += 1
             self.progress.batch_in_epoch = 0
 
+    def _built(self, order: list[list[int]], pin: bool) -> Iterable[Batch]:
+        workers = loader_workers(self.device)
+        if workers == 0:
+            return (self.train_ids.batch(indices) for indices in order)
+        return torch.utils.data.DataLoader(
+            _BatchList(self.train_ids, order), batch_size=None, num_workers=workers,
+            pin_memory=pin, prefetch_factor=4, collate_fn=_as_is)
+
     # ------------------------------------------------------------------ one update
 
-    def _update(self, batches: list[Batch]) -> tuple[float, int, bool]:
+    def _update(self, batches: list[Batch], stop_requested: bool = False) -> StepResult:
         """Forward/backward over this rank's micro-batches and one optimiser step.
 
         The loss is normalised by the target tokens of the whole global batch (all ranks, all
-        micro-batches), so the gradient is the same however the batch is split.
-        Returns (summed NLL of this rank, its target tokens, whether the step was applied).
+        micro-batches), so the gradient is the same however the batch is split. Under DDP the
+        token count is all-reduced into a device tensor that scales the loss on the device:
+        no host sync precedes the forward pass.
         """
         local_tokens = sum(b.num_tgt_tokens for b in batches)
-        global_tokens = sum_across(self.dist, float(local_tokens), self.device)
-        scale = self.dist.world_size / max(global_tokens, 1.0)
-        nll_total = 0.0
+        scale: float | torch.Tensor = 1.0 / max(local_tokens, 1)
+        if self.dist.enabled:
+            global_tokens = sum_tensor_across(
+                self.dist, torch.tensor(float(local_tokens), device=self.device))
+            scale = self.dist.world_size / global_tokens.clamp(min=1.0)
+        nll_total = torch.zeros((), device=self.device)
+        unit_grad = not self.scaler.is_enabled()
         self.model.train()
         for i, batch in enumerate(batches):
             last = i == len(batches) - 1
@@ -219,26 +260,43 @@ class Trainer:
             with sync:
                 with self._autocast():
                     logits, _ = self.wrapped(batch.src, batch.src_mask, batch.tgt_in)
-                loss, nll = label_smoothed_nll(logits, batch.tgt_out, self.config.train.label_smoothing, scale)
+                loss, nll = label_smoothed_nll(logits, batch.tgt_out, self.config.train.label_smoothing,
+                                               scale, unit_grad=unit_grad)
                 self.scaler.scale(loss).backward()
-            nll_total += float(nll)
-        applied = self._optimizer_step(nll_total)
-        return nll_total, local_tokens, applied
+            nll_total += nll.detach()
+        applied, stop = self._optimizer_step(nll_total, stop_requested)
+        return StepResult(nll_total, local_tokens, applied, stop)
 
-    def _optimizer_step(self, nll_total: float) -> bool:
+    def _optimizer_step(self, nll_total: torch.Tensor, stop_requested: bool) -> tuple[bool, bool]:
+        """Clip and step, unless the loss or a gradient is not finite on some rank.
+
+        One all-reduce of [loss not finite, gradient not finite, stop asked] decides for all
+        ranks at once. With fp16 loss scaling an overflowing gradient is GradScaler's normal
+        search for its scale: it skips the step and lowers the scale, and only a scale that has
+        fallen below 1 counts towards train.max_nonfinite.
+        """
         self.scaler.unscale_(self.optimizer)
-        max_norm = self.config.train.clip_norm or math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        finite = math.isfinite(float(grad_norm)) and math.isfinite(nll_total)
-        finite = not any_across(self.dist, not finite, self.device)
-        if finite or self.scaler.is_enabled():
-            # GradScaler skips steps with inf gradients itself and lowers its scale.
-            self.scaler.step(self.optimizer)
+        grad_norm = self._clip_gradients()
+        flags = torch.stack([
+            (~torch.isfinite(nll_total)).float(),
+            (~torch.isfinite(grad_norm)).float(),
+            torch.tensor(float(stop_requested), device=self.device),
+        ])
+        nll_bad, grad_bad, stop = (v > 0 for v in sum_tensor_across(self.dist, flags).tolist())
+        if self.scaler.is_enabled():
+            if not nll_bad:
+                self.scaler.step(self.optimizer)  # skips by itself when gradients overflowed
             self.scaler.update()
+        elif not (nll_bad or grad_bad):
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if finite:
+        if not (nll_bad or grad_bad):
             self.progress.nonfinite_in_row = 0
-            return True
+            return True, stop
+        if grad_bad and not nll_bad and self.scaler.is_enabled() and self.scaler.get_scale() >= 1.0:
+            log.info("step %d: fp16 gradients overflowed; loss scale lowered to %g",
+                     self.progress.step + 1, self.scaler.get_scale())
+            return False, stop
         self.progress.nonfinite_in_row += 1
         log.warning("non-finite loss or gradient at step %d: update skipped", self.progress.step + 1)
         if self.progress.nonfinite_in_row >= self.config.train.max_nonfinite:
@@ -246,70 +304,82 @@ class Trainer:
                 f"the loss was not finite for {self.progress.nonfinite_in_row} updates in a row; "
                 "lower train.lr, add train.clip_norm, or check the data"
             )
-        return False
+        return False, stop
+
+    def _clip_gradients(self) -> torch.Tensor:
+        """The total gradient norm (a device tensor), clipped to train.clip_norm if set."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.config.train.clip_norm:
+            return torch.nn.utils.clip_grad_norm_(params, self.config.train.clip_norm)
+        total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+        if total_norm is None:
+            return torch.nn.utils.clip_grad_norm_(params, math.inf)
+        return total_norm([p.grad for p in params])
 
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> dict[str, Any]:
         cfg = self.config.train
-        started = time.monotonic()
+        self._started = time.monotonic()
         handlers = self._install_signal_handlers()
         bar = tqdm(total=cfg.max_steps, initial=self.progress.step, disable=not self.dist.is_main,
                    unit="step", dynamic_ncols=True, desc=self.config.name)
-        window_tokens, window_nll, window_start = 0, 0.0, time.monotonic()
+        window_tokens, window_nll, window_start = 0, torch.zeros((), device=self.device), time.monotonic()
         batches = self._batches()
         log.info("model: %s, %s parameters; device %s, precision %s, %d process(es)",
                  self.config.model.arch, f"{count_parameters(self.model):,}", self.device,
                  self.precision, self.dist.world_size)
         try:
-            while not self._should_stop(started):
+            while True:
+                if self.progress.step >= cfg.max_steps:
+                    self.stop_reason = "max_steps"
+                    break
                 micro = [b for _, b in zip(range(cfg.accum_steps), batches)]
                 if not micro:
                     self.stop_reason = "max_epochs"
                     break
                 lr = self.lr.step(self.progress.step + 1)
-                nll, tokens, applied = self._update(micro)
-                if applied:
+                result = self._update(micro, stop_requested=self._stop_request() is not None)
+                if result.applied:
                     self.progress.step += 1
                     bar.update(1)
-                window_tokens += tokens
-                window_nll += nll
-                if applied and self.progress.step % cfg.log_every == 0:
+                window_tokens += result.tokens
+                window_nll += result.nll
+                if result.applied and self.progress.step % cfg.log_every == 0:
                     elapsed = time.monotonic() - window_start
-                    self._log_train(bar, lr, window_nll, window_tokens, elapsed)
-                    window_tokens, window_nll, window_start = 0, 0.0, time.monotonic()
-                if applied and self.progress.step % cfg.valid_every == 0:
+                    self._log_train(bar, lr, float(window_nll), window_tokens, elapsed)
+                    window_tokens, window_start = 0, time.monotonic()
+                    window_nll = torch.zeros((), device=self.device)
+                if result.stop:
+                    self.stop_reason = self._stop_request() or "another rank stopped"
+                if result.applied and self.progress.step % cfg.valid_every == 0:
                     self._validate_and_save()
                     window_start = time.monotonic()  # validation time is not training speed
-                    if self.stop_reason:
-                        break
+                if self.stop_reason:
+                    break
             if self.stop_reason == "signal":
-                self._save_last({}, gather_rng_states(self.dist))  # quick: we were asked to go
+                self._save_last({}, gather_rng_states(self.dist, self.device))  # we were asked to go
             elif self.last_validated_step != self.progress.step:
                 self._validate_and_save()
         finally:
             bar.close()
             self._restore_signal_handlers(handlers)
-        return self._finish(time.monotonic() - started)
+        return self._finish(time.monotonic() - self._started)
 
-    def _should_stop(self, started: float) -> bool:
-        cfg = self.config.train
-        reason = None
+    def _stop_request(self) -> Optional[str]:
+        """Why this rank wants to stop (a signal, the time budget), if it does."""
         if self._signal:
-            reason = "signal"
-        elif self.progress.step >= cfg.max_steps:
-            reason = "max_steps"
-        elif cfg.max_minutes and time.monotonic() - started > cfg.max_minutes * 60:
-            reason = "max_minutes"
-        if any_across(self.dist, reason is not None, self.device):
-            self.stop_reason = reason or "another rank stopped"
-            return True
-        return False
+            return "signal"
+        max_minutes = self.config.train.max_minutes
+        if max_minutes and time.monotonic() - self._started > max_minutes * 60:
+            return "max_minutes"
+        return None
 
     def _log_train(self, bar: tqdm, lr: float, nll: float, tokens: int, elapsed: float) -> None:
         tokens = int(sum_across(self.dist, float(tokens), self.device))
         nll = sum_across(self.dist, nll, self.device)
         loss = nll / max(tokens, 1)
+        # tokens_per_s: target tokens (with EOS) per second, all ranks together
         values = {"loss": round(loss, 5), "ppl": round(math.exp(min(loss, 50)), 3), "lr": lr,
                   "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1), "epoch": self.progress.epoch}
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{values['tokens_per_s']:.0f}")
@@ -319,15 +389,17 @@ class Trainer:
     # ------------------------------------------------------------------ validation
 
     def _validate_and_save(self) -> None:
-        """Rank 0 validates and writes; every rank applies the same BLEU to the plateau schedule
-        and the patience count, so learning rates and stopping never drift apart."""
+        """Rank 0 validates and writes while the others wait; every rank then applies the same
+        BLEU to the plateau schedule and the patience count, so learning rates and stopping
+        never drift apart."""
         from nmt.validate import validate
 
         self.last_validated_step = self.progress.step
-        rng_states = gather_rng_states(self.dist)
+        rng_states = gather_rng_states(self.dist, self.device)
         metrics: dict[str, Any] = {}
         if self.dist.is_main:
             metrics = validate(self.model, self.data, self.config, self.device)
+        wait_for_main(self.dist)
         bleu = sum_across(self.dist, metrics.get("bleu", 0.0), self.device)  # rank 0's BLEU
         improved = bleu > self.progress.best_bleu
         self.progress.bad_validations = 0 if improved else self.progress.bad_validations + 1
@@ -335,7 +407,7 @@ class Trainer:
         self.lr.observe_validation(bleu)
         if self.dist.is_main:
             self._record_validation(metrics, improved, rng_states)
-        barrier(self.dist)
+        wait_for_main(self.dist)
         if self._patience_exhausted() and not self.stop_reason:
             self.stop_reason = "patience"
 
@@ -344,79 +416,83 @@ class Trainer:
         return patience > 0 and self.progress.bad_validations >= patience
 
     def _record_validation(self, metrics: dict[str, Any], improved: bool, rng_states: list[Any]) -> None:
-        bleu = metrics["bleu"]
-        snapshot = self.run_dir / f"ckpt-{self.progress.step}.pt"
-        save_checkpoint(self._payload(metrics), snapshot)
-        self.progress.snapshots.append({"path": snapshot.name, "step": self.progress.step, "bleu": bleu})
-        if improved:
-            copy_atomic(snapshot, self.run_dir / "best.pt")
-        self._prune_snapshots()
+        cfg = self.config.train
+        self.run_folder.add_snapshot(self._checkpoint(metrics), metrics["bleu"], improved,
+                                     cfg.keep_last, cfg.keep_best)
         self._save_last(metrics, rng_states)
-        (self.run_dir / "checkpoints.json").write_text(json.dumps(self.progress.snapshots, indent=2) + "\n")
         if self.metrics:
             self.metrics.write("valid", self.progress.step, {**metrics, "best_bleu": self.progress.best_bleu})
         log.info("step %d: valid loss %.4f, ppl %.2f, BLEU %.2f (best %.2f)", self.progress.step,
-                 metrics["loss"], metrics["ppl"], bleu, self.progress.best_bleu)
-
-    def _prune_snapshots(self) -> None:
-        """Keep the last `keep_last` snapshots and the `keep_best` best by BLEU."""
-        cfg = self.config.train
-        snaps = self.progress.snapshots
-        keep = {s["path"] for s in snaps[-cfg.keep_last:]}
-        keep |= {s["path"] for s in sorted(snaps, key=lambda s: -s["bleu"])[: cfg.keep_best]}
-        for s in snaps:
-            if s["path"] not in keep:
-                (self.run_dir / s["path"]).unlink(missing_ok=True)
-        self.progress.snapshots = [s for s in snaps if s["path"] in keep]
+                 metrics["loss"], metrics["ppl"], metrics["bleu"], self.progress.best_bleu)
 
     # ------------------------------------------------------------------ checkpoints
 
     def _save_last(self, metrics: dict[str, Any], rng_states: list[Any]) -> None:
         if self.dist.is_main:
-            save_checkpoint(self._payload(metrics, rng_states), self.run_dir / "last.pt")
+            save_checkpoint(self._checkpoint(metrics, rng_states), self.run_folder.last)
 
-    def _payload(self, metrics: dict[str, Any], rng_states: list[Any] | None = None) -> dict[str, Any]:
+    def _checkpoint(self, metrics: dict[str, Any], rng_states: list[Any] | None = None) -> Checkpoint:
         """A checkpoint; with `rng_states` (one per rank) also the full training state."""
         tok = self.data.tokenizer
-        payload: dict[str, Any] = {
-            "model": self.model.state_dict(),
-            "config": self.config.to_dict(),
-            "tokenizer": tok.to_state(),
-            "vocab": {"src": tok.src_vocab_size, "tgt": tok.tgt_vocab_size, "joint": tok.joint},
-            "step": self.progress.step,
-            "epoch": self.progress.epoch,
-            "batch_in_epoch": self.progress.batch_in_epoch,
-            "metrics": {f"valid_{k}": v for k, v in metrics.items() if isinstance(v, (int, float, str))},
-            "meta": {"parameters": count_parameters(self.model), "run_dir": str(self.run_dir),
-                     "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "precision": self.precision},
-        }
+        training = None
         if rng_states is not None:
-            payload["training"] = {
-                "optimizer": self.optimizer.state_dict(),
-                "lr": self.lr.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "rng": rng_states,
-                "progress": self.progress.__dict__.copy(),
-            }
-        return payload
+            progress = dict(self.progress.__dict__,
+                            snapshots=[dataclasses.asdict(s) for s in self.run_folder.snapshots])
+            training = TrainingState(
+                optimizer=self.optimizer.state_dict(), lr=self.lr.state_dict(),
+                scaler=self.scaler.state_dict(), rng=rng_states, progress=progress,
+                world_size=self.dist.world_size, precision=self.precision)
+        return Checkpoint(
+            model=self.model.state_dict(),
+            config=self.config,
+            tokenizer=tok.to_state(),
+            vocab=VocabSizes(tok.src_vocab_size, tok.tgt_vocab_size, tok.joint),
+            step=self.progress.step,
+            epoch=self.progress.epoch,
+            batch_in_epoch=self.progress.batch_in_epoch,
+            metrics={f"valid_{k}": v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+            meta={"parameters": count_parameters(self.model), "run_dir": str(self.run_dir),
+                  "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "precision": self.precision},
+            training=training,
+        )
 
     def _restore(self, path: Path) -> None:
-        payload = load_checkpoint(path, map_location=self.device)
-        self.model.load_state_dict(payload["model"])
-        training = payload["training"]
-        self.optimizer.load_state_dict(training["optimizer"])
-        self.lr.load_state_dict(training["lr"])
-        self.scaler.load_state_dict(training["scaler"])
-        self.progress = Progress(**training["progress"])
-        states = training["rng"]
-        if isinstance(states, dict):  # a single state, saved by one process
-            states = [states]
-        if len(states) != self.dist.world_size:
-            log.warning("resuming %d process(es) from a run of %d: random streams will differ",
-                        self.dist.world_size, len(states))
-        set_rng_state(states[self.dist.rank % len(states)])
+        """Continue the run saved in `path` (always loaded to the CPU; load_state_dict moves
+        weights and optimizer moments to the device, RNG states must stay on the CPU)."""
+        checkpoint = load_checkpoint(path)
+        training = checkpoint.training
+        if training is None:
+            raise CheckpointError(f"{path} holds no training state to resume from")
+        self.model.load_state_dict(checkpoint.model)
+        self.optimizer.load_state_dict(training.optimizer)
+        self.lr.load_state_dict(training.lr)
+        if self.scaler.is_enabled() and training.scaler:
+            self.scaler.load_state_dict(training.scaler)
+        if training.precision and training.precision != self.precision:
+            log.warning("the run trained in %s and resumes in %s", training.precision, self.precision)
+        self.progress = Progress(**training.progress)
+        self.run_folder.snapshots = [Snapshot(**s) for s in self.progress.snapshots]
+        if training.world_size != self.dist.world_size:
+            self._map_data_position(training.world_size)
+        set_rng_state(training.rng[self.dist.rank % len(training.rng)], self.device)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.progress.step,
                  self.progress.epoch, self.progress.batch_in_epoch)
+
+    def _map_data_position(self, saved_world_size: int) -> None:
+        """Resume with another number of processes where the saved run stopped in its epoch.
+
+        The saved position counts each rank's batches; the rows of an epoch come in the same
+        order whatever the world size, so the rows consumed so far map to a position here (at
+        most one global batch is repeated, none is skipped).
+        """
+        saved = self._sampler(0, saved_world_size)
+        saved.set_epoch(self.progress.epoch)
+        rows = saved.rows_before(self.progress.batch_in_epoch)
+        self.sampler.set_epoch(self.progress.epoch)
+        self.progress.batch_in_epoch = self.sampler.position_after(rows)
+        log.warning("resuming %d process(es) from a run of %d: continuing after row %d of epoch "
+                    "%d; random streams will differ", self.dist.world_size, saved_world_size,
+                    rows, self.progress.epoch)
 
     def _finish(self, seconds: float) -> dict[str, Any]:
         summary: dict[str, Any] = {
@@ -427,7 +503,7 @@ class Trainer:
         if self.dist.is_main:
             if self.config.train.average_last > 0 and self.stop_reason != "signal":
                 summary["averaged"] = self._average_last()
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_json_atomic(self.run_dir / "summary.json", summary)
             if self.metrics:
                 self.metrics.close()
             log.info("training stopped (%s) at step %d; best valid BLEU %.2f; run folder %s",
@@ -439,15 +515,15 @@ class Trainer:
         """Average the newest snapshots into averaged.pt and validate it."""
         from nmt.validate import validate
 
-        snaps = sorted(self.progress.snapshots, key=lambda s: s["step"])[-self.config.train.average_last:]
-        paths = [self.run_dir / s["path"] for s in snaps]
-        averaged = average_checkpoints(paths)
-        self.model.load_state_dict(averaged["model"])
+        count = self.config.train.average_last
+        paths = self.run_folder.select(last=count)
+        averaged = self.run_folder.average_last(count)
+        self.model.load_state_dict(averaged.model)
         metrics = validate(self.model, self.data, self.config, self.device)
-        averaged["metrics"] = {f"valid_{k}": v for k, v in metrics.items() if isinstance(v, (int, float, str))}
-        save_checkpoint(averaged, self.run_dir / "averaged.pt")
+        averaged.metrics = {f"valid_{k}": v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+        save_checkpoint(averaged, self.run_folder.averaged)
         log.info("averaged %d checkpoints: valid BLEU %.2f -> %s", len(paths), metrics["bleu"],
-                 self.run_dir / "averaged.pt")
+                 self.run_folder.averaged)
         return {"checkpoints": [p.name for p in paths], "valid_bleu": metrics["bleu"]}
 
     # ------------------------------------------------------------------ signals
@@ -471,11 +547,24 @@ class Trainer:
             signal.signal(sig, handler)
 
 
+class _BatchList(torch.utils.data.Dataset):
+    """This epoch's batches of one rank, built on demand (by DataLoader workers on CUDA)."""
+
+    def __init__(self, ids: SplitIds, order: list[list[int]]) -> None:
+        self.ids, self.order = ids, order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int) -> Batch:
+        return self.ids.batch(self.order[i])
+
+
+def _as_is(batch: Batch) -> Batch:
+    """DataLoader's collate step: the item is a whole batch already."""
+    return batch
+
+
 def train(config: Config, resume: bool = False) -> dict[str, Any]:
     """Train as `config` says; returns the run summary (also written to summary.json)."""
     return Trainer(config, resume=resume).run()
-
-
-def _id_columns(data: PreparedData, split: str) -> tuple[list[list[int]], list[list[int]]]:
-    columns = data.splits[split][:]  # one bulk read; row-by-row access to Arrow is slow
-    return columns["src_ids"], columns["tgt_ids"]

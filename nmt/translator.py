@@ -23,9 +23,9 @@ from torch import nn
 
 from nmt.alignment import Alignment, build_alignment
 from nmt.checkpoint import file_sha256, load_checkpoint
-from nmt.config import DecodeConfig, ModelConfig, config_from_dict
+from nmt.config import DecodeConfig, ModelConfig
 from nmt.model import build_model, count_parameters
-from nmt.precision import decoding_precision, device_caps
+from nmt.precision import decoding_precision, device_caps, prepare_device
 from nmt.projection import projections_in
 from nmt.search import Hypothesis, beam_search, greedy_search
 from nmt.specials import EOS_ID, PAD_ID
@@ -101,15 +101,15 @@ class Translator:
     def load(cls, checkpoint_path: str | Path, device: str | torch.device = "cpu") -> Translator:
         """A translator from a checkpoint file alone, in eval mode on `device`."""
         path = Path(checkpoint_path)
-        payload = load_checkpoint(path, map_location="cpu")
-        config = config_from_dict(payload["config"])
-        vocab = payload["vocab"]
-        tokenizer = Tokenizer.from_state(payload["tokenizer"])
-        joint = bool(vocab.get("joint", False))
-        model = build_model(config.model, int(vocab["src"]), int(vocab["tgt"]), joint_vocab=joint)
-        model.load_state_dict(payload["model"])
+        checkpoint = load_checkpoint(path)
+        config, vocab = checkpoint.config, checkpoint.vocab
+        tokenizer = Tokenizer.from_state(checkpoint.tokenizer)
+        model = build_model(config.model, vocab.src, vocab.tgt, joint_vocab=vocab.joint)
+        model.load_state_dict(checkpoint.model)
+        device = torch.device(device)
+        prepare_device(device)
         model.to(device).eval()
-        metrics = payload.get("metrics") or {}
+        metrics = checkpoint.metrics
         info = {
             "name": config.name,
             "arch": config.model.arch,
@@ -119,7 +119,7 @@ class Translator:
             "lowercase": tokenizer.config.lowercase,  # input and output are lowercased
             "parameters": count_parameters(model),
             "valid_bleu": metrics.get("valid_bleu"),
-            "step": payload.get("step"),
+            "step": checkpoint.step,
             "max_source_len": _max_source_len(model),
             "decode": dataclasses.asdict(config.decode),
             "checkpoint": str(path),

@@ -9,31 +9,36 @@ from typing import Any
 import torch
 from torch import nn
 
-from nmt.batching import TokenBatchSampler, collate
+from nmt.batching import SplitIds, TokenBatchSampler
 from nmt.config import Config
 from nmt.data import PreparedData
 from nmt.evaluate import bleu_metric, remove_word_spaces
+from nmt.optim import label_smoothed_nll
+from nmt.precision import autocast_dtype, device_caps, training_precision
 from nmt.translator import Translator
 
 
 @torch.inference_mode()
 def validation_loss(model: nn.Module, data: PreparedData, config: Config, device: torch.device) -> float:
-    """Mean per-token NLL on the validation split (no label smoothing)."""
-    columns = data.splits[config.data.valid_split][:]
-    src_ids, tgt_ids = columns["src_ids"], columns["tgt_ids"]
-    sampler = TokenBatchSampler([len(x) for x in src_ids], [len(y) + 1 for y in tgt_ids],
-                                config.train.batch_tokens, shuffle=False)
+    """Mean per-token NLL on the validation split (no label smoothing).
+
+    In the training precision's autocast, and through the chunked loss, which under
+    inference mode computes no gradient and never holds a [N, V] log-softmax: at GPU batch
+    sizes a float32 log-softmax of the whole batch can exhaust the memory training fit in.
+    """
+    ids = SplitIds.of(data.splits[config.data.valid_split])
+    sampler = TokenBatchSampler(*ids.batch_lengths(), config.train.batch_tokens, shuffle=False)
+    dtype = autocast_dtype(training_precision(config.train.precision, device_caps(device)))
     model.eval()
-    nll, tokens = 0.0, 0
+    nll = torch.zeros((), device=device)
+    tokens = 0
     for indices in sampler:
-        batch = collate([{"src_ids": src_ids[i], "tgt_ids": tgt_ids[i]} for i in indices], indices)
-        batch = batch.to(device)
-        logits, _ = model(batch.src, batch.src_mask, batch.tgt_in)
-        lprobs = torch.log_softmax(logits.float(), dim=-1)
-        gold = lprobs.gather(-1, batch.tgt_out.unsqueeze(-1)).squeeze(-1)
-        nll -= float((gold * batch.tgt_mask).sum())
+        batch = ids.batch(indices).to(device)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits, _ = model(batch.src, batch.src_mask, batch.tgt_in)
+        nll += label_smoothed_nll(logits, batch.tgt_out, 0.0)[1]
         tokens += batch.num_tgt_tokens
-    return nll / max(tokens, 1)
+    return float(nll) / max(tokens, 1)
 
 
 def validate(model: nn.Module, data: PreparedData, config: Config, device: torch.device) -> dict[str, Any]:

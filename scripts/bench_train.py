@@ -169,8 +169,7 @@ def bench(config_path: str, overrides: list[str], steps: int, warmup: int, prepa
     flops_per_token = step_flops(trainer, probe) / probe.num_tgt_tokens
     tokens, start = 0, time.perf_counter()
     for _ in range(steps):
-        _, n, _ = trainer._update([next(batches)])
-        tokens += n
+        tokens += trainer._update([next(batches)]).tokens
     seconds = time.perf_counter() - start
     return {
         "name": config.name,

@@ -37,7 +37,7 @@ def pick_checkpoint(run_dir: Path) -> Path:
     averaged = run_dir / "averaged.pt"
     if not averaged.is_file():
         return best
-    bleu = {p: load_checkpoint(p)["metrics"].get("valid_bleu", -1.0) for p in (best, averaged)}
+    bleu = {p: load_checkpoint(p).metrics.get("valid_bleu", -1.0) for p in (best, averaged)}
     return averaged if bleu[averaged] >= bleu[best] else best
 
 

@@ -225,7 +225,7 @@ def _untrained_enja_checkpoint(data_dir: Path, out_dir: Path, remove: list[str],
     """An en->ja checkpoint (tiny untrained Transformer) whose tokenizer lists `remove`."""
     import torch
 
-    from nmt.checkpoint import save_checkpoint
+    from nmt.checkpoint import Checkpoint, VocabSizes, save_checkpoint
     from nmt.config import TokenizerConfig, config_from_dict
     from nmt.model import build_model
     from nmt.tokenizer import Tokenizer
@@ -245,10 +245,10 @@ def _untrained_enja_checkpoint(data_dir: Path, out_dir: Path, remove: list[str],
     torch.manual_seed(0)
     model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
     path = out_dir / "enja.pt"
-    save_checkpoint({"model": model.state_dict(), "config": config.to_dict(),
-                     "tokenizer": tokenizer.to_state(), "metrics": {}, "step": 0,
-                     "vocab": {"src": tokenizer.src_vocab_size, "tgt": tokenizer.tgt_vocab_size,
-                               "joint": False}}, path)
+    save_checkpoint(Checkpoint(model=model.state_dict(), config=config,
+                               tokenizer=tokenizer.to_state(),
+                               vocab=VocabSizes(tokenizer.src_vocab_size,
+                                                tokenizer.tgt_vocab_size)), path)
     return path
 
 

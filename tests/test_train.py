@@ -53,14 +53,14 @@ def test_every_architecture_trains_and_loss_falls(data_dir: Path, tmp_path: Path
     losses = [r["loss"] for r in read_metrics(tmp_path / "run", "train")]
     assert summary["steps"] == 30
     assert losses[-1] < losses[0] * 0.9, losses
-    payload = load_checkpoint(tmp_path / "run" / "best.pt")
-    assert payload["config"]["model"]["arch"] == config.model.arch
-    assert "training" not in payload and payload["tokenizer"]
+    checkpoint = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert checkpoint.config.model.arch == config.model.arch
+    assert checkpoint.training is None and checkpoint.tokenizer
     assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "env.json").is_file()
     assert any((tmp_path / "run" / "tensorboard").iterdir())
 
 
-def test_auto_precision_uses_bf16_on_cpu_only_with_native_bf16() -> None:
+def test_precision_of_a_run_on_this_cpu() -> None:
     """Emulated bf16 matmuls are many times slower than fp32, so auto must not pick them."""
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == ("bf16" if has_native_bf16() else "fp32")
@@ -82,8 +82,8 @@ def test_resume_reproduces_uninterrupted_run(data_dir: Path, tmp_path: Path) -> 
     assert [s for s, _ in full_losses] == list(range(1, 13))
     assert [s for s, _ in resumed_losses] == [s for s, _ in full_losses]
     assert [loss for _, loss in resumed_losses] == pytest.approx([loss for _, loss in full_losses], rel=1e-5)
-    a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
-    b = load_checkpoint(tmp_path / "part" / "last.pt")["model"]
+    a = load_checkpoint(tmp_path / "full" / "last.pt").model
+    b = load_checkpoint(tmp_path / "part" / "last.pt").model
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
@@ -132,8 +132,8 @@ def test_sigkill_during_checkpoint_write_leaves_loadable_last(data_dir: Path, tm
         proc.kill()
         proc.wait()
     assert (run / "last.pt").is_file()
-    payload = load_checkpoint(run / "last.pt")
-    assert payload["step"] >= 1 and "training" in payload
+    checkpoint = load_checkpoint(run / "last.pt")
+    assert checkpoint.step >= 1 and checkpoint.training is not None
     assert killed_mid_write, "never caught a checkpoint write in progress"
 
 
@@ -151,8 +151,8 @@ def test_sigterm_saves_and_exits_cleanly(data_dir: Path, tmp_path: Path) -> None
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    payload = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert payload["step"] >= 3
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert checkpoint.step >= 3
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["stop_reason"] == "signal"
 
 
@@ -166,7 +166,7 @@ def test_two_process_gloo_ddp_matches_single_process(data_dir: Path, tmp_path: P
         out = subprocess.run([*launcher, "train", "--config", str(cfg)], env=_env(),
                              capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
-        return load_checkpoint(tmp_path / name / "last.pt")["model"]
+        return load_checkpoint(tmp_path / name / "last.pt").model
 
     single = run("single", 2, _cli())
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -225,7 +225,7 @@ def test_two_process_resume_reproduces_uninterrupted_run(data_dir: Path, tmp_pat
     full = [r["loss"] for r in read_metrics(tmp_path / "full", "train")]
     part = [r["loss"] for r in read_metrics(tmp_path / "part", "train")]
     assert len(full) == 4 and part == pytest.approx(full, rel=1e-5)
-    a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
-    b = load_checkpoint(tmp_path / "part" / "last.pt")["model"]
+    a = load_checkpoint(tmp_path / "full" / "last.pt").model
+    b = load_checkpoint(tmp_path / "part" / "last.pt").model
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)

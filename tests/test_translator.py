@@ -41,14 +41,15 @@ def translator(tiny_checkpoint: Path) -> Translator:
 @pytest.fixture(scope="module")
 def no_attention_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny checkpoint's tokenizer with an untrained LSTM encoder-decoder without attention."""
-    payload = load_checkpoint(tiny_checkpoint)
-    config = payload["config"]
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    config = checkpoint.config.to_dict()
     config["model"].update(arch="rnn", cell="lstm", attention="none", bidirectional=False)
-    vocab = payload["vocab"]
+    vocab = checkpoint.vocab
     torch.manual_seed(0)
-    model = build_model(config_from_dict(config).model, vocab["src"], vocab["tgt"], vocab["joint"])
+    model = build_model(config_from_dict(config).model, vocab.src, vocab.tgt, vocab.joint)
     path = tmp_path_factory.mktemp("no_attention") / "model.pt"
-    save_checkpoint(dict(payload, model=model.state_dict(), config=config, metrics={}), path)
+    save_checkpoint(dataclasses.replace(checkpoint, model=model.state_dict(),
+                                        config=config_from_dict(config), metrics={}), path)
     return path
 
 
@@ -108,12 +109,12 @@ def test_too_long_input_is_rejected_or_truncated(translator: Translator) -> None
 
 
 def test_in_memory_translator_restores_training_mode(tiny_checkpoint: Path, translator: Translator) -> None:
-    payload = load_checkpoint(tiny_checkpoint)
-    config = config_from_dict(payload["config"])
-    model = build_model(config.model, payload["vocab"]["src"], payload["vocab"]["tgt"], payload["vocab"]["joint"])
-    model.load_state_dict(payload["model"])
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    config, vocab = checkpoint.config, checkpoint.vocab
+    model = build_model(config.model, vocab.src, vocab.tgt, vocab.joint)
+    model.load_state_dict(checkpoint.model)
     model.train()
-    tokenizer = Tokenizer.from_state(payload["tokenizer"])
+    tokenizer = Tokenizer.from_state(checkpoint.tokenizer)
     memory = Translator(model, tokenizer, config.decode, "cpu", info={"name": "valid"})
     results = memory.translate(SOURCES)
     assert model.training
