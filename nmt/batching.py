@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence, TypeVar
+from typing import Any, Iterable, Iterator, Sequence, TypeVar
 
 import datasets
 import numpy as np
@@ -135,6 +135,35 @@ class SplitIds:
                      tgt_mask=tgt_mask, indices=list(map(int, rows)),
                      num_src_tokens=int(self.src.lengths[rows].sum()),
                      num_tgt_tokens=int(self.tgt.lengths[rows].sum()) + len(rows))
+
+
+def batch_stream(ids: SplitIds, order: list[list[int]], workers: int = 0, pin: bool = False
+                 ) -> Iterable[Batch]:
+    """The batches of `order` (lists of rows), in order: built here, or by `workers` DataLoader
+    processes ahead of use, into page-locked memory if `pin` (for CUDA)."""
+    if workers == 0:
+        return (ids.batch(indices) for indices in order)
+    return torch.utils.data.DataLoader(_BatchList(ids, order), batch_size=None,
+                                       num_workers=workers, pin_memory=pin, prefetch_factor=4,
+                                       collate_fn=_as_is)
+
+
+class _BatchList(torch.utils.data.Dataset):
+    """Batches built on demand, by index (what DataLoader workers call)."""
+
+    def __init__(self, ids: SplitIds, order: list[list[int]]) -> None:
+        self.ids, self.order = ids, order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int) -> Batch:
+        return self.ids.batch(self.order[i])
+
+
+def _as_is(batch: Batch) -> Batch:
+    """DataLoader's collate step: the item is a whole batch already."""
+    return batch
 
 
 class TokenBatchSampler:

@@ -21,14 +21,14 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from nmt.allocator import keep_freed_memory
-from nmt.batching import Batch, SplitIds, TokenBatchSampler
+from nmt.batching import Batch, SplitIds, TokenBatchSampler, batch_stream
 from nmt.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -221,19 +221,12 @@ class Trainer:
             self.sampler.set_epoch(self.progress.epoch)
             start = self.progress.batch_in_epoch
             order = list(self.sampler)[start:]
-            for i, batch in enumerate(self._built(order, pin), start=start):
+            built = batch_stream(self.train_ids, order, loader_workers(self.device), pin)
+            for i, batch in enumerate(built, start=start):
                 self.progress.batch_in_epoch = i + 1
                 yield batch.to(self.device, non_blocking=pin)
             self.progress.epoch += 1
             self.progress.batch_in_epoch = 0
-
-    def _built(self, order: list[list[int]], pin: bool) -> Iterable[Batch]:
-        workers = loader_workers(self.device)
-        if workers == 0:
-            return (self.train_ids.batch(indices) for indices in order)
-        return torch.utils.data.DataLoader(
-            _BatchList(self.train_ids, order), batch_size=None, num_workers=workers,
-            pin_memory=pin, prefetch_factor=4, collate_fn=_as_is)
 
     # ------------------------------------------------------------------ one update
 
@@ -545,24 +538,6 @@ class Trainer:
     def _restore_signal_handlers(old: dict[int, Any]) -> None:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-
-
-class _BatchList(torch.utils.data.Dataset):
-    """This epoch's batches of one rank, built on demand (by DataLoader workers on CUDA)."""
-
-    def __init__(self, ids: SplitIds, order: list[list[int]]) -> None:
-        self.ids, self.order = ids, order
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    def __getitem__(self, i: int) -> Batch:
-        return self.ids.batch(self.order[i])
-
-
-def _as_is(batch: Batch) -> Batch:
-    """DataLoader's collate step: the item is a whole batch already."""
-    return batch
 
 
 def train(config: Config, resume: bool = False) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -101,3 +102,71 @@ def test_sampler_and_collate_on_prepared_data(data_dir: Path, tmp_path: Path) ->
     for indices in TokenBatchSampler(src_lengths, tgt_lengths, 400, seed=1):
         batch = collate([split[i] for i in indices], indices)
         assert batch.src.numel() <= 400 and batch.tgt_out.numel() <= 400
+
+
+def _ids(n: int, seed: int = 0):
+    import datasets
+
+    from nmt.batching import SplitIds
+
+    rng = np.random.default_rng(seed)
+    src = [rng.integers(4, 50, rng.integers(1, 12)).tolist() + [2] for _ in range(n)]
+    tgt = [rng.integers(4, 50, rng.integers(0, 12)).tolist() for _ in range(n)]
+    return src, tgt, SplitIds.of(datasets.Dataset.from_dict({"src_ids": src, "tgt_ids": tgt}))
+
+
+def test_flat_id_batches_equal_collate() -> None:
+    src, tgt, ids = _ids(40)
+    for rows in ([0, 1, 2], [39, 5, 17, 3], [7]):
+        flat = ids.batch(rows)
+        listed = collate([{"src_ids": src[i], "tgt_ids": tgt[i]} for i in rows], rows)
+        for name in ("src", "src_mask", "tgt_in", "tgt_out", "tgt_mask"):
+            assert torch.equal(getattr(flat, name), getattr(listed, name)), name
+        assert (flat.num_src_tokens, flat.num_tgt_tokens) == (listed.num_src_tokens,
+                                                              listed.num_tgt_tokens)
+
+
+def test_dataloader_workers_build_the_same_batches() -> None:
+    """The CUDA path builds batches in worker processes; they must be the batches built here."""
+    from nmt.batching import batch_stream
+
+    _, _, ids = _ids(60)
+    order = [[0, 1, 2], [10, 11], [20, 21, 22, 23], [59]]
+    here = list(batch_stream(ids, order))
+    workers = list(batch_stream(ids, order, workers=2))
+    assert [b.indices for b in workers] == [b.indices for b in here] == order
+    for a, b in zip(here, workers):
+        assert torch.equal(a.src, b.src) and torch.equal(a.tgt_out, b.tgt_out)
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+def test_epoch_rows_come_in_one_order_whatever_the_world_size(world_size: int) -> None:
+    rng = np.random.default_rng(1)
+    src, tgt = rng.integers(1, 30, 301).tolist(), rng.integers(1, 30, 301).tolist()
+    alone = TokenBatchSampler(src, tgt, 90, seed=4)
+    many = TokenBatchSampler(src, tgt, 90, seed=4, world_size=world_size)
+    for epoch in (0, 1):
+        alone.set_epoch(epoch)
+        many.set_epoch(epoch)
+        assert _rows(many.epoch_batches()) == _rows(alone.epoch_batches())
+
+
+@pytest.mark.parametrize(("saved", "resumed"), [(1, 2), (2, 1), (2, 3), (4, 2)])
+def test_data_position_maps_to_another_world_size(saved: int, resumed: int) -> None:
+    """A resumed run with another number of processes continues at the same row of the epoch,
+    repeating at most one global batch and skipping none."""
+    rng = np.random.default_rng(2)
+    src, tgt = rng.integers(1, 30, 400).tolist(), rng.integers(1, 30, 400).tolist()
+    before = TokenBatchSampler(src, tgt, 100, seed=7, world_size=saved)
+    after = TokenBatchSampler(src, tgt, 100, seed=7, world_size=resumed)
+    for position in (0, 1, 5, 11):
+        rows = before.rows_before(position)
+        mapped = after.position_after(rows)
+        resumed_rows = after.rows_before(mapped)
+        assert resumed_rows <= rows
+        widest = max(len(b) for b in after.epoch_batches())
+        assert rows - resumed_rows < widest * resumed
+
+
+def _rows(batches: list[list[int]]) -> list[int]:
+    return [row for batch in batches for row in batch]

@@ -62,3 +62,57 @@ def test_schedules_warm_up_then_decay() -> None:
     peak = lr_factor(100, noam, 256)
     assert lr_factor(50, noam, 256) < peak and lr_factor(200, noam, 256) < peak
     assert lr_factor(500, TrainConfig(schedule="constant", warmup_steps=0), 256) == 1.0
+
+
+@pytest.mark.parametrize("peaked", [False, True])
+def test_fp16_logits_with_loss_scale_65536_give_finite_accurate_gradients(peaked: bool) -> None:
+    """Mixed precision on GPUs: fp16 logits, GradScaler's initial scale 65536, a 4k-token batch
+    and an 8k vocabulary. The gradient must survive fp16 (no underflow of p / tokens before the
+    loss scale arrives, no overflow of the scale itself) and match the fp32 reference."""
+    torch.manual_seed(0)
+    rows, vocab = 4096, 8000
+    logits = torch.randn(rows, vocab) * (4.0 if peaked else 0.5)
+    target = torch.randint(4, vocab, (rows,))
+    target[:96] = PAD_ID
+    tokens = int((target != PAD_ID).sum())
+    ref = logits.clone().requires_grad_()
+    (F.cross_entropy(ref, target, ignore_index=PAD_ID, label_smoothing=0.1, reduction="sum")
+     / tokens).backward()
+    ours = logits.half().requires_grad_()
+    loss, _ = label_smoothed_nll(ours, target, 0.1, scale=1.0 / tokens)
+    (loss * 65536.0).backward()
+    assert ours.grad.dtype == torch.float16 and torch.isfinite(ours.grad).all()
+    real = target != PAD_ID
+    assert (ours.grad[real] != 0).float().mean() > 0.999  # nothing flushed to zero
+    grad = ours.grad.float() / 65536.0
+    assert float((grad - ref.grad).norm() / ref.grad.norm()) < 2e-3
+    smoothing_part = grad[real].sum(-1)  # the gradient of each row sums to zero over the vocabulary
+    assert float(smoothing_part.abs().max()) < 1e-6
+
+
+def test_unit_grad_skips_the_backward_multiply_only_when_told() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 30, 40, dtype=torch.bfloat16)
+    target = torch.randint(1, 40, (2, 30))
+    grads = []
+    for unit_grad in (False, True):
+        x = logits.clone().requires_grad_()
+        loss, _ = label_smoothed_nll(x, target, 0.1, scale=0.01, unit_grad=unit_grad)
+        loss.backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
+def test_scale_may_be_a_tensor() -> None:
+    """Under DDP the token count is all-reduced on the device and scales the loss there."""
+    torch.manual_seed(0)
+    logits = torch.randn(1, 20, 30)
+    target = torch.randint(1, 30, (1, 20))
+    by_float = logits.clone().requires_grad_()
+    by_tensor = logits.clone().requires_grad_()
+    loss_f, _ = label_smoothed_nll(by_float, target, 0.1, scale=2.0 / 40.0)
+    loss_t, _ = label_smoothed_nll(by_tensor, target, 0.1, scale=2.0 / torch.tensor(40.0))
+    loss_f.backward()
+    loss_t.backward()
+    torch.testing.assert_close(loss_f, loss_t)
+    torch.testing.assert_close(by_float.grad, by_tensor.grad)

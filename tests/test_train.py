@@ -229,3 +229,40 @@ def test_two_process_resume_reproduces_uninterrupted_run(data_dir: Path, tmp_pat
     b = load_checkpoint(tmp_path / "part" / "last.pt").model
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_resume_with_another_world_size_keeps_the_global_data_position(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """Saved by one process, resumed by two (gloo): the per-rank data position is mapped to the
+    rows the saved run had consumed, so no data is skipped."""
+    from nmt.batching import SplitIds, TokenBatchSampler
+    from nmt.data import prepare_data
+
+    raw = tiny_config_dict(data_dir, tmp_path / "run")
+    raw["train"].update(max_steps=3, valid_every=3, batch_tokens=512, log_every=1)
+    out = subprocess.run(_cli("train", "--config", str(_write_config(tmp_path / "a.yaml", raw))),
+                         env=_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    saved = load_checkpoint(tmp_path / "run" / "last.pt").training
+    assert saved is not None and saved.world_size == 1 and saved.progress["batch_in_epoch"] == 3
+
+    raw["train"]["max_steps"] = 4
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2", "-m", "nmt.cli"]
+    out = subprocess.run([*torchrun, "train", "--config", str(_write_config(tmp_path / "b.yaml", raw)),
+                          "--resume"], env=_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming 2 process(es) from a run of 1" in out.stderr
+    resumed = load_checkpoint(tmp_path / "run" / "last.pt").training
+    assert resumed is not None and resumed.world_size == 2
+
+    config = config_from_dict(raw)
+    lengths = SplitIds.of(prepare_data(config, tmp_path / "run").splits["train"]).batch_lengths()
+    one = TokenBatchSampler(*lengths, 512, seed=config.train.seed)
+    two = TokenBatchSampler(*lengths, 512, seed=config.train.seed, world_size=2)
+    rows_seen = one.rows_before(3)
+    continued_at = two.position_after(rows_seen)
+    assert rows_seen - two.rows_before(continued_at) < max(map(len, two.epoch_batches())) * 2
+    assert resumed.progress["batch_in_epoch"] == continued_at + 1  # one step by two ranks
