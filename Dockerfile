@@ -18,10 +18,14 @@
 # (keep --host 0.0.0.0 and --port 8000, which the health check uses). API key: -e NMT_API_KEY=...
 # `nmt serve` handles SIGTERM itself (docker stop): it stops every worker process, then exits.
 
+# The default base carries torch 2.5.1 with CUDA 12.4, the oldest torch the project supports
+# (pyproject: torch>=2.5,<2.15; the test suite runs on 2.13). `pip install` keeps the base's
+# torch. A newer pytorch/pytorch runtime tag works the same way.
 ARG BASE_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
 FROM ${BASE_IMAGE}
 
-# Empty for bases that ship torch; a wheel index (e.g. the CPU one) installs torch from there.
+# Only with a base that has no torch (e.g. python:3.11-slim): a wheel index (e.g. the CPU
+# one) to install torch from. With a torch base it would install a second torch over it.
 ARG TORCH_INDEX_URL=""
 # A checkpoint inside the build context to bake in as /models/model.pt (empty: mount one).
 ARG CHECKPOINT=""
@@ -31,7 +35,8 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HUB_OFFLINE=1 \
-    HF_DATASETS_OFFLINE=1
+    HF_DATASETS_OFFLINE=1 \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
