@@ -21,7 +21,6 @@ protos, so a cache is never served for other data or another tokenizer.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import hashlib
 import json
 import logging
@@ -36,6 +35,7 @@ import datasets
 import numpy as np
 
 from nmt.config import Config, DataConfig
+from nmt.files import read_lines
 from nmt.specials import UNK_ID
 from nmt.tokenizer import Tokenizer
 
@@ -147,18 +147,11 @@ def _read_pairs(split: str, paths: list[Path], src_lang: str, tgt_lang: str
 
 
 def _read_lines(path: Path) -> list[str]:
-    """Lines split on "\\n" only (never on other Unicode breaks, which would break alignment)."""
-    raw = path.read_bytes()
-    if path.name.endswith(".gz"):
-        raw = gzip.decompress(raw)
+    """Stripped lines of a corpus file (see nmt.files.read_lines)."""
     try:
-        text = raw.decode("utf-8-sig")
+        return [line.strip() for line in read_lines(path)]
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 text: {e}") from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line.strip() for line in lines]
 
 
 def _read_tsv(path: Path) -> tuple[list[str], list[str]]:

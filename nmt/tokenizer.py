@@ -38,6 +38,7 @@ from typing import Any
 import sentencepiece as spm
 
 from nmt.config import TokenizerConfig
+from nmt.files import write_bytes_atomic
 from nmt.specials import (
     BOS_ID, BOS_PIECE, EOS_ID, EOS_PIECE, PAD_ID, PAD_PIECE, UNK_ID, UNK_PIECE,
 )
@@ -101,12 +102,12 @@ class Tokenizer:
         for name in ("joint", "src", "tgt"):
             path = out_dir / f"{name}.model"
             if name in self.models:
-                _write_atomic(path, self.models[name])
+                write_bytes_atomic(path, self.models[name])
             else:
                 path.unlink(missing_ok=True)
         settings = {"version": STATE_VERSION, "src_lang": self.src_lang, "tgt_lang": self.tgt_lang,
                     "joint": self.joint, "config": dataclasses.asdict(self.config)}
-        _write_atomic(out_dir / SETTINGS_FILE, json.dumps(settings, indent=2).encode("utf-8"))
+        write_bytes_atomic(out_dir / SETTINGS_FILE, json.dumps(settings, indent=2).encode("utf-8"))
 
     @classmethod
     def load(cls, out_dir: Path) -> Tokenizer:
@@ -230,9 +231,3 @@ def _train_model(texts: list[str], config: TokenizerConfig, name: str) -> bytes:
         logger.warning("%s tokenizer: the corpus supports only %d pieces (tokenizer.vocab_size=%d)",
                        name, size, config.vocab_size)
     return proto
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
