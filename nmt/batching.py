@@ -161,7 +161,7 @@ class _BatchList(torch.utils.data.Dataset):
         return self.ids.batch(self.order[i])
 
 
-def _as_is(batch: Batch) -> Batch:
+def _as_is(batch: Any) -> Any:
     """DataLoader's collate step: the item is a whole batch already."""
     return batch
 
@@ -182,8 +182,8 @@ class TokenBatchSampler:
     corpora) are the first batches of the epoch repeated at the end.
     """
 
-    def __init__(self, src_lengths: Sequence[int], tgt_lengths: Sequence[int], batch_tokens: int,
-                 shuffle: bool = True, seed: int = 1, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, src_lengths: Sequence[int] | np.ndarray, tgt_lengths: Sequence[int] | np.ndarray,
+                 batch_tokens: int, shuffle: bool = True, seed: int = 1, rank: int = 0, world_size: int = 1) -> None:
         if len(src_lengths) != len(tgt_lengths):
             raise ValueError(f"{len(src_lengths)} source lengths but {len(tgt_lengths)} target lengths")
         if batch_tokens <= 0:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 
-def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Call `write` on a temporary file in `path`'s folder, fsync it, rename it to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

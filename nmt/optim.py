@@ -14,7 +14,8 @@ from nmt.specials import PAD_ID
 def build_optimizer(model: nn.Module, config: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
     """Adam or AdamW; weight decay is not applied to biases and norm gains. `fused`: one
     kernel for the whole update (CUDA), instead of a few per parameter tensor."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue

@@ -202,6 +202,12 @@ class Trainer:
         return nn.parallel.DistributedDataParallel(
             model, device_ids=device_ids, broadcast_buffers=False, gradient_as_bucket_view=True)
 
+    def _gradient_sync(self, last_micro_batch: bool) -> contextlib.AbstractContextManager:
+        """DDP all-reduces gradients only after the last micro-batch of an update."""
+        if last_micro_batch or not isinstance(self.wrapped, nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.wrapped.no_sync()
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         dtype = autocast_dtype(self.precision)
         if dtype is None:
@@ -249,8 +255,7 @@ class Trainer:
         self.model.train()
         for i, batch in enumerate(batches):
             last = i == len(batches) - 1
-            sync = contextlib.nullcontext() if last or not self.dist.enabled else self.wrapped.no_sync()
-            with sync:
+            with self._gradient_sync(last):
                 with self._autocast():
                     logits, _ = self.wrapped(batch.src, batch.src_mask, batch.tgt_in)
                 loss, nll = label_smoothed_nll(logits, batch.tgt_out, self.config.train.label_smoothing,
@@ -526,7 +531,7 @@ class Trainer:
             log.warning("received %s: saving and stopping after this step", signal.Signals(signum).name)
             self._signal = True
 
-        old = {}
+        old: dict[int, Any] = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 old[sig] = signal.signal(sig, request_stop)

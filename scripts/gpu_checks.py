@@ -91,7 +91,9 @@ def rnn_dtype(args: argparse.Namespace) -> str:
 
     def record(_module: torch.nn.Module, _inputs: object, output: object) -> None:
         out = output[0] if isinstance(output, tuple) else output
-        seen.append(getattr(out, "data", out).dtype)
+        tensor = out.data if isinstance(out, torch.nn.utils.rnn.PackedSequence) else out
+        assert isinstance(tensor, torch.Tensor)
+        seen.append(tensor.dtype)
 
     for module in model.modules():
         if isinstance(module, torch.nn.RNNBase):
@@ -128,9 +130,11 @@ def fp16_loss(args: argparse.Namespace) -> str:
         ours = logits.half().requires_grad_()
         loss, _ = label_smoothed_nll(ours, target, 0.1, scale=1.0 / tokens)
         (loss * loss_scale).backward()
-        finite = bool(torch.isfinite(ours.grad).all())
-        zeros = float((ours.grad == 0).float().mean())
-        error = float((ours.grad.float() / loss_scale - ref.grad).norm() / ref.grad.norm())
+        grad, ref_grad = ours.grad, ref.grad
+        assert grad is not None and ref_grad is not None
+        finite = bool(torch.isfinite(grad).all())
+        zeros = float((grad == 0).float().mean())
+        error = float((grad.float() / loss_scale - ref_grad).norm() / ref_grad.norm())
         lines.append(f"scale {loss_scale:g}: finite {finite}, zeros {zeros:.1%}, rel.err {error:.1e}")
         if not finite or zeros > 0.001 or error > 5e-3:
             raise CheckFailed("; ".join(lines))
@@ -277,7 +281,7 @@ def _server(command: list[str], port: int):
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise CheckFailed(f"server exited: {proc.stderr.read()[-800:]}")
+                raise CheckFailed(f"server exited: {proc.communicate()[1][-800:]}")
             try:
                 with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
                     if response.status == 200:
