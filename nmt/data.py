@@ -39,7 +39,7 @@ from nmt.files import read_lines
 from nmt.specials import UNK_ID
 from nmt.tokenizer import Tokenizer
 
-logger = logging.getLogger("nmt.data")
+log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 TOKENIZER_FINGERPRINT = "fingerprint.json"
@@ -68,7 +68,7 @@ def load_corpus(data: DataConfig) -> datasets.DatasetDict:
         return load_hub_corpus(data)
     files = corpus_files(data)
     if "test" in files and files["test"] == files.get("valid"):
-        logger.warning("no separate test files; the test split is the validation data (%s)",
+        log.warning("no separate test files; the test split is the validation data (%s)",
                        ", ".join(map(str, files["test"])))
     splits = {}
     for split, paths in files.items():
@@ -251,7 +251,7 @@ def prepare_data(config: Config, work_dir: Path) -> PreparedData:
             corpus, cut = _load_limited(config.data)
         _build_cache(corpus, cut, tokenizer, config.data, cache_dir)
     else:
-        logger.info("reusing tokenized data in %s", cache_dir)
+        log.info("reusing tokenized data in %s", cache_dir)
     splits = datasets.load_from_disk(str(cache_dir))
     stats = json.loads((cache_dir / "stats.json").read_text(encoding="utf-8"))
     stats["cache"] = {"dir": str(cache_dir), "hit": hit, "tokenizer_reused": reused}
@@ -296,9 +296,9 @@ def _reusable_tokenizer(tok_dir: Path, fingerprint: dict[str, Any]) -> Tokenizer
     if not path.is_file():
         return None
     if json.loads(path.read_text(encoding="utf-8")) != json.loads(json.dumps(fingerprint)):
-        logger.info("tokenizer in %s was trained with other settings or data; retraining", tok_dir)
+        log.info("tokenizer in %s was trained with other settings or data; retraining", tok_dir)
         return None
-    logger.info("reusing tokenizer in %s", tok_dir)
+    log.info("reusing tokenizer in %s", tok_dir)
     return Tokenizer.load(tok_dir)
 
 
@@ -317,7 +317,7 @@ def _train_tokenizer(config: Config, train: datasets.Dataset, tok_dir: Path,
 def _build_cache(corpus: datasets.DatasetDict, cut: int, tokenizer: Tokenizer, data: DataConfig,
                  cache_dir: Path) -> None:
     """Tokenize every split, clean train, save with stats; renamed into place when complete."""
-    logger.info("tokenizing %s", ", ".join(f"{k} ({len(v)} pairs)" for k, v in corpus.items()))
+    log.info("tokenizing %s", ", ".join(f"{k} ({len(v)} pairs)" for k, v in corpus.items()))
     splits, split_stats, lengths, unk_rate = {}, {}, {}, None
     for name, part in corpus.items():
         columns, split_stats[name] = _tokenize_split(part, tokenizer, data if name == "train" else None)
@@ -339,7 +339,7 @@ def _build_cache(corpus: datasets.DatasetDict, cut: int, tokenizer: Tokenizer, d
         os.rename(tmp, cache_dir)
     except OSError:  # another process finished the same cache first
         shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("saved tokenized data to %s", cache_dir)
+    log.info("saved tokenized data to %s", cache_dir)
 
 
 def _tokenize_split(part: datasets.Dataset, tokenizer: Tokenizer, clean: DataConfig | None

@@ -20,7 +20,7 @@ import torch
 
 from nmt.cpu import has_native_bf16
 
-log = logging.getLogger("nmt.precision")
+log = logging.getLogger(__name__)
 
 TrainingPrecision = Literal["bf16", "fp16", "fp32"]
 DecodingPrecision = Literal["bf16", "fp32"]

@@ -15,7 +15,7 @@ import torch
 
 from nmt.distributed import DistInfo
 
-log = logging.getLogger("nmt.rng")
+log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:

@@ -43,7 +43,7 @@ from nmt.specials import (
     BOS_ID, BOS_PIECE, EOS_ID, EOS_PIECE, PAD_ID, PAD_PIECE, UNK_ID, UNK_PIECE,
 )
 
-logger = logging.getLogger("nmt.tokenizer")
+log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 SETTINGS_FILE = "tokenizer.json"
@@ -211,7 +211,7 @@ def _train_model(texts: list[str], config: TokenizerConfig, name: str) -> bytes:
     """Train one sentencepiece model in memory and return its serialized proto."""
     if not texts:
         raise TokenizerError(f"no non-empty sentences to train the {name} tokenizer on")
-    logger.info("training %s %s tokenizer on %d sentences (vocab <= %d)",
+    log.info("training %s %s tokenizer on %d sentences (vocab <= %d)",
                 name, config.type, len(texts), config.vocab_size)
     writer = io.BytesIO()
     try:
@@ -228,6 +228,6 @@ def _train_model(texts: list[str], config: TokenizerConfig, name: str) -> bytes:
     proto = writer.getvalue()
     size = spm.SentencePieceProcessor(model_proto=proto).get_piece_size()
     if size < config.vocab_size:
-        logger.warning("%s tokenizer: the corpus supports only %d pieces (tokenizer.vocab_size=%d)",
+        log.warning("%s tokenizer: the corpus supports only %d pieces (tokenizer.vocab_size=%d)",
                        name, size, config.vocab_size)
     return proto

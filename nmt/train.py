@@ -61,7 +61,7 @@ from nmt.rng import gather_rng_states, seed_everything, set_rng_state
 from nmt.runfolder import RunFolder, Snapshot
 from nmt.runlog import MetricsLog, environment_info
 
-log = logging.getLogger("nmt.train")
+log = logging.getLogger(__name__)
 
 
 class TrainingError(RuntimeError):
