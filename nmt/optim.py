@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -142,8 +143,8 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
     FP16_GRAD_SCALE = 1024.0
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, target: torch.Tensor, smoothing: float,  # type: ignore[override]
-                scale: float | torch.Tensor, unit_grad: bool):
+    def forward(ctx: Any, logits: torch.Tensor, target: torch.Tensor, smoothing: float,
+                scale: float | torch.Tensor, unit_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
         n, vocab = logits.shape
         rows_per_chunk = _SmoothedCrossEntropy.ROWS.get(logits.device.type,
                                                         _SmoothedCrossEntropy.GPU_ROWS)
@@ -178,7 +179,7 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         return scale * ((1.0 - smoothing) * nll + smoothing * uniform), nll
 
     @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor, _grad_nll: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad_loss: torch.Tensor, _grad_nll: torch.Tensor) -> tuple[Any, ...]:
         (grad,) = ctx.saved_tensors
         none = (None, None, None, None)
         if ctx.unit_grad:
