@@ -27,6 +27,19 @@ def data_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_corpus_dir() -> Path:
+    """The small German-English corpus shipped with the tests (see tests/data/README.md)."""
+    return Path(__file__).resolve().parent / "data" / "tiny"
+
+
+@pytest.fixture
+def tiny_corpus_files(tiny_corpus_dir: Path) -> dict[str, list[str]]:
+    """`data.files` for the tiny corpus, German to English (a new dict per test to modify)."""
+    return {split: [str(tiny_corpus_dir / f"{split}.{lang}") for lang in ("de", "en")]
+            for split in ("train", "valid", "test")}
+
+
 def tiny_config_dict(data_dir: Path, run_dir: Path, arch: str = "transformer") -> dict:
     """A config small enough to train in seconds on a Multi30k slice (de -> en)."""
     model = {"arch": arch, "embed_dim": 32, "hidden_size": 32, "encoder_layers": 1,

@@ -93,9 +93,10 @@ def test_collate_pads_and_shifts() -> None:
     assert torch.equal(moved.tgt_out, batch.tgt_out) and moved.indices == batch.indices
 
 
-def test_sampler_and_collate_on_prepared_data(data_dir: Path, tmp_path: Path) -> None:
-    config = config_from_dict({"data": {"dir": str(data_dir), "train_limit": 500},
-                               "tokenizer": {"vocab_size": 500}})
+def test_sampler_and_collate_on_prepared_data(tiny_corpus_files: dict[str, list[str]],
+                                              tmp_path: Path) -> None:
+    config = config_from_dict({"data": {"preset": None, "files": tiny_corpus_files},
+                               "tokenizer": {"vocab_size": 300}})
     split = prepare_data(config, tmp_path).splits["train"]
     src_lengths, tgt_lengths = batch_lengths(split)
     assert src_lengths[0] == len(split[0]["src_ids"]) and tgt_lengths[0] == len(split[0]["tgt_ids"]) + 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import runpy
 from pathlib import Path
 
 import pytest
@@ -30,12 +31,22 @@ def _files_config(files: dict[str, list[str]], **data: object) -> Config:
                                       "tgt_lang": "en", **data}})
 
 
-def _real_lines(data_dir: Path, lang: str, n: int) -> list[str]:
-    with gzip.open(data_dir / "multi30k" / f"train.{lang}.gz", "rt", encoding="utf-8") as f:
-        return [next(f).strip() for _ in range(n)]
+def _tiny_lines(tiny_corpus_dir: Path, lang: str, n: int) -> list[str]:
+    """The first n training sentences of the tiny corpus (tests/data/tiny)."""
+    return (tiny_corpus_dir / f"train.{lang}").read_text(encoding="utf-8").splitlines()[:n]
 
 
 # --------------------------------------------------------------------------- loading
+
+
+def test_tiny_corpus_is_what_its_script_makes(tiny_corpus_dir: Path, tmp_path: Path) -> None:
+    """The shipped files are generated, never edited by hand: the script must reproduce them."""
+    write = runpy.run_path(str(tiny_corpus_dir.parent / "make_tiny_corpus.py"))["write"]
+    write(tmp_path)
+    shipped = sorted(p.name for p in tiny_corpus_dir.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == shipped
+    for name in shipped:
+        assert (tmp_path / name).read_bytes() == (tiny_corpus_dir / name).read_bytes(), name
 
 
 @pytest.mark.parametrize("suffix", ["", ".gz"])
@@ -142,9 +153,9 @@ def test_preset_rejects_unknown_languages(data_dir: Path) -> None:
 # --------------------------------------------------------------------------- preparation
 
 
-def _cleaning_corpus(data_dir: Path, tmp_path: Path) -> Config:
-    """200 real pairs plus 3 empty, 2 overlong and 2 lopsided ones; valid keeps an empty pair."""
-    de, en = _real_lines(data_dir, "de", 200), _real_lines(data_dir, "en", 200)
+def _cleaning_corpus(tiny_corpus_dir: Path, tmp_path: Path) -> Config:
+    """200 clean pairs plus 3 empty, 2 overlong and 2 lopsided ones; valid keeps an empty pair."""
+    de, en = _tiny_lines(tiny_corpus_dir, "de", 200), _tiny_lines(tiny_corpus_dir, "en", 200)
     de += ["", "Ein Hund.", "", " ".join(["Hund"] * 120), "Ein Mann.", "a", "a"]
     en += ["A dog.", "", "", "A dog.", " ".join(["man"] * 120), " ".join(["a"] * 12), " ".join(["a"] * 15)]
     files = {"train": [str(_write(tmp_path / "train.de", de)), str(_write(tmp_path / "train.en", en))],
@@ -156,8 +167,8 @@ def _cleaning_corpus(data_dir: Path, tmp_path: Path) -> Config:
         "tokenizer": {"vocab_size": 1000}})
 
 
-def test_cleaning_counts_each_reason(data_dir: Path, tmp_path: Path) -> None:
-    prepared = prepare_data(_cleaning_corpus(data_dir, tmp_path), tmp_path / "work")
+def test_cleaning_counts_each_reason(tiny_corpus_dir: Path, tmp_path: Path) -> None:
+    prepared = prepare_data(_cleaning_corpus(tiny_corpus_dir, tmp_path), tmp_path / "work")
     train = prepared.stats["splits"]["train"]
     assert train["dropped"] == {"train_limit": 0, "empty": 3, "too_long": 2, "ratio": 2}
     assert train["pairs"] == 207 and train["kept"] == 200 == len(prepared.splits["train"])
@@ -169,18 +180,21 @@ def test_cleaning_counts_each_reason(data_dir: Path, tmp_path: Path) -> None:
     assert prepared.splits["valid"][3]["src_ids"] == [EOS_ID]
 
 
-def test_train_limit_keeps_the_first_pairs(data_dir: Path, tmp_path: Path) -> None:
-    config = config_from_dict({"data": {"dir": str(data_dir), "train_limit": 300},
-                               "tokenizer": {"vocab_size": 500}})
+def test_train_limit_keeps_the_first_pairs(tiny_corpus_dir: Path,
+                                           tiny_corpus_files: dict[str, list[str]],
+                                           tmp_path: Path) -> None:
+    # The tiny corpus has 400 training pairs: the limit keeps 100 and cuts 300.
+    config = _files_config(tiny_corpus_files, train_limit=100)
+    config.tokenizer.vocab_size = 200
     prepared = prepare_data(config, tmp_path)
     train = prepared.stats["splits"]["train"]
-    assert train["pairs"] == 29000 and train["dropped"]["train_limit"] == 28700
+    assert train["pairs"] == 400 and train["dropped"]["train_limit"] == 300
     kept = prepared.splits["train"]["src"][:]
-    assert kept == [s for s in _real_lines(data_dir, "de", 300) if s in set(kept)]
-    assert train["kept"] == len(kept) == 300 - sum(train["dropped"].values()) + 28700
+    assert kept == [s for s in _tiny_lines(tiny_corpus_dir, "de", 100) if s in set(kept)]
+    assert train["kept"] == len(kept) == 100 - sum(train["dropped"].values()) + 300
 
 
-def test_prepare_real_multi30k_and_reuse_cache(data_dir: Path, tmp_path: Path) -> None:
+def test_prepare_real_multi30k(data_dir: Path, tmp_path: Path) -> None:
     config = config_from_dict({"data": {"dir": str(data_dir), "train_limit": 2000},
                                "tokenizer": {"vocab_size": 1000}})
     first = prepare_data(config, tmp_path)
@@ -194,6 +208,14 @@ def test_prepare_real_multi30k_and_reuse_cache(data_dir: Path, tmp_path: Path) -
     assert 0.0 <= stats["unk_rate"]["src"] < 0.05
     assert "valid" in format_summary(stats) and "joint" in format_summary(stats)
 
+
+def test_prepare_reuses_tokenizer_and_cache(tiny_corpus_files: dict[str, list[str]],
+                                            tmp_path: Path) -> None:
+    config = _files_config(tiny_corpus_files)
+    config.tokenizer.vocab_size = 300
+    first = prepare_data(config, tmp_path)
+    stats = first.stats
+    assert not stats["cache"]["hit"] and not stats["cache"]["tokenizer_reused"]
     model_file = tmp_path / "tokenizer" / "joint.model"
     arrow_files = sorted(Path(stats["cache"]["dir"]).rglob("*.arrow"))
     mtimes = [p.stat().st_mtime_ns for p in [model_file, *arrow_files]]
@@ -204,8 +226,8 @@ def test_prepare_real_multi30k_and_reuse_cache(data_dir: Path, tmp_path: Path) -
     assert second.tokenizer.to_state() == first.tokenizer.to_state()
 
 
-def test_cache_follows_settings_and_data(data_dir: Path, tmp_path: Path) -> None:
-    de, en = _real_lines(data_dir, "de", 300), _real_lines(data_dir, "en", 300)
+def test_cache_follows_settings_and_data(tiny_corpus_dir: Path, tmp_path: Path) -> None:
+    de, en = _tiny_lines(tiny_corpus_dir, "de", 300), _tiny_lines(tiny_corpus_dir, "en", 300)
     src, tgt = _write(tmp_path / "t.de", de), _write(tmp_path / "t.en", en)
     config = _files_config({"train": [str(src), str(tgt)]})
     config.tokenizer.vocab_size = 300

@@ -1,8 +1,7 @@
-"""SentencePiece tokenizer on slices of the real corpora: round trips, specials, persistence."""
+"""SentencePiece on the tiny de/en corpus and an en/ja slice: round trips, specials, persistence."""
 
 from __future__ import annotations
 
-import gzip
 import io
 import unicodedata
 from pathlib import Path
@@ -15,17 +14,20 @@ from nmt.specials import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from nmt.tokenizer import Tokenizer, TokenizerError
 
 N_LINES = 3000
+# Below the ~400 unigram pieces the tiny corpus supports, so the requested size is the real one.
+JOINT_VOCAB = 300
 
 
 def _head(path: Path, n: int = N_LINES) -> list[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         return [next(f).strip() for _ in range(n)]
 
 
 @pytest.fixture(scope="module")
-def multi30k(data_dir: Path) -> dict[str, list[str]]:
-    return {lang: _head(data_dir / "multi30k" / f"train.{lang}.gz") for lang in ("de", "en")}
+def deen(tiny_corpus_dir: Path) -> dict[str, list[str]]:
+    """The tiny corpus's 400 training pairs."""
+    return {lang: (tiny_corpus_dir / f"train.{lang}").read_text(encoding="utf-8").splitlines()
+            for lang in ("de", "en")}
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +36,17 @@ def enja(data_dir: Path) -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def joint_deen(multi30k, tmp_path_factory) -> Tokenizer:
-    config = TokenizerConfig(type="unigram", vocab_size=600, joint=True)
-    return Tokenizer.train(config, multi30k["de"], multi30k["en"], "de", "en",
+def joint_deen(deen, tmp_path_factory) -> Tokenizer:
+    config = TokenizerConfig(type="unigram", vocab_size=JOINT_VOCAB, joint=True)
+    return Tokenizer.train(config, deen["de"], deen["en"], "de", "en",
                            tmp_path_factory.mktemp("tok"))
 
 
-def test_joint_round_trip_and_specials(joint_deen: Tokenizer, multi30k) -> None:
+def test_joint_round_trip_and_specials(joint_deen: Tokenizer, deen) -> None:
     tok = joint_deen
-    assert tok.joint and tok.src_vocab_size == tok.tgt_vocab_size == 600
+    assert tok.joint and tok.src_vocab_size == tok.tgt_vocab_size == JOINT_VOCAB
     assert tok.src_pieces([PAD_ID, UNK_ID, BOS_ID, EOS_ID]) == ["<pad>", "<unk>", "<s>", "</s>"]
-    en = multi30k["en"][:200]
+    en = deen["en"][:200]
     src_ids = tok.encode_src(en)
     tgt_ids = tok.encode_tgt(en)
     assert all(s[-1] == EOS_ID and s[:-1] == t for s, t in zip(src_ids, tgt_ids))
@@ -52,16 +54,16 @@ def test_joint_round_trip_and_specials(joint_deen: Tokenizer, multi30k) -> None:
     assert tok.decode_tgt(tgt_ids) == en
     assert tok.decode_src(src_ids) == en
     # Joint model: German goes through the same vocabulary on both sides.
-    de = multi30k["de"][:50]
+    de = deen["de"][:50]
     assert tok.decode_tgt(tok.encode_tgt(de)) == de
 
 
-def test_lowercase_tokenizer_never_sees_case(multi30k, tmp_path: Path) -> None:
-    config = TokenizerConfig(type="unigram", vocab_size=600, joint=True, lowercase=True)
-    tok = Tokenizer.train(config, multi30k["de"], multi30k["en"], "de", "en", tmp_path)
+def test_lowercase_tokenizer_never_sees_case(deen, tmp_path: Path) -> None:
+    config = TokenizerConfig(type="unigram", vocab_size=JOINT_VOCAB, joint=True, lowercase=True)
+    tok = Tokenizer.train(config, deen["de"], deen["en"], "de", "en", tmp_path)
     pieces = {tok.tgt_pieces([i])[0] for i in range(tok.tgt_vocab_size)}
     assert not any(p != p.lower() for p in pieces - {"<pad>", "<unk>", "<s>", "</s>"})
-    en = multi30k["en"][:100]
+    en = deen["en"][:100]
     assert tok.encode_src(en) == tok.encode_src([s.lower() for s in en])
     assert tok.decode_tgt(tok.encode_tgt(en)) == [s.lower() for s in en]
     assert Tokenizer.from_state(tok.to_state()).encode_src(["Ein Mann."]) == tok.encode_src(["ein mann."])
@@ -96,13 +98,13 @@ def test_separate_bpe_enja_removes_japanese_spaces(enja, tmp_path: Path) -> None
     assert tok.src_pieces(list(range(10, 40))) != tok.tgt_pieces(list(range(10, 40)))
 
 
-def test_state_survives_weights_only_checkpoint(joint_deen: Tokenizer, multi30k) -> None:
+def test_state_survives_weights_only_checkpoint(joint_deen: Tokenizer, deen) -> None:
     buffer = io.BytesIO()
     torch.save({"tokenizer": joint_deen.to_state()}, buffer)
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)["tokenizer"]
     restored = Tokenizer.from_state(state)
-    texts = multi30k["de"][:100]
+    texts = deen["de"][:100]
     assert restored.encode_src(texts) == joint_deen.encode_src(texts)
     assert (restored.src_lang, restored.tgt_lang, restored.joint) == ("de", "en", True)
 
@@ -129,12 +131,12 @@ def test_vocab_size_above_corpus_falls_back(tmp_path: Path) -> None:
     assert tok.decode_tgt(tok.encode_tgt(texts[:3])) == texts[:3]
 
 
-def test_input_sentence_size_limits_training_sample(multi30k, tmp_path: Path) -> None:
-    config = TokenizerConfig(vocab_size=5000, input_sentence_size=200)
-    small = Tokenizer.train(config, multi30k["de"], multi30k["en"], "de", "en", tmp_path / "a")
+def test_input_sentence_size_limits_training_sample(deen, tmp_path: Path) -> None:
+    config = TokenizerConfig(vocab_size=5000, input_sentence_size=100)
+    small = Tokenizer.train(config, deen["de"], deen["en"], "de", "en", tmp_path / "a")
     full = Tokenizer.train(TokenizerConfig(vocab_size=5000, input_sentence_size=None),
-                           multi30k["de"], multi30k["en"], "de", "en", tmp_path / "b")
-    # With 200 sentences per side the corpus cannot support as many pieces as with 3000.
+                           deen["de"], deen["en"], "de", "en", tmp_path / "b")
+    # 100 of the 400 sentences per side cannot support as many pieces as all of them.
     assert small.src_vocab_size < full.src_vocab_size
 
 
