@@ -99,7 +99,8 @@ def test_sampler_and_collate_on_prepared_data(tiny_corpus_files: dict[str, list[
                                "tokenizer": {"vocab_size": 300}})
     split = prepare_data(config, tmp_path).splits["train"]
     src_lengths, tgt_lengths = batch_lengths(split)
-    assert src_lengths[0] == len(split[0]["src_ids"]) and tgt_lengths[0] == len(split[0]["tgt_ids"]) + 1
+    assert src_lengths[0] == len(split[0]["src_ids"])
+    assert tgt_lengths[0] == len(split[0]["tgt_ids"]) + 1
     for indices in TokenBatchSampler(src_lengths, tgt_lengths, 400, seed=1):
         batch = collate([split[i] for i in indices], indices)
         assert batch.src.numel() <= 400 and batch.tgt_out.numel() <= 400

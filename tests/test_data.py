@@ -157,8 +157,10 @@ def _cleaning_corpus(tiny_corpus_dir: Path, tmp_path: Path) -> Config:
     """200 clean pairs plus 3 empty, 2 overlong and 2 lopsided ones; valid keeps an empty pair."""
     de, en = _tiny_lines(tiny_corpus_dir, "de", 200), _tiny_lines(tiny_corpus_dir, "en", 200)
     de += ["", "Ein Hund.", "", " ".join(["Hund"] * 120), "Ein Mann.", "a", "a"]
-    en += ["A dog.", "", "", "A dog.", " ".join(["man"] * 120), " ".join(["a"] * 12), " ".join(["a"] * 15)]
-    files = {"train": [str(_write(tmp_path / "train.de", de)), str(_write(tmp_path / "train.en", en))],
+    en += ["A dog.", "", "", "A dog.", " ".join(["man"] * 120), " ".join(["a"] * 12),
+           " ".join(["a"] * 15)]
+    files = {"train": [str(_write(tmp_path / "train.de", de)),
+                       str(_write(tmp_path / "train.en", en))],
              "valid": [str(_write(tmp_path / "valid.de", DE + [""])),
                        str(_write(tmp_path / "valid.en", EN + [""]))]}
     return config_from_dict({
