@@ -4,17 +4,17 @@ One interface serves every architecture, so one beam search serves them all:
 
     state = model.encode(src, src_mask)                 # DecoderState
     log_probs, attention, state = model.decode_step(state, prev_tokens)   # first: BOS
-    state = model.reorder(state, indices)               # beams: select / expand / prune
+    state = model.reorder(state, rows, sentences)       # beams: select / expand / prune
     logits, attention = model(src, src_mask, tgt_in, with_attention=True)  # teacher forcing
 
-DecoderState is a dict of tensors with the batch on dim 0, in two kinds: per-row entries
-(one row per hypothesis: recurrent states, self-attention caches) and per-sentence entries
-computed once from the source (memory, attention keys, masks; see `_from_source`). The R rows
-of N sentences are consecutive per sentence, W = R/N each, so a decoder attends its rows
-grouped by sentence (`nmt.attention.group_by_sentence`) to one copy of the source entries;
-`reorder` keeps that layout (indices may repeat, which expands for beams). "sentence" [R] and
-"source_ids" [N] say which input sentence each row and each source entry belongs to. The
-other keys belong to the architecture (see nmt/rnn.py and nmt/transformer.py).
+`DecoderState` holds two dicts of tensors with the batch on dim 0: `source`, computed once
+from the source (memory, attention keys, masks, cross-attention keys/values), one entry per
+sentence; and `rows`, one entry per row (hypothesis: recurrent states, self-attention caches).
+A decoder puts each tensor in one of the two; `reorder` selects them without knowing names.
+The R rows of N sentences are consecutive per sentence, W = R/N each, so a decoder attends its
+rows grouped by sentence (`nmt.attention.group_by_sentence`) to one copy of the source part;
+`reorder` keeps that layout. What the entries are belongs to the architecture (see
+nmt/rnn.py and nmt/transformer.py).
 
 Attention is float32 and exactly 0 on padded source positions; over real tokens it sums to 1.
 For the Transformer it is the head-averaged cross-attention of `alignment_layer`. Models
@@ -30,6 +30,7 @@ max_positions, for RNNs too, so every model has one documented limit to truncate
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Protocol
 
 import torch
@@ -57,23 +58,37 @@ from nmt.transformer import (
     TransformerEncoderLayer,
 )
 
-DecoderState = dict[str, Tensor]
+Tensors = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class DecoderState:
+    """A decoder's state for R rows of N sentences (R = N*W, each sentence's W rows
+    consecutive): `source` entries [N,...] per sentence, `rows` entries [R,...] per row."""
+
+    source: Tensors
+    rows: Tensors
 
 
 class Decoder(Protocol):
-    """What `Seq2Seq` needs from a decoder (the RNN decoders and TransformerDecoder)."""
+    """What `Seq2Seq` needs from a decoder (the RNN decoders and TransformerDecoder).
+
+    `init_state` returns the source part and the initial row part of the state; decoding
+    reads the source part and returns a new row part, so the source part never changes.
+    """
 
     def init_state(
         self, memory: Tensor, final: tuple[Tensor, ...], src_mask: Tensor
-    ) -> DecoderState: ...
+    ) -> tuple[Tensors, Tensors]: ...
 
     def __call__(
-        self, state: DecoderState, tgt_in: Tensor, with_attention: bool
+        self, source: Tensors, rows: Tensors, tgt_in: Tensor, with_attention: bool
     ) -> tuple[Tensor, Optional[Tensor]]: ...
 
     def step(
-        self, state: DecoderState, prev_tokens: Tensor, with_attention: bool
-    ) -> tuple[Tensor, Optional[Tensor], DecoderState]: ...
+        self, source: Tensors, rows: Tensors, prev_tokens: Tensor, with_attention: bool,
+        logits_dtype: Optional[torch.dtype],
+    ) -> tuple[Tensor, Optional[Tensor], Tensors]: ...
 
 
 class Seq2Seq(nn.Module):
@@ -103,60 +118,53 @@ class Seq2Seq(nn.Module):
                 f"source length {src.size(1)} exceeds the model's limit of {self.max_source_len}"
             )
         memory, final = self.encoder(src, src_mask)
-        state = self.decoder.init_state(memory, final, src_mask)
-        state["sentence"] = torch.arange(src.size(0), device=src.device)
-        state["source_ids"] = state["sentence"]
-        return state
+        return DecoderState(*self.decoder.init_state(memory, final, src_mask))
 
     def decode_step(
-        self, state: DecoderState, prev_tokens: Tensor, with_attention: bool = True
+        self, state: DecoderState, prev_tokens: Tensor, with_attention: bool = True,
+        logits_dtype: Optional[torch.dtype] = None,
     ) -> tuple[Tensor, Optional[Tensor], DecoderState]:
-        """prev_tokens [B] -> log-probs [B,V] float32, attention [B,S] float32 or None, state."""
-        logits, attention, new_state = self.decoder.step(state, prev_tokens, with_attention)
-        log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
-        return log_probs, None if attention is None else attention.float(), new_state
+        """prev_tokens [B] -> log-probs [B,V] float32, attention [B,S] float32 or None, state.
 
-    def reorder(self, state: DecoderState, indices: Tensor) -> DecoderState:
-        """Select rows (indices [R'] long, may repeat) of every per-row state entry.
-
-        Source-side entries (memory, keys, masks, cross-attention keys/values) are equal for
-        all rows of a sentence, so they are kept once per sentence while the new rows come in
-        consecutive, equally long runs per sentence with sentences in ascending order (what
-        beam search produces: it selects only those, rows follow beams within a sentence, and
-        dropping a finished sentence copies just its source entries out). Any other order
-        stores them once per row (W = 1), so every reorder stays valid.
+        logits_dtype: compute the vocabulary projection in this dtype (bf16 decoding on CPU,
+        see nmt/projection.py); None = the model's dtype.
         """
-        sentence = state["sentence"].index_select(0, indices)  # input sentence of each new row
-        ids, counts = torch.unique_consecutive(sentence, return_counts=True)
-        grouped = bool((counts == counts[0]).all()) and bool((ids[1:] > ids[:-1]).all())
-        new_sources = ids if grouped else sentence
-        sources = state["source_ids"]
-        pick = None
-        if not torch.equal(new_sources, sources):
-            position = torch.empty(int(sources.max()) + 1, dtype=torch.long, device=sources.device)
-            position[sources] = torch.arange(sources.numel(), device=sources.device)
-            pick = position[new_sources]
-        reordered: DecoderState = {"sentence": sentence, "source_ids": new_sources}
-        for key, value in state.items():
-            if key in reordered:
-                continue
-            if not _from_source(key):
-                reordered[key] = value.index_select(0, indices)
-            else:
-                reordered[key] = value if pick is None else value.index_select(0, pick)
-        return reordered
+        logits, attention, rows = self.decoder.step(
+            state.source, state.rows, prev_tokens, with_attention, logits_dtype
+        )
+        log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
+        attention = None if attention is None else attention.float()
+        return log_probs, attention, DecoderState(state.source, rows)
+
+    def reorder(
+        self, state: DecoderState, rows: Tensor, sentences: Optional[Tensor] = None
+    ) -> DecoderState:
+        """The state of new rows: rows [N',W'] long, new row (n, w) continues row rows[n, w].
+
+        All W' rows of line n must belong to one sentence: sentences[n] (an index into the
+        state's N sentences), or sentence n when `sentences` is None (then N' = N). Beam search
+        knows both from its own bookkeeping, so nothing here waits for the device.
+        """
+        if sentences is None and state.source and rows.size(0) != _sentences(state):
+            raise ValueError(f"{rows.size(0)} lines of rows for {_sentences(state)} sentences")
+        flat = rows.reshape(-1)
+        source = state.source
+        if sentences is not None:
+            source = {key: value.index_select(0, sentences) for key, value in source.items()}
+        return DecoderState(source, {k: v.index_select(0, flat) for k, v in state.rows.items()})
 
     def forward(
         self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, with_attention: bool = False
     ) -> tuple[Tensor, Optional[Tensor]]:
         """Teacher forcing: -> logits [B,T,V] (autocast dtype), attention [B,T,S] or None."""
-        logits, attention = self.decoder(self.encode(src, src_mask), tgt_in, with_attention)
+        state = self.encode(src, src_mask)
+        logits, attention = self.decoder(state.source, state.rows, tgt_in, with_attention)
         return logits, None if attention is None or not with_attention else attention.float()
 
 
-def _from_source(key: str) -> bool:
-    """State entries that depend on the source sentence only, not on the target prefix."""
-    return key in ("src_mask", "memory", "keys") or key.startswith(("cross_k.", "cross_v."))
+def _sentences(state: DecoderState) -> int:
+    """N, the number of sentences (from any source entry)."""
+    return next(iter(state.source.values())).size(0)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -15,20 +14,20 @@ class VocabularyProjection(nn.Linear):
 
     At decoding sizes on a CPU this [rows x d] x [d x V] matmul is the largest cost of a step,
     and bf16 runs it several times faster than fp32, while the rest of a step is too small to
-    gain from autocast (its casts cost more than they save). When `decoding_dtype` is set (the
-    Translator sets it for one translate call) an eval-mode forward uses a copy of the weight
-    in that dtype, made again whenever the weight changes; the logits come out in that dtype
-    and callers normalise them in float32. Training never takes this path.
+    gain from autocast (its casts cost more than they save). A decoding call passes `dtype`
+    (the Translator's decoding precision, through `decode_step`): an eval-mode forward without
+    gradients then uses a copy of the weight in that dtype, cached and made again whenever the
+    weight changes; the logits come out in that dtype and callers normalise them in float32.
+    Training never takes this path.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias=bias)
-        self.decoding_dtype: Optional[torch.dtype] = None
-        self._low_weight: Optional[Tensor] = None
+        self._low_weight: Optional[Tensor] = None  # cache of the weight in a decoding dtype
         self._low_key: Optional[tuple] = None
 
-    def forward(self, x: Tensor) -> Tensor:
-        dtype = self.decoding_dtype
+    def forward(self, x: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
+        """x [...,in] -> logits [...,V]; in `dtype` when decoding (eval, no gradients)."""
         if dtype is None or self.training or torch.is_grad_enabled():
             return super().forward(x)
         bias = None if self.bias is None else self.bias.to(dtype)
@@ -41,16 +40,3 @@ class VocabularyProjection(nn.Linear):
                 self._low_weight = self.weight.detach().to(dtype)
             self._low_key = key
         return self._low_weight
-
-
-@contextlib.contextmanager
-def projections_in(model: nn.Module, dtype: torch.dtype) -> Iterator[None]:
-    """Decode with every VocabularyProjection of `model` in `dtype`, restored afterwards."""
-    projections = [m for m in model.modules() if isinstance(m, VocabularyProjection)]
-    for projection in projections:
-        projection.decoding_dtype = dtype
-    try:
-        yield
-    finally:
-        for projection in projections:
-            projection.decoding_dtype = None

@@ -9,10 +9,13 @@
 - `LuongDecoder`: global or local-p attention from the current state, after the recurrent
   step; attentional state h~ = tanh(W_c [c; h]); optional input feeding.
 
-Decoder state (see nmt/model.py: N sentences, R = N*W rows): per row, hidden [R,L,H] (and
-cell [R,L,H] for LSTM), feed [R,H] the previous h~ (Luong input feeding), context [R,K]
-(Cho-style summary); per sentence, memory [N,S,K] encoder outputs and keys [N,S,A] their
+Decoder state (see nmt/model.py: N sentences, R = N*W rows): `rows` holds hidden [R,L,H]
+(and cell [R,L,H] for LSTM), feed [R,H] the previous h~ (Luong input feeding), context [R,K]
+(Cho-style summary); `source` holds memory [N,S,K] encoder outputs and keys [N,S,A] their
 step-independent attention projection (omitted when equal to memory), src_mask [N,S].
+
+Precision: under autocast the recurrent layers may run in float32 outside it
+(`recurrent_fp32`); the rest of the model keeps autocast.
 """
 
 from __future__ import annotations
@@ -29,11 +32,11 @@ from nmt.attention import (
     LuongLocalAttention,
     group_by_sentence,
 )
-from nmt.cpu import has_native_bf16
 from nmt.dropout import Dropout
+from nmt.precision import DeviceCaps, device_caps
 from nmt.projection import VocabularyProjection
 
-DecoderState = dict[str, Tensor]
+Tensors = dict[str, Tensor]  # one part of a decoder state (see nmt/model.py)
 Recurrent = Union[Tensor, tuple[Tensor, Tensor]]  # torch layout: h [L,B,H] or (h, c)
 
 
@@ -55,22 +58,41 @@ def make_rnn(
     raise ValueError(f"unknown RNN cell {cell!r}")
 
 
-def run_rnn(
-    rnn: nn.RNNBase, inputs: Union[Tensor, PackedSequence], hx: Optional[Recurrent] = None
-) -> tuple[Union[Tensor, PackedSequence], Recurrent]:
-    """Call a fused RNN; under CPU bf16 autocast on a CPU without native bf16, in fp32.
+def recurrent_fp32(caps: DeviceCaps) -> bool:
+    """Whether recurrent layers leave autocast and run in float32 on this device.
 
-    oneDNN's bf16 RNN kernels need native bf16 instructions (on AVX2-only CPUs they fail to
-    build their primitive), so there the recurrent layer alone runs in fp32 while the rest of
-    the model keeps autocast.
+    CUDA: PyTorch's autocast wrapper of the cuDNN RNN casts to fp16 even under bf16 autocast,
+    which overflows where bf16 would not, so there they run in fp32. CPU: oneDNN's bf16 RNN
+    kernels need native bf16 instructions (on AVX2-only CPUs they fail to build their
+    primitive), so only CPUs with them run the recurrent layers in bf16.
     """
-    if torch.is_autocast_enabled("cpu") and inputs.data.device.type == "cpu" and not has_native_bf16():
-        with torch.autocast("cpu", enabled=False):
+    return caps.device_type == "cuda" or (caps.device_type == "cpu" and not caps.native_bf16)
+
+
+def run_rnn(
+    rnn: nn.RNNBase, inputs: Union[Tensor, PackedSequence], hx: Optional[Recurrent] = None,
+    fp32: bool = False,
+) -> tuple[Union[Tensor, PackedSequence], Recurrent]:
+    """Call a fused RNN; with `fp32` (see `recurrent_fp32`) outside autocast, in float32."""
+    device_type = inputs.data.device.type
+    if fp32 and torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type, enabled=False):
             return rnn(_as_float(inputs), None if hx is None else _as_float(hx))
     return rnn(inputs, hx)
 
 
-def _as_float(x: Union[Tensor, PackedSequence, tuple[Tensor, ...]]) -> Union[Tensor, PackedSequence, tuple[Tensor, ...]]:
+def _call_rnn(
+    rnn: nn.RNNBase, inputs: Union[Tensor, PackedSequence], hx: Optional[Recurrent] = None
+) -> tuple[Union[Tensor, PackedSequence], Recurrent]:
+    """`run_rnn` with the precision policy of the inputs' device (decided once per device)."""
+    device = inputs.data.device
+    fp32 = torch.is_autocast_enabled(device.type) and recurrent_fp32(device_caps(device))
+    return run_rnn(rnn, inputs, hx, fp32)
+
+
+def _as_float(
+    x: Union[Tensor, PackedSequence, tuple[Tensor, ...]],
+) -> Union[Tensor, PackedSequence, tuple[Tensor, ...]]:
     if isinstance(x, PackedSequence):
         return x._replace(data=x.data.float())
     if isinstance(x, tuple):
@@ -98,7 +120,7 @@ class RNNEncoder(nn.Module):
         emb = self.dropout(self.embedding(src))
         lengths = src_mask.sum(dim=1).clamp(min=1).cpu()
         packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
-        outputs, final = run_rnn(self.rnn, packed)
+        outputs, final = _call_rnn(self.rnn, packed)
         memory, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src.size(1))
         finals = final if isinstance(final, tuple) else (final,)
         return self.dropout(memory), tuple(self._by_layer(state) for state in finals)
@@ -168,42 +190,42 @@ class OutputLayer(nn.Module):
         if tie:
             self.proj.weight = embedding.weight
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x [...,in] -> logits [...,V]."""
-        return self.proj(self.dropout(self.readout(x)))
+    def forward(self, x: Tensor, logits_dtype: Optional[torch.dtype] = None) -> Tensor:
+        """x [...,in] -> logits [...,V] (in `logits_dtype` when decoding, if given)."""
+        return self.proj(self.dropout(self.readout(x)), logits_dtype)
 
 
-def _hidden_state(states: tuple[Tensor, ...]) -> DecoderState:
-    """Bridge output ([B,L,H] each) -> state entries."""
+def _hidden_state(states: tuple[Tensor, ...]) -> Tensors:
+    """Bridge output ([B,L,H] each) -> row entries."""
     return dict(zip(("hidden", "cell"), states))
 
 
-def _recurrent(state: DecoderState) -> Recurrent:
-    """State entries [B,L,H] -> torch's [L,B,H] layout."""
-    hidden = state["hidden"].transpose(0, 1).contiguous()
-    if "cell" in state:
-        return hidden, state["cell"].transpose(0, 1).contiguous()
+def _recurrent(rows: Tensors) -> Recurrent:
+    """Row entries [B,L,H] -> torch's [L,B,H] layout."""
+    hidden = rows["hidden"].transpose(0, 1).contiguous()
+    if "cell" in rows:
+        return hidden, rows["cell"].transpose(0, 1).contiguous()
     return hidden
 
 
-def _store(state: DecoderState, hx: Recurrent) -> DecoderState:
-    """A copy of `state` with the recurrent state replaced (batch back on dim 0)."""
-    new_state = dict(state)
+def _store(rows: Tensors, hx: Recurrent) -> Tensors:
+    """A copy of `rows` with the recurrent state replaced (batch back on dim 0)."""
+    new_rows = dict(rows)
     if isinstance(hx, tuple):
-        new_state["hidden"], new_state["cell"] = hx[0].transpose(0, 1), hx[1].transpose(0, 1)
+        new_rows["hidden"], new_rows["cell"] = hx[0].transpose(0, 1), hx[1].transpose(0, 1)
     else:
-        new_state["hidden"] = hx.transpose(0, 1)
-    return new_state
+        new_rows["hidden"] = hx.transpose(0, 1)
+    return new_rows
 
 
 def _attend_by_sentence(
-    attention: nn.Module, query: Tensor, state: DecoderState
+    attention: nn.Module, query: Tensor, source: Tensors
 ) -> tuple[Tensor, Tensor]:
     """query [R,T,Q] of R rows over the N sentences' memory -> context [R,T,K], weights [R,T,S]."""
     rows, length, _ = query.shape
-    memory = state["memory"]
+    memory = source["memory"]
     grouped = group_by_sentence(query, memory.size(0))
-    context, weights = attention(grouped, state.get("keys", memory), memory, state["src_mask"])
+    context, weights = attention(grouped, source.get("keys", memory), memory, source["src_mask"])
     return context.reshape(rows, length, -1), weights.reshape(rows, length, -1)
 
 
@@ -233,36 +255,40 @@ class SutskeverDecoder(nn.Module):
 
     def init_state(
         self, memory: Tensor, final: tuple[Tensor, ...], src_mask: Tensor
-    ) -> DecoderState:
-        state = _hidden_state(self.bridge(final))
+    ) -> tuple[Tensors, Tensors]:
+        """-> (no source entries: the final state is the only link, rows)."""
+        rows = _hidden_state(self.bridge(final))
         if self.context_size > 0:
-            state["context"] = final[0][:, -1]
-        return state
+            rows["context"] = final[0][:, -1]
+        return {}, rows
 
-    def _run(self, state: DecoderState, tokens: Tensor) -> tuple[Tensor, DecoderState]:
+    def _run(
+        self, rows: Tensors, tokens: Tensor, logits_dtype: Optional[torch.dtype] = None
+    ) -> tuple[Tensor, Tensors]:
         """tokens [B,T] -> logits [B,T,V]; the whole sequence is one fused RNN call."""
         emb = self.dropout(self.embedding(tokens))
         inputs = emb
         if self.context_size > 0:
-            context = state["context"].unsqueeze(1).expand(-1, tokens.size(1), -1)
+            context = rows["context"].unsqueeze(1).expand(-1, tokens.size(1), -1)
             inputs = torch.cat((emb, context), dim=-1)
-        outputs, hx = run_rnn(self.rnn, inputs, _recurrent(state))
+        outputs, hx = _call_rnn(self.rnn, inputs, _recurrent(rows))
         if self.context_size > 0:
             outputs = torch.cat((outputs, context, emb), dim=-1)
-        return self.output(outputs), _store(state, hx)
+        return self.output(outputs, logits_dtype), _store(rows, hx)
 
     def forward(
-        self, state: DecoderState, tgt_in: Tensor, with_attention: bool
+        self, source: Tensors, rows: Tensors, tgt_in: Tensor, with_attention: bool
     ) -> tuple[Tensor, None]:
         """tgt_in [B,T] -> logits [B,T,V], None (no attention to report)."""
-        return self._run(state, tgt_in)[0], None
+        return self._run(rows, tgt_in)[0], None
 
     def step(
-        self, state: DecoderState, prev_tokens: Tensor, with_attention: bool
-    ) -> tuple[Tensor, None, DecoderState]:
-        """prev_tokens [B] -> logits [B,V], None, new state."""
-        logits, new_state = self._run(state, prev_tokens.unsqueeze(1))
-        return logits.squeeze(1), None, new_state
+        self, source: Tensors, rows: Tensors, prev_tokens: Tensor, with_attention: bool,
+        logits_dtype: Optional[torch.dtype] = None,
+    ) -> tuple[Tensor, None, Tensors]:
+        """prev_tokens [B] -> logits [B,V], None, new rows."""
+        logits, new_rows = self._run(rows, prev_tokens.unsqueeze(1), logits_dtype)
+        return logits.squeeze(1), None, new_rows
 
 
 class BahdanauDecoder(nn.Module):
@@ -285,29 +311,28 @@ class BahdanauDecoder(nn.Module):
 
     def init_state(
         self, memory: Tensor, final: tuple[Tensor, ...], src_mask: Tensor
-    ) -> DecoderState:
-        state = _hidden_state(self.bridge(final))
-        state.update(memory=memory, keys=self.attention.project_keys(memory), src_mask=src_mask)
-        return state
+    ) -> tuple[Tensors, Tensors]:
+        source = dict(memory=memory, keys=self.attention.project_keys(memory), src_mask=src_mask)
+        return source, _hidden_state(self.bridge(final))
 
     def _recur(
-        self, state: DecoderState, hx: Recurrent, emb: Tensor
+        self, source: Tensors, hx: Recurrent, emb: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Recurrent]:
         """emb [B,1,E] -> new top state [B,1,H], context [B,1,K], weights [B,1,S], hx."""
         query = _top(hx).unsqueeze(1)  # s_{i-1}: attention comes before the step
-        context, weights = _attend_by_sentence(self.attention, query, state)
-        outputs, hx = run_rnn(self.rnn, torch.cat((emb, context.to(emb.dtype)), dim=-1), hx)
+        context, weights = _attend_by_sentence(self.attention, query, source)
+        outputs, hx = _call_rnn(self.rnn, torch.cat((emb, context.to(emb.dtype)), dim=-1), hx)
         return outputs, context, weights, hx
 
     def forward(
-        self, state: DecoderState, tgt_in: Tensor, with_attention: bool
+        self, source: Tensors, rows: Tensors, tgt_in: Tensor, with_attention: bool
     ) -> tuple[Tensor, Optional[Tensor]]:
         """tgt_in [B,T] -> logits [B,T,V], attention [B,T,S] or None."""
         emb = self.dropout(self.embedding(tgt_in))
-        hx = _recurrent(state)
+        hx = _recurrent(rows)
         tops, contexts, weights = [], [], []
         for t in range(tgt_in.size(1)):
-            top, context, weight, hx = self._recur(state, hx, emb[:, t : t + 1])
+            top, context, weight, hx = self._recur(source, hx, emb[:, t : t + 1])
             tops.append(top)
             contexts.append(context)
             weights.append(weight)
@@ -316,13 +341,15 @@ class BahdanauDecoder(nn.Module):
         return self.output(readout), torch.cat(weights, 1) if with_attention else None
 
     def step(
-        self, state: DecoderState, prev_tokens: Tensor, with_attention: bool
-    ) -> tuple[Tensor, Optional[Tensor], DecoderState]:
-        """prev_tokens [B] -> logits [B,V], attention [B,S] or None, new state."""
+        self, source: Tensors, rows: Tensors, prev_tokens: Tensor, with_attention: bool,
+        logits_dtype: Optional[torch.dtype] = None,
+    ) -> tuple[Tensor, Optional[Tensor], Tensors]:
+        """prev_tokens [B] -> logits [B,V], attention [B,S] or None, new rows."""
         emb = self.dropout(self.embedding(prev_tokens.unsqueeze(1)))
-        top, context, weights, hx = self._recur(state, _recurrent(state), emb)
-        logits = self.output(torch.cat((top, context.to(emb.dtype), emb), dim=-1)).squeeze(1)
-        return logits, weights.squeeze(1) if with_attention else None, _store(state, hx)
+        top, context, weights, hx = self._recur(source, _recurrent(rows), emb)
+        readout = torch.cat((top, context.to(emb.dtype), emb), dim=-1)
+        logits = self.output(readout, logits_dtype).squeeze(1)
+        return logits, weights.squeeze(1) if with_attention else None, _store(rows, hx)
 
 
 class LuongDecoder(nn.Module):
@@ -351,61 +378,62 @@ class LuongDecoder(nn.Module):
 
     def init_state(
         self, memory: Tensor, final: tuple[Tensor, ...], src_mask: Tensor
-    ) -> DecoderState:
-        state = _hidden_state(self.bridge(final))
-        state.update(memory=memory, src_mask=src_mask)
+    ) -> tuple[Tensors, Tensors]:
+        source = dict(memory=memory, src_mask=src_mask)
         keys = self.attention.project_keys(memory)
         if keys is not memory:
-            state["keys"] = keys
+            source["keys"] = keys
+        rows = _hidden_state(self.bridge(final))
         if self.input_feeding:
-            state["feed"] = memory.new_zeros(memory.size(0), self.hidden_size)
-        return state
+            rows["feed"] = memory.new_zeros(memory.size(0), self.hidden_size)
+        return source, rows
 
-    def _attend(self, state: DecoderState, top: Tensor) -> tuple[Tensor, Tensor]:
+    def _attend(self, source: Tensors, top: Tensor) -> tuple[Tensor, Tensor]:
         """top [B,T,H] -> h~ [B,T,H], weights [B,T,S]."""
-        context, weights = _attend_by_sentence(self.attention, top, state)
+        context, weights = _attend_by_sentence(self.attention, top, source)
         return torch.tanh(self.combine(torch.cat((context.to(top.dtype), top), -1))), weights
 
     def _recur(
-        self, state: DecoderState, hx: Recurrent, emb: Tensor, feed: Tensor
+        self, source: Tensors, hx: Recurrent, emb: Tensor, feed: Tensor
     ) -> tuple[Tensor, Tensor, Recurrent]:
         """One input-fed step: emb [B,1,E], feed [B,1,H] -> h~ [B,1,H], weights [B,1,S], hx."""
-        top, hx = run_rnn(self.rnn, torch.cat((emb, feed.to(emb.dtype)), dim=-1), hx)
-        h_tilde, weights = self._attend(state, top)
+        top, hx = _call_rnn(self.rnn, torch.cat((emb, feed.to(emb.dtype)), dim=-1), hx)
+        h_tilde, weights = self._attend(source, top)
         return h_tilde, weights, hx
 
     def forward(
-        self, state: DecoderState, tgt_in: Tensor, with_attention: bool
+        self, source: Tensors, rows: Tensors, tgt_in: Tensor, with_attention: bool
     ) -> tuple[Tensor, Optional[Tensor]]:
         """tgt_in [B,T] -> logits [B,T,V], attention [B,T,S] or None."""
         emb = self.dropout(self.embedding(tgt_in))
-        hx = _recurrent(state)
+        hx = _recurrent(rows)
         if not self.input_feeding:
-            top, _ = run_rnn(self.rnn, emb, hx)
-            h_tilde, weights = self._attend(state, top)
+            top, _ = _call_rnn(self.rnn, emb, hx)
+            h_tilde, weights = self._attend(source, top)
         else:
-            feed = state["feed"].unsqueeze(1)
+            feed = rows["feed"].unsqueeze(1)
             steps, all_weights = [], []
             for t in range(tgt_in.size(1)):
-                feed, weight, hx = self._recur(state, hx, emb[:, t : t + 1], feed)
+                feed, weight, hx = self._recur(source, hx, emb[:, t : t + 1], feed)
                 steps.append(feed)
                 all_weights.append(weight)
             h_tilde, weights = torch.cat(steps, 1), torch.cat(all_weights, 1)
         return self.output(h_tilde), weights if with_attention else None
 
     def step(
-        self, state: DecoderState, prev_tokens: Tensor, with_attention: bool
-    ) -> tuple[Tensor, Optional[Tensor], DecoderState]:
-        """prev_tokens [B] -> logits [B,V], attention [B,S] or None, new state."""
+        self, source: Tensors, rows: Tensors, prev_tokens: Tensor, with_attention: bool,
+        logits_dtype: Optional[torch.dtype] = None,
+    ) -> tuple[Tensor, Optional[Tensor], Tensors]:
+        """prev_tokens [B] -> logits [B,V], attention [B,S] or None, new rows."""
         emb = self.dropout(self.embedding(prev_tokens.unsqueeze(1)))
-        hx = _recurrent(state)
+        hx = _recurrent(rows)
         if self.input_feeding:
-            h_tilde, weights, hx = self._recur(state, hx, emb, state["feed"].unsqueeze(1))
+            h_tilde, weights, hx = self._recur(source, hx, emb, rows["feed"].unsqueeze(1))
         else:
-            top, hx = run_rnn(self.rnn, emb, hx)
-            h_tilde, weights = self._attend(state, top)
-        new_state = _store(state, hx)
+            top, hx = _call_rnn(self.rnn, emb, hx)
+            h_tilde, weights = self._attend(source, top)
+        new_rows = _store(rows, hx)
         if self.input_feeding:
-            new_state["feed"] = h_tilde.squeeze(1)
-        logits = self.output(h_tilde).squeeze(1)
-        return logits, weights.squeeze(1) if with_attention else None, new_state
+            new_rows["feed"] = h_tilde.squeeze(1)
+        logits = self.output(h_tilde, logits_dtype).squeeze(1)
+        return logits, weights.squeeze(1) if with_attention else None, new_rows

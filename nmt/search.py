@@ -1,11 +1,12 @@
 """Greedy and beam search over the model-agnostic `decode_step` interface.
 
-One implementation serves RNNs and Transformers: a model encodes the source into a
-`DecoderState` (every tensor has the batch on dim 0), `decode_step` scores the next token,
-and `reorder` selects/repeats state rows. Beam search keeps the `N` still-active sentences
-times their beams as one batch of `N*W` rows; sentences whose beams are all finished (or
-that reached their maximum length) are dropped from that batch at once, so a long tail of
-unfinished sentences does not pay for the whole batch.
+One implementation serves RNNs and Transformers: a model encodes the source into a decoder
+state (opaque here), `decode_step` scores the next token, and `reorder` selects/repeats state
+rows. Beam search keeps the `N` still-active sentences times their beams as one batch of
+`N*W` rows; sentences whose beams are all finished (or that reached their maximum length) are
+dropped from that batch at once, so a long tail of unfinished sentences does not pay for the
+whole batch. Which sentences are active, their maximum lengths and finished counts are kept
+on the host, so a step waits for the device once (to learn which hypotheses ended).
 
 Conventions:
 - max output length of a sentence = floor(max_len_a * src_len + max_len_b) tokens, EOS not
@@ -24,30 +25,33 @@ Conventions:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import Any, Optional, Protocol
 
 import torch
 from torch import Tensor
 
 from nmt.specials import BOS_ID, EOS_ID, PAD_ID
 
-DecoderState = dict[str, Tensor]
+State = Any  # the model's decoder state: search only passes it back to the model
 
 # Score given to a forced EOS the model itself rules out, so every sentence ends with a hypothesis.
 _FORCED_EOS_FLOOR = -1e30
 
 
 class StepModel(Protocol):
-    """What search needs from a translation model."""
+    """What search needs from a translation model (nmt.model.Seq2Seq)."""
 
-    def encode(self, src: Tensor, src_mask: Tensor) -> DecoderState: ...
+    def encode(self, src: Tensor, src_mask: Tensor) -> State: ...
 
     def decode_step(
-        self, state: DecoderState, prev_tokens: Tensor, with_attention: bool = True
-    ) -> tuple[Tensor, Optional[Tensor], DecoderState]:
+        self, state: State, prev_tokens: Tensor, with_attention: bool = True,
+        logits_dtype: Optional[torch.dtype] = None,
+    ) -> tuple[Tensor, Optional[Tensor], State]:
         """-> log-probs [B,V] float32 (a new tensor: search overwrites it), attention, state."""
 
-    def reorder(self, state: DecoderState, indices: Tensor) -> DecoderState: ...
+    def reorder(self, state: State, rows: Tensor, sentences: Optional[Tensor] = None) -> State:
+        """rows [N',W']: new row (n, w) continues row rows[n, w], of sentence sentences[n]
+        (None: sentence n, nothing dropped)."""
 
 
 @dataclass
@@ -62,13 +66,13 @@ class Hypothesis:
 class _Active:
     """The still-running part of a search: N sentences with W rows (beams) each."""
 
-    sent_ids: Tensor  # [N] position of each sentence in the input batch
+    sent_ids: list[int]  # [N] position of each sentence in the input batch
+    max_len: list[int]  # [N] maximum output length
+    num_finished: list[int]  # [N] finished hypotheses collected
     scores: Tensor  # [N, W] cumulative log-probabilities
     tokens: Tensor  # [N*W, t] tokens generated so far
     attention: Optional[Tensor]  # [N*W, t, S] attention so far (when tracked)
-    max_len: Tensor  # [N] maximum output length
-    num_finished: Tensor  # [N] finished hypotheses collected
-    state: DecoderState
+    state: State
 
     @property
     def width(self) -> int:
@@ -91,10 +95,10 @@ def max_output_lengths(src_mask: Tensor, max_len_a: float, max_len_b: int) -> Te
     return torch.floor(max_len_a * src_len + max_len_b).long()
 
 
-def _cap(max_len: Tensor, model: StepModel) -> Tensor:
+def _cap(max_len: Tensor, model: StepModel) -> list[int]:
     """Respect a model that can only decode a limited number of positions (learned positions)."""
     limit = getattr(model, "max_target_len", None)
-    return max_len if limit is None else max_len.clamp_max(int(limit) - 1)
+    return (max_len if limit is None else max_len.clamp_max(int(limit) - 1)).tolist()
 
 
 def _start(
@@ -108,17 +112,17 @@ def _start(
     batch = src.size(0)
     device = src.device
     return _Active(
-        sent_ids=torch.arange(batch, device=device),
+        sent_ids=list(range(batch)),
+        max_len=_cap(max_output_lengths(src_mask, max_len_a, max_len_b), model),
+        num_finished=[0] * batch,
         scores=torch.zeros(batch, 1, device=device),
         tokens=torch.zeros(batch, 0, dtype=torch.long, device=device),
         attention=src.new_zeros(batch, 0, src.size(1), dtype=torch.float32) if track_attention else None,
-        max_len=_cap(max_output_lengths(src_mask, max_len_a, max_len_b), model),
-        num_finished=torch.zeros(batch, dtype=torch.long, device=device),
         state=model.encode(src, src_mask),
     )
 
 
-def _constrain(log_probs: Tensor, step: int, max_len_rows: Tensor, min_len: int) -> Tensor:
+def _constrain(log_probs: Tensor, step: int, active: _Active, min_len: int) -> Tensor:
     """Forbid PAD/BOS, and EOS before `min_len`; only EOS once a row is at its maximum length.
 
     log_probs [R, V] float32, fresh from `decode_step`: changed in place (a vocabulary-sized
@@ -128,8 +132,9 @@ def _constrain(log_probs: Tensor, step: int, max_len_rows: Tensor, min_len: int)
     log_probs[:, BOS_ID] = float("-inf")
     if step < min_len:
         log_probs[:, EOS_ID] = float("-inf")
-    forced = step >= max_len_rows
-    if bool(forced.any()):
+    at_max = [step >= limit for limit in active.max_len]
+    if any(at_max):
+        forced = torch.tensor(at_max, device=log_probs.device).repeat_interleave(active.width)
         eos = log_probs[:, EOS_ID].clamp_min(_FORCED_EOS_FLOOR)
         only_eos = torch.full_like(log_probs, float("-inf"))
         only_eos[:, EOS_ID] = eos
@@ -138,13 +143,15 @@ def _constrain(log_probs: Tensor, step: int, max_len_rows: Tensor, min_len: int)
 
 
 def _step(
-    model: StepModel, active: _Active, step: int, min_len: int, with_attention: bool
-) -> tuple[Tensor, Optional[Tensor], DecoderState]:
+    model: StepModel, active: _Active, step: int, min_len: int, with_attention: bool,
+    logits_dtype: Optional[torch.dtype],
+) -> tuple[Tensor, Optional[Tensor], State]:
     """One step for all active rows -> (log_probs [N*W, V], attention [N*W, S] | None, state)."""
     prev = active.prev_tokens()
-    log_probs, attention, state = model.decode_step(active.state, prev, with_attention)
-    max_len_rows = active.max_len.repeat_interleave(active.width)
-    log_probs = _constrain(log_probs, step, max_len_rows, min_len)
+    log_probs, attention, state = model.decode_step(
+        active.state, prev, with_attention, logits_dtype
+    )
+    log_probs = _constrain(log_probs, step, active, min_len)
     if attention is not None:
         attention = attention.float()
     return log_probs, attention, state
@@ -153,7 +160,7 @@ def _step(
 def _finish(
     active: _Active,
     rows: Tensor,
-    sents: Tensor,
+    sents: list[int],
     log_probs: Tensor,
     step_attention: Optional[Tensor],
     src_mask: Tensor,
@@ -171,7 +178,7 @@ def _finish(
     if active.attention is not None and step_attention is not None:
         history = torch.cat([active.attention[rows], step_attention[rows].unsqueeze(1)], dim=1)
         attention, masks = history.cpu(), src_mask[sents].cpu()  # [F, t+1, S], [F, S]
-    for k, sent in enumerate(sents.tolist()):
+    for k, sent in enumerate(sents):
         weights = None if attention is None else attention[k][:, masks[k]]
         score = values[k] / gnmt_penalty(len(tokens[k]) + 1, alpha)
         finished[sent].append(Hypothesis(tokens[k], score, values[k], weights))
@@ -180,36 +187,41 @@ def _finish(
 def _advance(
     model: StepModel,
     active: _Active,
-    keep: Tensor,
+    keep: list[bool],
     rows: Tensor,
     tokens: Tensor,
     scores: Tensor,
     step_attention: Optional[Tensor],
-    state: DecoderState,
+    state: State,
 ) -> Optional[_Active]:
     """The next active batch: kept sentences, continuing from `rows` with `tokens`.
 
-    keep [N] bool; rows, tokens, scores [N, W'] (rows index the current N*W batch).
+    keep [N] on the host; rows, tokens, scores [N, W'] (rows index the current N*W batch).
     One `reorder` both follows the beams and drops finished sentences.
     """
-    if not bool(keep.any()):
+    kept = [n for n, k in enumerate(keep) if k]
+    if not kept:
         return None
-    rows = rows[keep]
+    sentences = None
+    if len(kept) < len(keep):
+        sentences = torch.tensor(kept, device=rows.device)
+        rows, tokens, scores = (x.index_select(0, sentences) for x in (rows, tokens, scores))
+    # Greedy search keeping every sentence continues every row as it is.
+    identity = sentences is None and rows.size(1) == 1 and active.width == 1
     flat = rows.reshape(-1)
+    history = active.tokens if identity else active.tokens[flat]
     attention = None
     if active.attention is not None and step_attention is not None:
-        attention = torch.cat([active.attention[flat], step_attention[flat].unsqueeze(1)], dim=1)
-    identity = flat.numel() == active.tokens.size(0) and bool(
-        (flat == torch.arange(flat.numel(), device=flat.device)).all()
-    )
+        past = active.attention if identity else active.attention[flat]
+        attention = torch.cat([past, step_attention[flat].unsqueeze(1)], dim=1)
     return _Active(
-        sent_ids=active.sent_ids[keep],
-        scores=scores[keep],
-        tokens=torch.cat([active.tokens[flat], tokens[keep].reshape(-1, 1)], dim=1),
+        sent_ids=[active.sent_ids[n] for n in kept],
+        max_len=[active.max_len[n] for n in kept],
+        num_finished=[active.num_finished[n] for n in kept],
+        scores=scores,
+        tokens=torch.cat([history, tokens.reshape(-1, 1)], dim=1),
         attention=attention,
-        max_len=active.max_len[keep],
-        num_finished=active.num_finished[keep],
-        state=state if identity else model.reorder(state, flat),
+        state=state if identity else model.reorder(state, rows, sentences),
     )
 
 
@@ -226,26 +238,32 @@ def greedy_search(
     min_len: int = 1,
     with_attention: bool = False,
     length_penalty: float = 0.6,
+    logits_dtype: Optional[torch.dtype] = None,
 ) -> list[list[Hypothesis]]:
     """Best next token at every step. src, src_mask [B, S]; returns one hypothesis per sentence.
 
-    `length_penalty` only normalises the reported score (so it is comparable to beam search's).
+    `length_penalty` only normalises the reported score (so it is comparable to beam search's);
+    `logits_dtype` is passed to `decode_step` (bf16 decoding).
     """
     active: Optional[_Active] = _start(model, src, src_mask, max_len_a, max_len_b, with_attention)
     finished: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
     step = 0
     while active is not None:
-        log_probs, attention, state = _step(model, active, step, min_len, with_attention)
+        log_probs, attention, state = _step(
+            model, active, step, min_len, with_attention, logits_dtype
+        )
         best, tokens = log_probs.max(dim=-1)  # [N]
         scores = active.scores[:, 0] + best
-        ended = tokens == EOS_ID
-        if bool(ended.any()):
-            rows = ended.nonzero().flatten()
-            _finish(active, rows, active.sent_ids[rows], scores[rows], attention, src_mask,
-                    length_penalty, finished)
+        ended = (tokens == EOS_ID).tolist()  # the step's one wait for the device
+        if any(ended):
+            ends = [n for n, end in enumerate(ended) if end]
+            rows = torch.tensor(ends, device=tokens.device)
+            _finish(active, rows, [active.sent_ids[n] for n in ends], scores[rows], attention,
+                    src_mask, length_penalty, finished)
         rows = torch.arange(tokens.size(0), device=tokens.device).unsqueeze(1)
+        keep = [not end for end in ended]
         active = _advance(
-            model, active, ~ended, rows, tokens.unsqueeze(1), scores.unsqueeze(1), attention, state
+            model, active, keep, rows, tokens.unsqueeze(1), scores.unsqueeze(1), attention, state
         )
         step += 1
     return finished
@@ -288,13 +306,15 @@ def _collect_finished(
     """Store the EOS candidates ranked within the top K as finished hypotheses."""
     ranks = torch.arange(cand.tokens.size(1), device=cand.tokens.device)
     is_eos = (cand.tokens == EOS_ID) & (ranks < beam_size) & torch.isfinite(cand.scores)
-    active.num_finished += is_eos.sum(1)
-    if not bool(is_eos.any()):
+    counts = is_eos.sum(1).tolist()  # the step's one wait for the device
+    active.num_finished = [done + new for done, new in zip(active.num_finished, counts)]
+    if not any(counts):
         return
     n_idx, c_idx = is_eos.nonzero(as_tuple=True)
     rows = n_idx * active.width + cand.beams[n_idx, c_idx]
-    _finish(active, rows, active.sent_ids[n_idx], cand.scores[n_idx, c_idx], step_attention,
-            src_mask, alpha, finished)
+    sents = [active.sent_ids[n] for n, count in enumerate(counts) for _ in range(count)]
+    _finish(active, rows, sents, cand.scores[n_idx, c_idx], step_attention, src_mask, alpha,
+            finished)
 
 
 def _next_beams(
@@ -302,18 +322,19 @@ def _next_beams(
     active: _Active,
     cand: _Candidates,
     step_attention: Optional[Tensor],
-    state: DecoderState,
+    state: State,
     beam_size: int,
     step: int,
 ) -> Optional[_Active]:
     """Continue each unfinished sentence with its K best candidates that do not end."""
-    done = (active.num_finished >= beam_size) | (step >= active.max_len)
+    keep = [done < beam_size and step < limit
+            for done, limit in zip(active.num_finished, active.max_len)]
     open_scores = cand.scores.masked_fill(cand.tokens == EOS_ID, float("-inf"))
     scores, pos = open_scores.topk(min(beam_size, open_scores.size(1)), dim=1)
     beams = cand.beams.gather(1, pos)
     tokens = cand.tokens.gather(1, pos)
     base = torch.arange(beams.size(0), device=beams.device).unsqueeze(1) * active.width
-    return _advance(model, active, ~done, base + beams, tokens, scores, step_attention, state)
+    return _advance(model, active, keep, base + beams, tokens, scores, step_attention, state)
 
 
 @torch.no_grad()
@@ -328,9 +349,11 @@ def beam_search(
     max_len_b: int = 10,
     min_len: int = 1,
     with_attention: bool = False,
+    logits_dtype: Optional[torch.dtype] = None,
 ) -> list[list[Hypothesis]]:
     """Batched beam search. src, src_mask [B, S]; returns up to `n_best` hypotheses per
-    sentence, best (highest length-normalised score) first.
+    sentence, best (highest length-normalised score) first. `logits_dtype` is passed to
+    `decode_step` (bf16 decoding).
 
     Step 0 runs on B rows (one per sentence) and widens to K, so the encoder state is not
     copied K times before the first selection.
@@ -341,7 +364,9 @@ def beam_search(
     finished: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
     step = 0
     while active is not None:
-        log_probs, attention, state = _step(model, active, step, min_len, with_attention)
+        log_probs, attention, state = _step(
+            model, active, step, min_len, with_attention, logits_dtype
+        )
         cand = _candidates(active.scores, log_probs, beam_size)
         _collect_finished(active, cand, attention, src_mask, beam_size, length_penalty, finished)
         active = _next_beams(model, active, cand, attention, state, beam_size, step)

@@ -5,9 +5,9 @@ post-norm residual blocks (pre-norm adds a final LayerNorm to each stack), sinus
 learned positions, sliding-window (local) self-attention, and reporting one decoder layer's
 head-averaged cross-attention as the alignment.
 
-Decoder state (see nmt/model.py: N sentences, R = N*W rows): per sentence, src_mask [N,S] bool
-and cross_k.{i}, cross_v.{i} [N,heads,S,dh] (the encoder output projected once by layer i's
-cross-attention, shared by the sentence's beams); per row, self_k.{i}, self_v.{i}
+Decoder state (see nmt/model.py: N sentences, R = N*W rows): `source` holds src_mask [N,S]
+bool and cross_k.{i}, cross_v.{i} [N,heads,S,dh] (the encoder output projected once by layer
+i's cross-attention, shared by the sentence's beams); `rows` holds self_k.{i}, self_v.{i}
 [R,heads,t,dh] (the keys/values of the t target positions decoded so far; t is the step
 counter).
 """
@@ -24,7 +24,7 @@ from nmt.attention import MultiHeadAttention, group_by_sentence
 from nmt.dropout import Dropout
 from nmt.projection import VocabularyProjection
 
-DecoderState = dict[str, Tensor]
+Tensors = dict[str, Tensor]  # one part of a decoder state (see nmt/model.py)
 
 
 class SinusoidalPositions(nn.Module):
@@ -233,22 +233,23 @@ class TransformerDecoder(nn.Module):
 
     def init_state(
         self, memory: Tensor, final: tuple[Tensor, ...], src_mask: Tensor
-    ) -> DecoderState:
+    ) -> tuple[Tensors, Tensors]:
         """Project the encoder output once per layer for cross-attention; empty self caches."""
-        state: DecoderState = {"src_mask": src_mask}
+        source: Tensors = {"src_mask": src_mask}
+        rows: Tensors = {}
         for i, layer in enumerate(self.layers):
             k, v = layer.cross_attn.project_kv(memory)
-            state[f"cross_k.{i}"], state[f"cross_v.{i}"] = k, v
+            source[f"cross_k.{i}"], source[f"cross_v.{i}"] = k, v
             empty = k[:, :, :0]
-            state[f"self_k.{i}"], state[f"self_v.{i}"] = empty, empty
-        return state
+            rows[f"self_k.{i}"], rows[f"self_v.{i}"] = empty, empty
+        return source, rows
 
     def forward(
-        self, state: DecoderState, tgt_in: Tensor, with_attention: bool
+        self, source: Tensors, rows: Tensors, tgt_in: Tensor, with_attention: bool
     ) -> tuple[Tensor, Optional[Tensor]]:
         """Teacher forcing: tgt_in [B,T] -> logits [B,T,V], attention [B,T,S] or None."""
         x = self.embed(tgt_in)
-        src_mask = state["src_mask"][:, None, None, :]
+        src_mask = source["src_mask"][:, None, None, :]
         self_mask = None
         if self.window > 0:
             pos = torch.arange(tgt_in.size(1), device=tgt_in.device)
@@ -257,26 +258,27 @@ class TransformerDecoder(nn.Module):
         attention = None
         for i, layer in enumerate(self.layers):
             need = with_attention and i == self.alignment_layer
-            cross_kv = (state[f"cross_k.{i}"], state[f"cross_v.{i}"])
+            cross_kv = (source[f"cross_k.{i}"], source[f"cross_v.{i}"])
             x, weights, _ = layer(x, cross_kv, src_mask, self_mask, None, need)
             attention = weights if need else attention
         return self.output(self.final_norm(x)), attention
 
     def step(
-        self, state: DecoderState, prev_tokens: Tensor, with_attention: bool
-    ) -> tuple[Tensor, Optional[Tensor], DecoderState]:
-        """One position: prev_tokens [B] -> logits [B,V], attention [B,S] or None, new state."""
-        t = state["self_k.0"].size(2)
+        self, source: Tensors, rows: Tensors, prev_tokens: Tensor, with_attention: bool,
+        logits_dtype: Optional[torch.dtype] = None,
+    ) -> tuple[Tensor, Optional[Tensor], Tensors]:
+        """One position: prev_tokens [B] -> logits [B,V], attention [B,S] or None, new rows."""
+        t = rows["self_k.0"].size(2)
         x = self.embed(prev_tokens.unsqueeze(1), start=t)
-        src_mask = state["src_mask"][:, None, None, :]
-        new_state = dict(state)
+        src_mask = source["src_mask"][:, None, None, :]
+        new_rows: Tensors = {}
         attention = None
         for i, layer in enumerate(self.layers):
             need = with_attention and i == self.alignment_layer
-            cross_kv = (state[f"cross_k.{i}"], state[f"cross_v.{i}"])
-            cache = (state[f"self_k.{i}"], state[f"self_v.{i}"])
+            cross_kv = (source[f"cross_k.{i}"], source[f"cross_v.{i}"])
+            cache = (rows[f"self_k.{i}"], rows[f"self_v.{i}"])
             x, weights, (k, v) = layer(x, cross_kv, src_mask, None, cache, need)
-            new_state[f"self_k.{i}"], new_state[f"self_v.{i}"] = k, v
+            new_rows[f"self_k.{i}"], new_rows[f"self_v.{i}"] = k, v
             attention = weights.squeeze(1) if need else attention
-        logits = self.output(self.final_norm(x)).squeeze(1)
-        return logits, attention, new_state
+        logits = self.output(self.final_norm(x), logits_dtype).squeeze(1)
+        return logits, attention, new_rows

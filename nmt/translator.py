@@ -26,7 +26,6 @@ from nmt.checkpoint import file_sha256, load_checkpoint
 from nmt.config import DecodeConfig, ModelConfig
 from nmt.model import build_model, count_parameters
 from nmt.precision import decoding_precision, device_caps, prepare_device
-from nmt.projection import projections_in
 from nmt.search import Hypothesis, beam_search, greedy_search
 from nmt.specials import EOS_ID, PAD_ID
 from nmt.tokenizer import Tokenizer
@@ -174,7 +173,7 @@ class Translator:
             return contextlib.nullcontext()
         if self.device.type != "cpu":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return projections_in(self.model, torch.bfloat16)
+        return contextlib.nullcontext()  # bf16 logits: `_search` passes logits_dtype
 
     def _request(
         self,
@@ -214,17 +213,19 @@ class Translator:
             src[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         src = src.to(self.device)
         src_mask = src != PAD_ID
+        cpu_bf16 = self.device.type == "cpu" and self.decode.precision == "bf16"
+        logits_dtype = torch.bfloat16 if cpu_bf16 else None
         if request.beam_size == 1:
             return greedy_search(
                 self.model, src, src_mask, request.max_len_a, request.max_len_b,
                 min_len=self.decode.min_len, with_attention=request.with_alignment,
-                length_penalty=self.decode.length_penalty,
+                length_penalty=self.decode.length_penalty, logits_dtype=logits_dtype,
             )
         return beam_search(
             self.model, src, src_mask, request.beam_size, n_best=request.n_best,
             length_penalty=self.decode.length_penalty, max_len_a=request.max_len_a,
             max_len_b=request.max_len_b, min_len=self.decode.min_len,
-            with_attention=request.with_alignment,
+            with_attention=request.with_alignment, logits_dtype=logits_dtype,
         )
 
     def _translation(

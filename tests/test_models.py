@@ -10,53 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nmt.config import ConfigError, ModelConfig
+from archs import ARCHS, NO_ATTENTION, TINY, tiny_config
+from nmt.config import ConfigError
 from nmt.model import Seq2Seq, build_model, count_parameters
 from nmt.specials import BOS_ID, EOS_ID, PAD_ID
 
 VOCAB = 16  # 4 specials + 12 symbols
-TINY = ModelConfig(
-    embed_dim=16, hidden_size=16, encoder_layers=2, decoder_layers=2, dropout=0.1,
-    attention_dropout=0.1, activation_dropout=0.1, heads=2, ffn_size=32, max_positions=64,
-)
-
-ARCHS: dict[str, dict] = {
-    "lstm-none": dict(arch="rnn", cell="lstm", attention="none", bidirectional=False),
-    "gru-none": dict(arch="rnn", cell="gru", attention="none"),
-    "rnn-none": dict(arch="rnn", cell="rnn", attention="none", bidirectional=False),
-    "lstm-cho": dict(arch="rnn", cell="lstm", attention="none", context_every_step=True),
-    "gru-cho": dict(arch="rnn", cell="gru", attention="none", context_every_step=True,
-                    bidirectional=False),
-    "rnn-cho": dict(arch="rnn", cell="rnn", attention="none", context_every_step=True),
-    "lstm-bi-bahdanau": dict(arch="rnn", cell="lstm", attention="bahdanau", bidirectional=True),
-    "gru-bahdanau": dict(arch="rnn", cell="gru", attention="bahdanau", bidirectional=False,
-                         encoder_layers=1),
-    "luong-dot-feed": dict(arch="rnn", attention="luong", luong_score="dot"),
-    "luong-dot": dict(arch="rnn", attention="luong", luong_score="dot", input_feeding=False,
-                      bidirectional=False),
-    "luong-general-feed": dict(arch="rnn", attention="luong", luong_score="general"),
-    "luong-general": dict(arch="rnn", attention="luong", luong_score="general",
-                          input_feeding=False),
-    "luong-concat-feed": dict(arch="rnn", attention="luong", luong_score="concat"),
-    "luong-concat": dict(arch="rnn", attention="luong", luong_score="concat",
-                         input_feeding=False, cell="gru"),
-    "luong-local-feed": dict(arch="rnn", attention="luong", luong_score="general",
-                             local_window=2),
-    "luong-local": dict(arch="rnn", attention="luong", luong_score="dot", local_window=1,
-                        input_feeding=False),
-    "transformer-pre": dict(arch="transformer", norm="pre"),
-    "transformer-post": dict(arch="transformer", norm="post"),
-    "transformer-learned": dict(arch="transformer", positions="learned"),
-    "transformer-window": dict(arch="transformer", self_attention_window=2, norm="post"),
-    "transformer-untied": dict(arch="transformer", tie_embeddings=False, decoder_layers=1),
-}
-NO_ATTENTION = {name for name, kw in ARCHS.items() if kw.get("attention") == "none"}
 
 
 def make_model(name: str, seed: int = 0, **overrides) -> Seq2Seq:
     torch.manual_seed(seed)
-    config = replace(TINY, **{**ARCHS[name], **overrides})
-    return build_model(config, VOCAB, VOCAB, joint_vocab=True)
+    return build_model(tiny_config(name, **overrides), VOCAB, VOCAB, joint_vocab=True)
 
 
 def pad_batch(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,8 +124,9 @@ def test_reorder_equals_decoding_the_reordered_batch(name: str, batch) -> None:
         state = model.encode(src, src_mask)
         for t in range(2):
             _, _, state = model.decode_step(state, tgt_in[:, t])
-        state = model.reorder(state, indices)
-        assert all(value.size(0) == len(indices) for value in state.values())
+        state = model.reorder(state, indices[:, None], indices)  # each row its own sentence
+        parts = {**state.source, **state.rows}
+        assert all(value.size(0) == len(indices) for value in parts.values())
         reordered = model.encode(src[indices], src_mask[indices])
         for t in range(2):
             _, _, reordered = model.decode_step(reordered, tgt_in[indices, t])
@@ -179,35 +144,48 @@ def test_beam_layout_keeps_source_entries_once_per_sentence(name: str, batch) ->
     the source entries per sentence and decode exactly like a batch built in that order."""
     model = make_model(name).eval()
     src, src_mask, tgt_in, _, _ = batch
-    expand = torch.arange(5).repeat_interleave(3)  # 5 sentences x 3 beams
-    follow = torch.tensor([2, 0, 0, 3, 5, 4, 6, 6, 8, 9, 9, 10, 14, 12, 12])  # within sentences
-    drop = torch.tensor([3, 4, 4, 12, 14, 13])  # sentences 1 and 4 go on
+    expand = (torch.arange(5).repeat_interleave(3).view(5, 3), None)  # 5 sentences x 3 beams
+    follow = (torch.tensor([2, 0, 0, 3, 5, 4, 6, 6, 8, 9, 9, 10, 14, 12, 12]).view(5, 3), None)
+    drop = (torch.tensor([[3, 4, 4], [12, 14, 13]]), torch.tensor([1, 4]))  # 1 and 4 go on
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         state = model.encode(src, src_mask)
-        rows, history = torch.arange(5), tgt_in[:, :1]  # input sentence, tokens fed per row
+        sentences, history = torch.arange(5), tgt_in[:, :1]  # input sentence, tokens fed per row
         _, _, state = model.decode_step(state, history[:, 0])
-        for indices in (expand, follow, drop):
-            state = model.reorder(state, indices)
-            rows, history = rows[indices], history[indices]
-            sentences = len(set(rows.tolist()))
-            assert state["source_ids"].numel() == sentences
-            per_sentence = {k for k, v in state.items() if v.size(0) == sentences}
-            assert {"src_mask", "memory", "cross_k.0"} & state.keys() <= per_sentence
-            if indices is not drop:
-                tokens = torch.randint(4, VOCAB, (len(indices),), generator=gen)
+        for rows, kept in (expand, follow, drop):
+            source = state.source
+            state = model.reorder(state, rows, kept)
+            assert (state.source is source) == (kept is None)  # shared until a sentence drops
+            flat = rows.flatten()
+            history = history[flat]
+            sentences = sentences if kept is None else sentences[kept]
+            assert all(v.size(0) == len(sentences) for v in state.source.values())
+            assert all(v.size(0) == len(flat) for v in state.rows.values())
+            if kept is None:
+                tokens = torch.randint(4, VOCAB, (len(flat),), generator=gen)
                 _, _, state = model.decode_step(state, tokens)
                 history = torch.cat([history, tokens[:, None]], dim=1)
-        assert state["source_ids"].tolist() == [1, 4]
-        last = torch.randint(4, VOCAB, (len(rows),), generator=gen)
+        assert sentences.tolist() == [1, 4]
+        last = torch.randint(4, VOCAB, (len(history),), generator=gen)
         got, got_attention, _ = model.decode_step(state, last)
-        reference = model.encode(src[rows], src_mask[rows])
+        reference = model.encode(src[[1, 1, 1, 4, 4, 4]], src_mask[[1, 1, 1, 4, 4, 4]])
         for t in range(history.size(1)):
             _, _, reference = model.decode_step(reference, history[:, t])
         want, want_attention, _ = model.decode_step(reference, last)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     if want_attention is not None:
         torch.testing.assert_close(got_attention, want_attention, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["lstm-bi-bahdanau", "transformer-pre"])
+def test_decoding_never_changes_the_source_part(name: str, batch) -> None:
+    """Only per-row entries change per step, so sharing the source part across beams is safe."""
+    model = make_model(name).eval()
+    src, src_mask, tgt_in, _, _ = batch
+    with torch.no_grad():
+        state = model.encode(src, src_mask)
+        _, _, stepped = model.decode_step(state, tgt_in[:, 0])
+    assert stepped.source is state.source and stepped.rows.keys() == state.rows.keys()
 
 
 @pytest.mark.parametrize("name", ARCHS)
@@ -301,7 +279,7 @@ def test_tied_embeddings_share_one_tensor() -> None:
     assert three_way.decoder.output.weight is weight
     assert count_parameters(untied) == count_parameters(three_way) + 2 * weight.numel()
     torch.manual_seed(0)
-    two_way = build_model(replace(TINY, **ARCHS["lstm-bi-bahdanau"]), VOCAB, VOCAB + 4)
+    two_way = build_model(tiny_config("lstm-bi-bahdanau"), VOCAB, VOCAB + 4)
     assert two_way.decoder.output.proj.weight is two_way.decoder.embedding.weight
     assert two_way.encoder.embedding.weight is not two_way.decoder.embedding.weight
 

@@ -71,8 +71,9 @@ def test_bahdanau_attends_with_the_previous_state() -> None:
     src = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
     state = model.encode(src, src != 0)
     decoder = model.decoder
-    query = state["hidden"][:, -1:]  # the bridge's state: s_0, before any recurrent step
-    _, expected = decoder.attention(query, state["keys"], state["memory"], state["src_mask"])
+    query = state.rows["hidden"][:, -1:]  # the bridge's state: s_0, before any recurrent step
+    source = state.source
+    _, expected = decoder.attention(query, source["keys"], source["memory"], source["src_mask"])
     _, attention, _ = model.decode_step(state, torch.tensor([BOS_ID, BOS_ID]))
     torch.testing.assert_close(attention, expected.squeeze(1))
 
@@ -83,17 +84,18 @@ def test_luong_attends_with_the_current_state(input_feeding: bool) -> None:
     src = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
     state = model.encode(src, src != 0)
     _, attention, new_state = model.decode_step(state, torch.tensor([BOS_ID, BOS_ID]))
-    query = new_state["hidden"][:, -1:]  # h_1, after the recurrent step
-    _, expected = model.decoder.attention(query, state["keys"], state["memory"], state["src_mask"])
+    query = new_state.rows["hidden"][:, -1:]  # h_1, after the recurrent step
+    source = state.source
+    _, expected = model.decoder.attention(query, source["keys"], source["memory"], source["src_mask"])
     torch.testing.assert_close(attention, expected.squeeze(1))
     if input_feeding:
-        assert new_state["feed"].shape == (2, 6) and new_state["feed"].abs().max() > 0
+        assert new_state.rows["feed"].shape == (2, 6) and new_state.rows["feed"].abs().max() > 0
 
 
 def test_state_keeps_batch_first() -> None:
     model = make(attention="luong", cell="lstm", bidirectional=True, decoder_layers=3)
     src = torch.tensor([[5, 6, 7], [9, 10, 0]])
     state = model.encode(src, src != 0)
-    assert state["hidden"].shape == state["cell"].shape == (2, 3, 6)
-    assert state["memory"].shape == (2, 3, 12) and state["keys"].shape == (2, 3, 6)
-    assert state["feed"].shape == (2, 6)
+    assert state.rows["hidden"].shape == state.rows["cell"].shape == (2, 3, 6)
+    assert state.source["memory"].shape == (2, 3, 12) and state.source["keys"].shape == (2, 3, 6)
+    assert state.rows["feed"].shape == (2, 6)

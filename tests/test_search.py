@@ -6,30 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from nmt.config import ModelConfig
+from archs import ARCHS, tiny_config
 from nmt.model import build_model
 from nmt.search import beam_search, gnmt_penalty, greedy_search, max_output_lengths
 from nmt.specials import BOS_ID, EOS_ID, PAD_ID
 
 VOCAB = 40
-ARCHS = {
-    "lstm_no_attention": dict(arch="rnn", cell="lstm", attention="none"),
-    "lstm_bahdanau": dict(arch="rnn", cell="lstm", attention="bahdanau"),
-    "gru_bahdanau": dict(arch="rnn", cell="gru", attention="bahdanau"),
-    "rnn_bahdanau": dict(arch="rnn", cell="rnn", attention="bahdanau"),
-    "lstm_luong_dot": dict(arch="rnn", cell="lstm", attention="luong", luong_score="dot"),
-    "lstm_luong_general": dict(arch="rnn", cell="lstm", attention="luong", luong_score="general"),
-    "gru_luong_concat": dict(arch="rnn", cell="gru", attention="luong", luong_score="concat"),
-    "lstm_local_p": dict(arch="rnn", cell="lstm", attention="luong", luong_score="general",
-                         local_window=2),
-    "transformer": dict(arch="transformer", heads=2, ffn_size=32),
-    "transformer_post_learned": dict(arch="transformer", heads=2, ffn_size=32, norm="post",
-                                     positions="learned"),
-    "transformer_window": dict(arch="transformer", heads=2, ffn_size=32, self_attention_window=2),
-    "gru_no_attention": dict(arch="rnn", cell="gru", attention="none"),
-    "rnn_no_attention_cho": dict(arch="rnn", cell="rnn", attention="none", context_every_step=True),
-    "lstm_luong_no_feeding": dict(arch="rnn", cell="lstm", attention="luong", input_feeding=False),
-}
 LENGTHS = [11, 3, 6, 1, 8, 2, 9]
 
 
@@ -45,8 +27,7 @@ def tiny_model(
     `eos_bias=-1e9` makes EOS impossible.
     """
     torch.manual_seed(seed)
-    config = ModelConfig(embed_dim=16, hidden_size=16, encoder_layers=2, decoder_layers=2,
-                         dropout=0.0, attention_dropout=0.0, **ARCHS[name])
+    config = tiny_config(name, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
     model = build_model(config, VOCAB, VOCAB).eval()
     output = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == VOCAB][-1]
     bias = {"eos": 0.0}
@@ -90,7 +71,7 @@ def beam(model: nn.Module, src: torch.Tensor, mask: torch.Tensor, k: int, n_best
                        with_attention=True, **extra)
 
 
-@pytest.mark.parametrize("name", ["gru_bahdanau", "transformer", "lstm_no_attention"])
+@pytest.mark.parametrize("name", ["gru-bahdanau", "transformer-pre", "lstm-none"])
 def test_beam_size_one_equals_greedy(name: str) -> None:
     model = tiny_model(name)
     src, mask = source_batch()
@@ -123,7 +104,7 @@ def test_batch_invariance(name: str) -> None:
         assert greedy[i][0].tokens == alone[0].tokens
 
 
-@pytest.mark.parametrize("name", ["lstm_luong_general", "transformer"])
+@pytest.mark.parametrize("name", ["luong-general-feed", "transformer-pre"])
 def test_beam_scores_sorted_nbest_distinct_and_consistent(name: str) -> None:
     model = tiny_model(name)
     src, mask = source_batch()
@@ -141,7 +122,7 @@ def test_beam_scores_sorted_nbest_distinct_and_consistent(name: str) -> None:
 
 def test_log_prob_matches_teacher_forced_model() -> None:
     """The search's log-probability of its output equals the model's forward() scoring."""
-    model = tiny_model("transformer")
+    model = tiny_model("transformer-pre")
     src, mask = source_batch()
     hyps = beam(model, src, mask, 3)
     for i, n in enumerate(LENGTHS):
@@ -154,7 +135,7 @@ def test_log_prob_matches_teacher_forced_model() -> None:
         assert hyps[i][0].log_prob == pytest.approx(float(log_probs), abs=1e-3)
 
 
-@pytest.mark.parametrize("name", ["lstm_local_p", "transformer"])
+@pytest.mark.parametrize("name", ["luong-local-feed", "transformer-pre"])
 def test_stops_at_max_length_when_model_never_ends(name: str) -> None:
     model = tiny_model(name, eos_bias=-1e9)
     src, mask = source_batch()
@@ -165,7 +146,7 @@ def test_stops_at_max_length_when_model_never_ends(name: str) -> None:
 
 
 def test_min_length_and_attention_shapes() -> None:
-    model = tiny_model("gru_bahdanau", eos_bias=1e3)  # would end at once if allowed
+    model = tiny_model("gru-bahdanau", eos_bias=1e3)  # would end at once if allowed
     src, mask = source_batch()
     for results in (beam(model, src, mask, 2, min_len=3), greedy_search(model, src, mask, 1.5, 4, 3, True)):
         for hyps, n in zip(results, LENGTHS):
@@ -176,14 +157,14 @@ def test_min_length_and_attention_shapes() -> None:
 
 
 def test_model_without_attention_gives_none() -> None:
-    model = tiny_model("lstm_no_attention")
+    model = tiny_model("lstm-none")
     src, mask = source_batch()
     assert all(h[0].attention is None for h in beam(model, src, mask, 2))
     assert all(h[0].attention is None for h in greedy_search(model, src, mask, 1.5, 4, with_attention=True))
 
 
 def test_n_best_larger_than_beam_is_rejected() -> None:
-    model = tiny_model("transformer")
+    model = tiny_model("transformer-pre")
     src, mask = source_batch()
     with pytest.raises(ValueError, match="n_best"):
         beam_search(model, src, mask, 2, n_best=3)

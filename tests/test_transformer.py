@@ -95,12 +95,12 @@ def test_cache_grows_one_position_per_step_and_cross_keys_are_reused() -> None:
     src_mask = torch.ones_like(src, dtype=torch.bool)
     with torch.no_grad():
         state = model.encode(src, src_mask)
-        cross = state["cross_k.0"]
+        cross = state.source["cross_k.0"]
         assert cross.shape == (3, 2, 6, 8)  # [B, heads, S, dh]
         for step in range(1, 4):
             _, _, state = model.decode_step(state, torch.full((3,), BOS_ID))
-            assert state["self_k.1"].shape == (3, 2, step, 8)
-        assert state["cross_k.0"] is cross
+            assert state.rows["self_k.1"].shape == (3, 2, step, 8)
+        assert state.source["cross_k.0"] is cross
 
 
 def test_alignment_is_the_chosen_layers_head_average() -> None:
