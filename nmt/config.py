@@ -282,9 +282,7 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
         return _coerce(inner[0], value, name)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, name)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, args))}")
+    if origin is Literal:  # the allowed values are checked by `validate`, with the others
         return value
     if origin is list:
         if not isinstance(value, list):
@@ -326,8 +324,10 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
 
 
 def validate(config: Config) -> None:
-    """Reject impossible values, naming the field."""
-    d, t, m, tr, dec = config.data, config.tokenizer, config.model, config.train, config.decode
+    """Reject impossible values, naming the field (one check per field)."""
+    d, t, tr, dec = config.data, config.tokenizer, config.train, config.decode
+    for section, prefix in ((d, "data"), (t, "tokenizer"), (tr, "train"), (dec, "decode")):
+        _check_choices(section, prefix)
     _positive("data.max_len", d.max_len)
     _positive("data.max_ratio", d.max_ratio)
     if d.train_limit is not None:
@@ -339,14 +339,10 @@ def validate(config: Config) -> None:
     if t.vocab_size < 8:
         raise ConfigError(f"tokenizer.vocab_size must be at least 8, got {t.vocab_size}")
     if not 0.0 < t.character_coverage <= 1.0:
-        raise ConfigError(f"tokenizer.character_coverage must be in (0, 1], got {t.character_coverage}")
-    for key in ("embed_dim", "hidden_size", "encoder_layers", "decoder_layers", "heads",
-                "ffn_size", "max_positions"):
-        _positive(f"model.{key}", getattr(m, key))
-    for key in ("dropout", "attention_dropout", "activation_dropout"):
-        _probability(f"model.{key}", getattr(m, key))
-    _non_negative("model.local_window", m.local_window)
-    _non_negative("model.self_attention_window", m.self_attention_window)
+        raise ConfigError(
+            f"tokenizer.character_coverage must be in (0, 1], got {t.character_coverage}"
+        )
+    check_model(config.model)
     _positive("train.lr", tr.lr)
     _positive("train.batch_tokens", tr.batch_tokens)
     _positive("train.accum_steps", tr.accum_steps)
@@ -374,6 +370,45 @@ def validate(config: Config) -> None:
     _non_negative("decode.length_penalty", dec.length_penalty)
     if dec.n_best > dec.beam_size:
         raise ConfigError(f"decode.n_best ({dec.n_best}) cannot exceed decode.beam_size ({dec.beam_size})")
+
+
+def check_model(m: ModelConfig) -> None:
+    """Reject model settings no model can be built from (configs made in code come here
+    without `validate`). Fields of one architecture are checked only for that architecture."""
+    _check_choices(m, "model")
+    for key in ("embed_dim", "encoder_layers", "decoder_layers", "max_positions"):
+        _positive(f"model.{key}", getattr(m, key))
+    _probability("model.dropout", m.dropout)
+    if m.arch == "rnn":
+        _positive("model.hidden_size", m.hidden_size)
+        _non_negative("model.local_window", m.local_window)
+        return
+    _positive("model.heads", m.heads)
+    _positive("model.ffn_size", m.ffn_size)
+    _probability("model.attention_dropout", m.attention_dropout)
+    _probability("model.activation_dropout", m.activation_dropout)
+    _non_negative("model.self_attention_window", m.self_attention_window)
+    if m.embed_dim % m.heads != 0:
+        raise ConfigError(f"model.heads ({m.heads}) must divide model.embed_dim ({m.embed_dim})")
+    # -2 (the default) means the second-to-last layer, or the only one.
+    lowest = -2 if m.decoder_layers == 1 else -m.decoder_layers
+    if not lowest <= m.alignment_layer < m.decoder_layers:
+        raise ConfigError(
+            f"model.alignment_layer {m.alignment_layer} is out of range for "
+            f"{m.decoder_layers} decoder layer(s)"
+        )
+
+
+def _check_choices(section: Any, prefix: str) -> None:
+    """Fields typed `Literal[...]` must hold one of the listed values."""
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        allowed = typing.get_args(hints[f.name])
+        if typing.get_origin(hints[f.name]) is Literal and getattr(section, f.name) not in allowed:
+            raise ConfigError(
+                f"{prefix}.{f.name}: {getattr(section, f.name)!r} is not one of "
+                f"{', '.join(map(str, allowed))}"
+            )
 
 
 def _positive(name: str, value: float) -> None:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmt.attention import BahdanauAttention, LuongAttention, LuongLocalAttention
-from nmt.config import ConfigError, ModelConfig
+from nmt.config import ConfigError, ModelConfig, check_model
 from nmt.rnn import (
     BahdanauDecoder,
     Bridge,
@@ -191,18 +191,9 @@ def build_model(
 def check_model_config(
     config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, joint_vocab: bool
 ) -> None:
-    """Reject configs that cannot be built (configs made in code skip YAML validation)."""
-    _choice("model.arch", config.arch, ("rnn", "transformer"))
-    for key in ("embed_dim", "hidden_size", "encoder_layers", "decoder_layers", "heads",
-                "ffn_size", "max_positions"):
-        if getattr(config, key) <= 0:
-            raise ConfigError(f"model.{key} must be positive, got {getattr(config, key)}")
-    for key in ("dropout", "attention_dropout", "activation_dropout"):
-        if not 0.0 <= getattr(config, key) < 1.0:
-            raise ConfigError(f"model.{key} must be in [0, 1), got {getattr(config, key)}")
-    for key in ("local_window", "self_attention_window"):
-        if getattr(config, key) < 0:
-            raise ConfigError(f"model.{key} must not be negative, got {getattr(config, key)}")
+    """Reject configs that cannot be built: the fields (see `check_model`; configs made in code
+    skip YAML validation) and what they need of the vocabularies."""
+    check_model(config)
     if min(src_vocab_size, tgt_vocab_size) <= PAD_ID + 1:
         raise ConfigError(f"vocabulary sizes too small: {src_vocab_size}, {tgt_vocab_size}")
     if config.tie_embeddings and joint_vocab and src_vocab_size != tgt_vocab_size:
@@ -210,35 +201,13 @@ def check_model_config(
             f"model.tie_embeddings with a joint vocabulary needs equal vocabulary sizes, got "
             f"source {src_vocab_size} and target {tgt_vocab_size}"
         )
-    if config.arch == "rnn":
-        _choice("model.cell", config.cell, ("rnn", "gru", "lstm"))
-        _choice("model.attention", config.attention, ("none", "bahdanau", "luong"))
-        _choice("model.luong_score", config.luong_score, ("dot", "general", "concat"))
-    else:
-        _choice("model.norm", config.norm, ("pre", "post"))
-        _choice("model.positions", config.positions, ("sinusoidal", "learned"))
-        if config.embed_dim % config.heads != 0:
-            raise ConfigError(
-                f"model.heads ({config.heads}) must divide model.embed_dim ({config.embed_dim})"
-            )
-        alignment_index(config.alignment_layer, config.decoder_layers)
-
-
-def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
 
 
 def alignment_index(alignment_layer: int, decoder_layers: int) -> int:
-    """The non-negative decoder layer index; the default -2 means the last layer when there
-    is only one."""
+    """The non-negative decoder layer index of a checked `alignment_layer`; the default -2
+    means the last layer when there is only one."""
     if alignment_layer == -2 and decoder_layers == 1:
         return 0
-    if not -decoder_layers <= alignment_layer < decoder_layers:
-        raise ConfigError(
-            f"model.alignment_layer {alignment_layer} is out of range for "
-            f"{decoder_layers} decoder layer(s)"
-        )
     return alignment_layer % decoder_layers
 
 

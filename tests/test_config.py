@@ -41,6 +41,8 @@ def test_unknown_key_names_key_and_valid_keys(raw: dict, key: str, valid: str) -
     ({"model": {"heads": True}}, "model.heads: expected an integer"),
     ({"tokenizer": {"joint": "yes"}}, "tokenizer.joint: expected true or false"),
     ({"model": {"arch": "lstm"}}, "model.arch: 'lstm' is not one of rnn, transformer"),
+    ({"decode": {"precision": "fp16"}}, "decode.precision: 'fp16' is not one of fp32, bf16"),
+    ({"train": {"schedule": "linear"}}, "train.schedule: 'linear' is not one of inverse_sqrt"),
     ({"data": {"files": ["a.txt"]}}, "data.files: expected a mapping"),
     ({"train": {"betas": [0.9]}}, "train.betas: expected a list of 2 values"),
     ({"tokenizer": {"detok_remove_spaces": "ja"}}, "tokenizer.detok_remove_spaces: expected a list"),
@@ -64,6 +66,26 @@ def test_impossible_values_are_rejected(raw: dict, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         config_from_dict(raw)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("model,message", [
+    ({"arch": "rnn", "hidden_size": 0}, "model.hidden_size must be positive"),
+    ({"arch": "rnn", "local_window": -1}, "model.local_window must not be negative"),
+    ({"arch": "transformer", "heads": 3}, "model.heads (3) must divide model.embed_dim (256)"),
+    ({"arch": "transformer", "attention_dropout": 1.0}, "model.attention_dropout must be in"),
+    ({"arch": "transformer", "alignment_layer": 3}, "model.alignment_layer 3 is out of range"),
+])
+def test_model_fields_are_checked_for_their_architecture(model: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"model": model})
+    assert message in str(info.value)
+
+
+def test_other_architectures_fields_are_not_checked() -> None:
+    rnn = {"arch": "rnn", "heads": 3, "ffn_size": 0, "self_attention_window": -1}
+    assert config_from_dict({"model": rnn}).model.heads == 3
+    transformer = {"arch": "transformer", "hidden_size": 0, "local_window": -1}
+    assert config_from_dict({"model": transformer}).model.hidden_size == 0
 
 
 def test_base_files_merge_deeply(tmp_path: Path) -> None:

@@ -315,12 +315,22 @@ def test_interface_attributes() -> None:
         (dict(decoder_layers=2, alignment_layer=2), (16, 16), "model.alignment_layer"),
         (dict(decoder_layers=2, alignment_layer=-3), (16, 16), "model.alignment_layer"),
         (dict(decoder_layers=1, alignment_layer=-3), (16, 16), "model.alignment_layer"),
-        (dict(hidden_size=0), (16, 16), "model.hidden_size"),
+        (dict(arch="rnn", hidden_size=0), (16, 16), "model.hidden_size"),
+        (dict(norm="middle"), (16, 16), "model.norm: 'middle' is not one of pre, post"),
     ],
 )
 def test_bad_configs_fail_at_build_time(overrides: dict, vocab: tuple, field: str) -> None:
     with pytest.raises(ConfigError, match=field):
         build_model(replace(TINY, **overrides), *vocab, joint_vocab=True)
+
+
+def test_fields_of_the_other_architecture_are_not_checked() -> None:
+    """An RNN has no heads and a Transformer no hidden_size: unused values cannot break them."""
+    rnn = build_model(tiny_config("gru-bahdanau", heads=0, ffn_size=0, embed_dim=15,
+                                  attention_dropout=1.0, alignment_layer=9), VOCAB, VOCAB)
+    transformer = build_model(tiny_config("transformer-pre", hidden_size=0, local_window=-1),
+                              VOCAB, VOCAB)
+    assert rnn.arch == "rnn" and transformer.arch == "transformer"
 
 
 def test_alignment_layer_default_with_one_decoder_layer() -> None:
