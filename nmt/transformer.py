@@ -145,7 +145,10 @@ class TransformerEncoder(nn.Module):
             length = src.size(1)
             pos = torch.arange(length, device=src.device)
             band = (pos[None, :] - pos[:, None]).abs() <= self.window  # [S,S]
-            mask = mask & band
+            # A padded query more than `window` past the last token would see no key at all,
+            # and some CUDA kernels return NaN for such rows (which P.V then spreads); letting
+            # every position see itself changes no real token's row.
+            mask = (mask & band) | torch.eye(length, dtype=torch.bool, device=src.device)
         for layer in self.layers:
             x = layer(x, mask)
         return self.final_norm(x), ()

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from nmt.attention import MultiHeadAttention
 from nmt.config import ModelConfig
 from nmt.model import build_model
 from nmt.specials import BOS_ID
@@ -148,3 +149,27 @@ def test_learned_positions_limit_target_length() -> None:
         _, _, state = model.decode_step(state, torch.tensor([BOS_ID]))
     with pytest.raises(ValueError, match="max_positions"):
         model.decode_step(state, torch.tensor([BOS_ID]))
+
+
+def test_local_window_encoder_has_no_fully_masked_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Padding far past a short sentence: every query row may attend somewhere (some CUDA
+    kernels give NaN otherwise), outputs are finite, and the sentence's own are unchanged."""
+    model = make(self_attention_window=1)
+    short = tokens(9, (1, 2))
+    padded = torch.cat([short, torch.zeros(1, 8, dtype=torch.long)], dim=1)
+    masks = []
+    attend = MultiHeadAttention.attend
+
+    def recording(self, q, k, v, mask=None, is_causal=False, need_weights=False):
+        masks.append(mask)
+        return attend(self, q, k, v, mask, is_causal, need_weights)
+
+    monkeypatch.setattr(MultiHeadAttention, "attend", recording)
+    with torch.no_grad():
+        memory, _ = model.encoder(padded, padded != 0)
+    monkeypatch.undo()
+    with torch.no_grad():
+        alone, _ = model.encoder(short, torch.ones_like(short, dtype=torch.bool))
+    assert masks and all(mask.expand(1, 1, 10, 10).any(-1).all() for mask in masks)
+    assert torch.isfinite(memory).all()
+    torch.testing.assert_close(memory[:, :2], alone, atol=1e-5, rtol=1e-5)
