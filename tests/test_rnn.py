@@ -9,7 +9,8 @@ import torch
 
 from nmt.config import ModelConfig
 from nmt.model import build_model
-from nmt.rnn import Bridge, RNNEncoder
+from nmt.precision import DeviceCaps, device_caps
+from nmt.rnn import Bridge, RNNEncoder, make_rnn, recurrent_fp32, run_rnn
 from nmt.specials import BOS_ID
 
 VOCAB = 20
@@ -99,3 +100,25 @@ def test_state_keeps_batch_first() -> None:
     assert state.rows["hidden"].shape == state.rows["cell"].shape == (2, 3, 6)
     assert state.source["memory"].shape == (2, 3, 12) and state.source["keys"].shape == (2, 3, 6)
     assert state.rows["feed"].shape == (2, 6)
+
+
+def test_recurrent_precision_decision() -> None:
+    """CUDA leaves autocast (its cuDNN RNN wrapper would cast to fp16, even under bf16
+    autocast); a CPU runs bf16 recurrent layers only with native bf16 instructions."""
+    assert recurrent_fp32(DeviceCaps.cuda((8, 0))) and recurrent_fp32(DeviceCaps.cuda((7, 0)))
+    assert recurrent_fp32(DeviceCaps("cpu", native_bf16=False))
+    assert not recurrent_fp32(DeviceCaps("cpu", native_bf16=True))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_rnn_under_autocast_keeps_the_dtype_we_intend(cell: str) -> None:
+    torch.manual_seed(0)
+    rnn = make_rnn(cell, 8, 6, 2, 0.0)
+    inputs = torch.randn(2, 3, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs, hx = run_rnn(rnn, inputs, fp32=True)
+        assert outputs.dtype == torch.float32
+        assert all(h.dtype == torch.float32 for h in (hx if isinstance(hx, tuple) else (hx,)))
+        if device_caps(torch.device("cpu")).native_bf16:  # oneDNN's bf16 RNN needs it
+            assert run_rnn(rnn, inputs, fp32=False)[0].dtype == torch.bfloat16
+    assert run_rnn(rnn, inputs, fp32=True)[0].dtype == torch.float32  # no autocast: as is
