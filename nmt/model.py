@@ -58,7 +58,7 @@ from nmt.transformer import (
     TransformerEncoderLayer,
 )
 
-Tensors = dict[str, Tensor]
+Tensors = dict[str, Tensor]  # one part of a DecoderState: name -> tensor, batch on dim 0
 
 
 @dataclass(frozen=True)

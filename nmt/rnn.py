@@ -20,7 +20,7 @@ Precision: under autocast the recurrent layers may run in float32 outside it
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -36,7 +36,9 @@ from nmt.dropout import Dropout
 from nmt.precision import DeviceCaps, device_caps
 from nmt.projection import VocabularyProjection
 
-Tensors = dict[str, Tensor]  # one part of a decoder state (see nmt/model.py)
+if TYPE_CHECKING:  # one part of a decoder state, dict[str, Tensor]; see nmt/model.py
+    from nmt.model import Tensors
+
 Recurrent = Union[Tensor, tuple[Tensor, Tensor]]  # torch layout: h [L,B,H] or (h, c)
 
 

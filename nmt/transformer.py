@@ -15,7 +15,7 @@ counter).
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +24,9 @@ from nmt.attention import MultiHeadAttention, group_by_sentence
 from nmt.dropout import Dropout
 from nmt.projection import VocabularyProjection
 
-Tensors = dict[str, Tensor]  # one part of a decoder state (see nmt/model.py)
+if TYPE_CHECKING:  # one part of a decoder state, dict[str, Tensor]; see nmt/model.py
+    from nmt.model import Tensors
+
 
 
 class SinusoidalPositions(nn.Module):
