@@ -39,7 +39,7 @@ def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
 def group_by_sentence(queries: Tensor, sentences: int) -> Tensor:
     """[R,T,D] queries of R decoder rows -> [N,R*T/N,D], each sentence's rows side by side.
 
-    Decoder states keep source-side entries (memory, keys, masks) once per sentence, with a
+    A decoder state keeps its source part (memory, keys, masks) once per sentence, with a
     sentence's R/N rows (its beams) consecutive, so beams attend to one shared copy instead of
     a copy per beam; see nmt/model.py. With R == N this is the identity.
     """
