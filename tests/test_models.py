@@ -186,6 +186,8 @@ def test_decoding_never_changes_the_source_part(name: str, batch) -> None:
         state = model.encode(src, src_mask)
         _, _, stepped = model.decode_step(state, tgt_in[:, 0])
     assert stepped.source is state.source and stepped.rows.keys() == state.rows.keys()
+    with pytest.raises(ValueError, match="lines of rows"):  # dropping a sentence needs its index
+        model.reorder(stepped, torch.tensor([[0], [2]]))
 
 
 @pytest.mark.parametrize("name", ARCHS)
