@@ -87,7 +87,8 @@ def test_luong_attends_with_the_current_state(input_feeding: bool) -> None:
     _, attention, new_state = model.decode_step(state, torch.tensor([BOS_ID, BOS_ID]))
     query = new_state.rows["hidden"][:, -1:]  # h_1, after the recurrent step
     source = state.source
-    _, expected = model.decoder.attention(query, source["keys"], source["memory"], source["src_mask"])
+    attention_module = model.decoder.attention
+    _, expected = attention_module(query, source["keys"], source["memory"], source["src_mask"])
     torch.testing.assert_close(attention, expected.squeeze(1))
     if input_feeding:
         assert new_state.rows["feed"].shape == (2, 6) and new_state.rows["feed"].abs().max() > 0
