@@ -9,8 +9,8 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-
 from archs import ARCHS, NO_ATTENTION, TINY, tiny_config
+
 from nmt.config import ConfigError
 from nmt.model import Seq2Seq, build_model, count_parameters
 from nmt.specials import BOS_ID, EOS_ID, PAD_ID

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from archs import ARCHS, tiny_config
 from torch import nn
 
-from archs import ARCHS, tiny_config
 from nmt.model import build_model
 from nmt.search import beam_search, gnmt_penalty, greedy_search, max_output_lengths
 from nmt.specials import BOS_ID, EOS_ID, PAD_ID
