@@ -18,7 +18,6 @@ padded positions get a weight of exactly 0.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -213,10 +212,10 @@ class MultiHeadAttention(nn.Module):
         q: Tensor,
         k: Tensor,
         v: Tensor,
-        mask: Optional[Tensor] = None,
+        mask: Tensor | None = None,
         is_causal: bool = False,
         need_weights: bool = False,
-    ) -> tuple[Tensor, Optional[Tensor]]:
+    ) -> tuple[Tensor, Tensor | None]:
         """q [B,h,T,dh], k/v [B,h,S,dh], mask bool broadcastable to [B,h,T,S] (True = attend)
         -> output [B,T,E], weights [B,T,S] float32 averaged over heads (or None)."""
         dropout = self.dropout if self.training else 0.0
@@ -232,7 +231,12 @@ class MultiHeadAttention(nn.Module):
         return self.out_proj(context), weights
 
     def _explicit(
-        self, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], is_causal: bool,
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | None,
+        is_causal: bool,
         dropout: float,
     ) -> tuple[Tensor, Tensor]:
         """Attention with its weights: context [B,h,T,dh], weights [B,T,S] (head mean)."""
@@ -251,10 +255,10 @@ class MultiHeadAttention(nn.Module):
         query: Tensor,
         key: Tensor,
         value: Tensor,
-        mask: Optional[Tensor] = None,
+        mask: Tensor | None = None,
         is_causal: bool = False,
         need_weights: bool = False,
-    ) -> tuple[Tensor, Optional[Tensor]]:
+    ) -> tuple[Tensor, Tensor | None]:
         """query [B,T,E], key/value [B,S,E] -> output [B,T,E], weights [B,T,S] or None."""
         q = self.project_q(query)
         k = self._split(self._project(key, slice(self.embed_dim, 2 * self.embed_dim)))

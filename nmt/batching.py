@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import datasets
 import numpy as np
@@ -28,14 +29,18 @@ class Batch:
     num_tgt_tokens: int
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        moved = {name: getattr(self, name).to(device, non_blocking=non_blocking)
-                 for name in ("src", "src_mask", "tgt_in", "tgt_out", "tgt_mask")}
+        moved = {
+            name: getattr(self, name).to(device, non_blocking=non_blocking)
+            for name in ("src", "src_mask", "tgt_in", "tgt_out", "tgt_mask")
+        }
         return dataclasses.replace(self, **moved)
 
     def pin_memory(self) -> Batch:
         """Page-locked copies, so a later .to(cuda, non_blocking=True) overlaps with compute."""
-        pinned = {name: getattr(self, name).pin_memory()
-                  for name in ("src", "src_mask", "tgt_in", "tgt_out", "tgt_mask")}
+        pinned = {
+            name: getattr(self, name).pin_memory()
+            for name in ("src", "src_mask", "tgt_in", "tgt_out", "tgt_mask")
+        }
         return dataclasses.replace(self, **pinned)
 
 
@@ -44,9 +49,16 @@ def collate(rows: list[dict[str, Any]], indices: list[int]) -> Batch:
     src, src_mask = _pad([list(r["src_ids"]) for r in rows])
     tgt_in, tgt_mask = _pad([[BOS_ID] + list(r["tgt_ids"]) for r in rows])
     tgt_out, _ = _pad([list(r["tgt_ids"]) + [EOS_ID] for r in rows])
-    return Batch(src=src, src_mask=src_mask, tgt_in=tgt_in, tgt_out=tgt_out, tgt_mask=tgt_mask,
-                 indices=list(indices), num_src_tokens=int(src_mask.sum()),
-                 num_tgt_tokens=int(tgt_mask.sum()))
+    return Batch(
+        src=src,
+        src_mask=src_mask,
+        tgt_in=tgt_in,
+        tgt_out=tgt_out,
+        tgt_mask=tgt_mask,
+        indices=list(indices),
+        num_src_tokens=int(src_mask.sum()),
+        num_tgt_tokens=int(tgt_mask.sum()),
+    )
 
 
 def _pad(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,8 +99,9 @@ class FlatIds:
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def padded(self, rows: np.ndarray, prefix: int | None = None, suffix: int | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def padded(
+        self, rows: np.ndarray, prefix: int | None = None, suffix: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, L] long ids of `rows` (with an optional first/last token added) and the bool
         mask (True = token), padded with PAD_ID."""
         lengths = self.lengths[rows]
@@ -131,21 +144,33 @@ class SplitIds:
         src, src_mask = self.src.padded(rows)
         tgt_in, tgt_mask = self.tgt.padded(rows, prefix=BOS_ID)
         tgt_out, _ = self.tgt.padded(rows, suffix=EOS_ID)
-        return Batch(src=src, src_mask=src_mask, tgt_in=tgt_in, tgt_out=tgt_out,
-                     tgt_mask=tgt_mask, indices=list(map(int, rows)),
-                     num_src_tokens=int(self.src.lengths[rows].sum()),
-                     num_tgt_tokens=int(self.tgt.lengths[rows].sum()) + len(rows))
+        return Batch(
+            src=src,
+            src_mask=src_mask,
+            tgt_in=tgt_in,
+            tgt_out=tgt_out,
+            tgt_mask=tgt_mask,
+            indices=list(map(int, rows)),
+            num_src_tokens=int(self.src.lengths[rows].sum()),
+            num_tgt_tokens=int(self.tgt.lengths[rows].sum()) + len(rows),
+        )
 
 
-def batch_stream(ids: SplitIds, order: list[list[int]], workers: int = 0, pin: bool = False
-                 ) -> Iterable[Batch]:
+def batch_stream(
+    ids: SplitIds, order: list[list[int]], workers: int = 0, pin: bool = False
+) -> Iterable[Batch]:
     """The batches of `order` (lists of rows), in order: built here, or by `workers` DataLoader
     processes ahead of use, into page-locked memory if `pin` (for CUDA)."""
     if workers == 0:
         return (ids.batch(indices) for indices in order)
-    return torch.utils.data.DataLoader(_BatchList(ids, order), batch_size=None,
-                                       num_workers=workers, pin_memory=pin, prefetch_factor=4,
-                                       collate_fn=_as_is)
+    return torch.utils.data.DataLoader(
+        _BatchList(ids, order),
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=pin,
+        prefetch_factor=4,
+        collate_fn=_as_is,
+    )
 
 
 class _BatchList(torch.utils.data.Dataset):
@@ -182,10 +207,20 @@ class TokenBatchSampler:
     corpora) are the first batches of the epoch repeated at the end.
     """
 
-    def __init__(self, src_lengths: Sequence[int] | np.ndarray, tgt_lengths: Sequence[int] | np.ndarray,
-                 batch_tokens: int, shuffle: bool = True, seed: int = 1, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        src_lengths: Sequence[int] | np.ndarray,
+        tgt_lengths: Sequence[int] | np.ndarray,
+        batch_tokens: int,
+        shuffle: bool = True,
+        seed: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         if len(src_lengths) != len(tgt_lengths):
-            raise ValueError(f"{len(src_lengths)} source lengths but {len(tgt_lengths)} target lengths")
+            raise ValueError(
+                f"{len(src_lengths)} source lengths but {len(tgt_lengths)} target lengths"
+            )
         if batch_tokens <= 0:
             raise ValueError(f"batch_tokens must be positive, got {batch_tokens}")
         if not 0 <= rank < world_size:

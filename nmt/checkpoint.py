@@ -93,10 +93,15 @@ class Checkpoint:
     @classmethod
     def from_payload(cls, payload: Any, source: str = "checkpoint") -> Checkpoint:
         """Validate a loaded dict; `source` names it in errors."""
-        missing = [k for k in REQUIRED_KEYS if k not in payload] if isinstance(payload, dict) \
+        missing = (
+            [k for k in REQUIRED_KEYS if k not in payload]
+            if isinstance(payload, dict)
             else list(REQUIRED_KEYS)
+        )
         if missing:
-            raise CheckpointError(f"{source} is not an nmt checkpoint (missing {', '.join(missing)})")
+            raise CheckpointError(
+                f"{source} is not an nmt checkpoint (missing {', '.join(missing)})"
+            )
         try:
             config = config_from_dict(payload["config"])
         except ConfigError as e:
@@ -125,6 +130,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> None:
 
 def copy_atomic(src: str | Path, dst: str | Path) -> None:
     """Copy a file so that `dst` is always either the old or the complete new file."""
+
     def copy(out: BinaryIO) -> None:
         with open(src, "rb") as inp:
             shutil.copyfileobj(inp, out, 1 << 20)
@@ -150,8 +156,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                 f"cannot read checkpoint {path}: it holds pickled Python objects, not only "
                 "tensors and plain values, and loading those could run code from the file"
             ) from None
-        raise CheckpointError(f"cannot read checkpoint {path}: not a complete PyTorch "
-                              f"checkpoint file ({type(e).__name__})") from None
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: not a complete PyTorch "
+            f"checkpoint file ({type(e).__name__})"
+        ) from None
     return Checkpoint.from_payload(payload, str(path))
 
 

@@ -11,7 +11,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 
@@ -25,36 +25,36 @@ class HubSource:
     """A Hugging Face hub dataset (needs network), e.g. name=wmt14, config=de-en."""
 
     name: str = ""
-    config: Optional[str] = None
+    config: str | None = None
     # Field holding the pair: "translation" for WMT/IWSLT style rows ({"de": ..., "en": ...}).
-    translation_field: Optional[str] = "translation"
+    translation_field: str | None = "translation"
     # Used when translation_field is null: top-level column names for source and target.
-    src_field: Optional[str] = None
-    tgt_field: Optional[str] = None
+    src_field: str | None = None
+    tgt_field: str | None = None
     # Our split name -> the hub's split name.
     splits: dict[str, str] = field(
         default_factory=lambda: {"train": "train", "valid": "validation", "test": "test"}
     )
-    revision: Optional[str] = None
+    revision: str | None = None
 
 
 @dataclass
 class DataConfig:
     # multi30k | small_parallel_enja | null (then `files` or `hub` says where the data is)
-    preset: Optional[str] = "multi30k"
+    preset: str | None = "multi30k"
     # Folder holding the presets' corpora; null = $NMT_DATA_DIR, else ./data.
-    dir: Optional[str] = None
+    dir: str | None = None
     src_lang: str = "de"
     tgt_lang: str = "en"
     # Local corpora by split name: [src_file, tgt_file] for plain text (optionally .gz),
     # or [file] for a two-column .tsv or a .jsonl with `src_lang`/`tgt_lang` (or src/tgt) keys.
     files: dict[str, list[str]] = field(default_factory=dict)
-    hub: Optional[HubSource] = None
+    hub: HubSource | None = None
     # Cleaning (training split only): max subword tokens per side, max length ratio.
     max_len: int = 100
     max_ratio: float = 3.0
     # Use only the first N training pairs (quick experiments, tests); null = all.
-    train_limit: Optional[int] = None
+    train_limit: int | None = None
     # Which splits are used for validation during training and for the final test.
     valid_split: str = "valid"
     test_split: str = "test"
@@ -69,7 +69,7 @@ class TokenizerConfig:
     # Share of characters covered; ~0.9995 for Japanese, 1.0 for small alphabets.
     character_coverage: float = 1.0
     # Train on at most this many sentences per language (sampled); null = all.
-    input_sentence_size: Optional[int] = 1_000_000
+    input_sentence_size: int | None = 1_000_000
     # For corpora that are already space-tokenized (small_parallel_enja): treat the spaces
     # as word boundaries to learn, and remove them again after decoding for these languages.
     detok_remove_spaces: list[str] = field(default_factory=list)
@@ -118,11 +118,11 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     # Run folder; null = runs/<name>_<src_lang>-<tgt_lang> (name: the config file's stem).
-    run_dir: Optional[str] = None
+    run_dir: str | None = None
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    threads: Optional[int] = None  # torch intra-op threads on CPU; null = torch default
+    threads: int | None = None  # torch intra-op threads on CPU; null = torch default
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = 5e-4
     betas: tuple[float, float] = (0.9, 0.98)
@@ -145,7 +145,7 @@ class TrainConfig:
     valid_every: int = 1000
     valid_beam_size: int = 1
     # Validation BLEU on at most this many sentences (null = all).
-    valid_limit: Optional[int] = None
+    valid_limit: int | None = None
     keep_best: int = 5
     keep_last: int = 5
     patience: int = 0  # validations without BLEU improvement before stopping (0 = never)
@@ -262,7 +262,8 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     if unknown:
         where = f"in section '{prefix}'" if prefix else "at top level"
         raise ConfigError(
-            f"unknown config key '{_join(prefix, unknown[0])}' {where}; valid keys: {', '.join(names)}"
+            f"unknown config key '{_join(prefix, unknown[0])}' {where}; "
+            f"valid keys: {', '.join(names)}"
         )
     values = {k: _coerce(hints[k], v, _join(prefix, k)) for k, v in raw.items()}
     return cls(**values)
@@ -369,7 +370,9 @@ def validate(config: Config) -> None:
     _non_negative("decode.min_len", dec.min_len)
     _non_negative("decode.length_penalty", dec.length_penalty)
     if dec.n_best > dec.beam_size:
-        raise ConfigError(f"decode.n_best ({dec.n_best}) cannot exceed decode.beam_size ({dec.beam_size})")
+        raise ConfigError(
+            f"decode.n_best ({dec.n_best}) cannot exceed decode.beam_size ({dec.beam_size})"
+        )
 
 
 def check_model(m: ModelConfig) -> None:

@@ -8,7 +8,7 @@ import platform
 import torch
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def has_native_bf16() -> bool:
     """True when the CPU has bf16 matmul instructions (AVX512-BF16 or AMX on x86, BF16 on Arm).
 

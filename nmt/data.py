@@ -47,12 +47,17 @@ MULTI30K_LANGS = ("en", "de", "fr", "cs")
 MULTI30K_SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
 ENJA_SPLITS = {"train": "train", "valid": "dev", "test": "test"}
 DROP_REASONS = ("empty", "too_long", "ratio")
-TEXT_FEATURES = datasets.Features({"src": datasets.Value("string"), "tgt": datasets.Value("string")})
-ID_FEATURES = datasets.Features({
-    "src": datasets.Value("string"), "tgt": datasets.Value("string"),
-    "src_ids": datasets.Sequence(datasets.Value("int32")),
-    "tgt_ids": datasets.Sequence(datasets.Value("int32")),
-})
+TEXT_FEATURES = datasets.Features(
+    {"src": datasets.Value("string"), "tgt": datasets.Value("string")}
+)
+ID_FEATURES = datasets.Features(
+    {
+        "src": datasets.Value("string"),
+        "tgt": datasets.Value("string"),
+        "src_ids": datasets.Sequence(datasets.Value("int32")),
+        "tgt_ids": datasets.Sequence(datasets.Value("int32")),
+    }
+)
 
 
 class DataError(ValueError):
@@ -68,8 +73,10 @@ def load_corpus(data: DataConfig) -> datasets.DatasetDict:
         return load_hub_corpus(data)
     files = corpus_files(data)
     if "test" in files and files["test"] == files.get("valid"):
-        log.warning("no separate test files; the test split is the validation data (%s)",
-                       ", ".join(map(str, files["test"])))
+        log.warning(
+            "no separate test files; the test split is the validation data (%s)",
+            ", ".join(map(str, files["test"])),
+        )
     splits = {}
     for split, paths in files.items():
         src, tgt = _read_pairs(split, paths, data.src_lang, data.tgt_lang)
@@ -88,7 +95,9 @@ def corpus_files(data: DataConfig) -> dict[str, list[Path]]:
     elif data.preset == "small_parallel_enja":
         files = _enja_files(data)
     else:
-        raise DataError(f"unknown data.preset {data.preset!r}; valid: multi30k, small_parallel_enja")
+        raise DataError(
+            f"unknown data.preset {data.preset!r}; valid: multi30k, small_parallel_enja"
+        )
     for paths in files.values():
         for path in paths:
             if not path.is_file():
@@ -104,10 +113,14 @@ def preset_dir(data: DataConfig) -> Path:
 def _multi30k_files(data: DataConfig) -> dict[str, list[Path]]:
     for lang in (data.src_lang, data.tgt_lang):
         if lang not in MULTI30K_LANGS:
-            raise DataError(f"multi30k has no language {lang!r}; choose from {', '.join(MULTI30K_LANGS)}")
+            raise DataError(
+                f"multi30k has no language {lang!r}; choose from {', '.join(MULTI30K_LANGS)}"
+            )
     root = preset_dir(data) / "multi30k"
-    return {ours: [_gz_or_plain(root / f"{theirs}.{lang}") for lang in (data.src_lang, data.tgt_lang)]
-            for ours, theirs in MULTI30K_SPLITS.items()}
+    return {
+        ours: [_gz_or_plain(root / f"{theirs}.{lang}") for lang in (data.src_lang, data.tgt_lang)]
+        for ours, theirs in MULTI30K_SPLITS.items()
+    }
 
 
 def _gz_or_plain(stem: Path) -> Path:
@@ -120,20 +133,25 @@ def _enja_files(data: DataConfig) -> dict[str, list[Path]]:
     if {data.src_lang, data.tgt_lang} != {"en", "ja"}:
         raise DataError(f"small_parallel_enja is en/ja, not {data.src_lang}/{data.tgt_lang}")
     root = preset_dir(data) / "small_parallel_enja"
-    files = {ours: [root / f"{theirs}.{lang}" for lang in (data.src_lang, data.tgt_lang)]
-             for ours, theirs in ENJA_SPLITS.items()}
+    files = {
+        ours: [root / f"{theirs}.{lang}" for lang in (data.src_lang, data.tgt_lang)]
+        for ours, theirs in ENJA_SPLITS.items()
+    }
     if not any(p.is_file() for p in files["test"]):
         files["test"] = files["valid"]
     return files
 
 
-def _read_pairs(split: str, paths: list[Path], src_lang: str, tgt_lang: str
-                ) -> tuple[list[str], list[str]]:
+def _read_pairs(
+    split: str, paths: list[Path], src_lang: str, tgt_lang: str
+) -> tuple[list[str], list[str]]:
     if len(paths) == 2:
         src, tgt = _read_lines(paths[0]), _read_lines(paths[1])
         if len(src) != len(tgt):
-            raise DataError(f"{split}: {paths[0]} has {len(src)} lines but {paths[1]} has "
-                            f"{len(tgt)} lines; parallel files must be line-aligned")
+            raise DataError(
+                f"{split}: {paths[0]} has {len(src)} lines but {paths[1]} has "
+                f"{len(tgt)} lines; parallel files must be line-aligned"
+            )
         return src, tgt
     if len(paths) == 1:
         name = paths[0].name.removesuffix(".gz")
@@ -142,8 +160,10 @@ def _read_pairs(split: str, paths: list[Path], src_lang: str, tgt_lang: str
         if name.endswith(".jsonl"):
             return _read_jsonl(paths[0], src_lang, tgt_lang)
         raise DataError(f"data.files.{split}: a single file must be .tsv or .jsonl, got {paths[0]}")
-    raise DataError(f"data.files.{split}: expected [src_file, tgt_file] or [file.tsv|file.jsonl], "
-                    f"got {len(paths)} paths")
+    raise DataError(
+        f"data.files.{split}: expected [src_file, tgt_file] or [file.tsv|file.jsonl], "
+        f"got {len(paths)} paths"
+    )
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -180,7 +200,9 @@ def _read_jsonl(path: Path, src_lang: str, tgt_lang: str) -> tuple[list[str], li
                 tgt.append(str(row[tgt_key]).strip())
                 break
         else:
-            raise DataError(f"{path}:{number}: expected keys {src_lang!r}/{tgt_lang!r} or 'src'/'tgt'")
+            raise DataError(
+                f"{path}:{number}: expected keys {src_lang!r}/{tgt_lang!r} or 'src'/'tgt'"
+            )
     return src, tgt
 
 
@@ -195,24 +217,34 @@ def load_hub_corpus(data: DataConfig) -> datasets.DatasetDict:
     splits = {}
     for ours, theirs in hub.splits.items():
         if theirs not in loaded:
-            raise DataError(f"hub dataset {hub.name} has no split {theirs!r}; it has {', '.join(loaded)}")
-        fields = [hub.translation_field] if hub.translation_field else [hub.src_field, hub.tgt_field]
+            raise DataError(
+                f"hub dataset {hub.name} has no split {theirs!r}; it has {', '.join(loaded)}"
+            )
+        fields = (
+            [hub.translation_field] if hub.translation_field else [hub.src_field, hub.tgt_field]
+        )
         missing = [f for f in fields if f not in loaded[theirs].column_names]
         if missing:
-            raise DataError(f"hub dataset {hub.name} has no column {missing[0]!r}; it has "
-                            f"{', '.join(loaded[theirs].column_names)}")
+            raise DataError(
+                f"hub dataset {hub.name} has no column {missing[0]!r}; it has "
+                f"{', '.join(loaded[theirs].column_names)}"
+            )
         part = loaded[theirs][:]  # all columns as Python lists
         if hub.translation_field:
             pairs = part[hub.translation_field]
             if pairs and not {data.src_lang, data.tgt_lang} <= set(pairs[0]):
-                raise DataError(f"hub dataset {hub.name}: {hub.translation_field} holds "
-                                f"{', '.join(pairs[0])}, not {data.src_lang} and {data.tgt_lang}")
+                raise DataError(
+                    f"hub dataset {hub.name}: {hub.translation_field} holds "
+                    f"{', '.join(pairs[0])}, not {data.src_lang} and {data.tgt_lang}"
+                )
             src = [p[data.src_lang] for p in pairs]
             tgt = [p[data.tgt_lang] for p in pairs]
         else:
             src, tgt = part[hub.src_field], part[hub.tgt_field]
         splits[ours] = datasets.Dataset.from_dict(
-            {"src": [s.strip() for s in src], "tgt": [t.strip() for t in tgt]}, features=TEXT_FEATURES)
+            {"src": [s.strip() for s in src], "tgt": [t.strip() for t in tgt]},
+            features=TEXT_FEATURES,
+        )
     return datasets.DatasetDict(splits)
 
 
@@ -234,10 +266,13 @@ def prepare_data(config: Config, work_dir: Path) -> PreparedData:
     if "train" not in sources:
         raise DataError("the corpus has no 'train' split")
     tok_dir = work_dir / "tokenizer"
-    tok_print = {"version": CACHE_VERSION, "train": sources["train"],
-                 "langs": [config.data.src_lang, config.data.tgt_lang],
-                 "train_limit": config.data.train_limit,
-                 "tokenizer": dataclasses.asdict(config.tokenizer)}
+    tok_print = {
+        "version": CACHE_VERSION,
+        "train": sources["train"],
+        "langs": [config.data.src_lang, config.data.tgt_lang],
+        "train_limit": config.data.train_limit,
+        "tokenizer": dataclasses.asdict(config.tokenizer),
+    }
     tokenizer = _reusable_tokenizer(tok_dir, tok_print)
     reused = tokenizer is not None
     corpus, cut = None, 0
@@ -276,8 +311,13 @@ def cache_key(config: Config, sources: dict[str, Any], tokenizer: Tokenizer) -> 
     protos = hashlib.sha256()
     for name in sorted(tokenizer.models):
         protos.update(name.encode() + tokenizer.models[name])
-    key = {"version": CACHE_VERSION, "sources": sources, "data": dataclasses.asdict(config.data),
-           "tokenizer": dataclasses.asdict(config.tokenizer), "protos": protos.hexdigest()}
+    key = {
+        "version": CACHE_VERSION,
+        "sources": sources,
+        "data": dataclasses.asdict(config.data),
+        "tokenizer": dataclasses.asdict(config.tokenizer),
+        "protos": protos.hexdigest(),
+    }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -302,25 +342,37 @@ def _reusable_tokenizer(tok_dir: Path, fingerprint: dict[str, Any]) -> Tokenizer
     return Tokenizer.load(tok_dir)
 
 
-def _train_tokenizer(config: Config, train: datasets.Dataset, tok_dir: Path,
-                     fingerprint: dict[str, Any]) -> Tokenizer:
+def _train_tokenizer(
+    config: Config, train: datasets.Dataset, tok_dir: Path, fingerprint: dict[str, Any]
+) -> Tokenizer:
     """Train on the non-empty training pairs; the fingerprint is written last (marks completion)."""
     (tok_dir / TOKENIZER_FINGERPRINT).unlink(missing_ok=True)
     columns = train[:]
     pairs = [(s, t) for s, t in zip(columns["src"], columns["tgt"]) if s and t]
-    tokenizer = Tokenizer.train(config.tokenizer, [s for s, _ in pairs], [t for _, t in pairs],
-                                config.data.src_lang, config.data.tgt_lang, tok_dir)
-    (tok_dir / TOKENIZER_FINGERPRINT).write_text(json.dumps(fingerprint, indent=2), encoding="utf-8")
+    tokenizer = Tokenizer.train(
+        config.tokenizer,
+        [s for s, _ in pairs],
+        [t for _, t in pairs],
+        config.data.src_lang,
+        config.data.tgt_lang,
+        tok_dir,
+    )
+    (tok_dir / TOKENIZER_FINGERPRINT).write_text(
+        json.dumps(fingerprint, indent=2), encoding="utf-8"
+    )
     return tokenizer
 
 
-def _build_cache(corpus: datasets.DatasetDict, cut: int, tokenizer: Tokenizer, data: DataConfig,
-                 cache_dir: Path) -> None:
+def _build_cache(
+    corpus: datasets.DatasetDict, cut: int, tokenizer: Tokenizer, data: DataConfig, cache_dir: Path
+) -> None:
     """Tokenize every split, clean train, save with stats; renamed into place when complete."""
     log.info("tokenizing %s", ", ".join(f"{k} ({len(v)} pairs)" for k, v in corpus.items()))
     splits, split_stats, lengths, unk_rate = {}, {}, {}, None
     for name, part in corpus.items():
-        columns, split_stats[name] = _tokenize_split(part, tokenizer, data if name == "train" else None)
+        columns, split_stats[name] = _tokenize_split(
+            part, tokenizer, data if name == "train" else None
+        )
         lengths[name] = _length_stats(columns["src_ids"], columns["tgt_ids"])
         if name == data.valid_split:
             unk_rate = _unk_rate(columns["src_ids"], columns["tgt_ids"])
@@ -328,9 +380,16 @@ def _build_cache(corpus: datasets.DatasetDict, cut: int, tokenizer: Tokenizer, d
     train = split_stats["train"]
     train["pairs"] += cut
     train["dropped"] = {"train_limit": cut, **train["dropped"]}
-    stats = {"splits": split_stats, "lengths": lengths, "unk_rate": unk_rate,
-             "vocab": {"src": tokenizer.src_vocab_size, "tgt": tokenizer.tgt_vocab_size,
-                       "joint": tokenizer.joint}}
+    stats = {
+        "splits": split_stats,
+        "lengths": lengths,
+        "unk_rate": unk_rate,
+        "vocab": {
+            "src": tokenizer.src_vocab_size,
+            "tgt": tokenizer.tgt_vocab_size,
+            "joint": tokenizer.joint,
+        },
+    }
     tmp = cache_dir.with_name(f".{cache_dir.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     datasets.DatasetDict(splits).save_to_disk(str(tmp))
@@ -342,23 +401,35 @@ def _build_cache(corpus: datasets.DatasetDict, cut: int, tokenizer: Tokenizer, d
     log.info("saved tokenized data to %s", cache_dir)
 
 
-def _tokenize_split(part: datasets.Dataset, tokenizer: Tokenizer, clean: DataConfig | None
-                    ) -> tuple[dict[str, list], dict[str, Any]]:
+def _tokenize_split(
+    part: datasets.Dataset, tokenizer: Tokenizer, clean: DataConfig | None
+) -> tuple[dict[str, list], dict[str, Any]]:
     """Columns src, tgt, src_ids, tgt_ids of the kept rows (all rows unless `clean` is given)."""
     columns = part[:]  # Python lists: far faster than row-wise Dataset access
     src, tgt = columns["src"], columns["tgt"]
     src_ids, tgt_ids = tokenizer.encode_src(src), tokenizer.encode_tgt(tgt)
     if clean is None:
-        return ({"src": src, "tgt": tgt, "src_ids": src_ids, "tgt_ids": tgt_ids},
-                {"pairs": len(src), "kept": len(src), "dropped": {}})
+        return (
+            {"src": src, "tgt": tgt, "src_ids": src_ids, "tgt_ids": tgt_ids},
+            {"pairs": len(src), "kept": len(src), "dropped": {}},
+        )
     keep, dropped = _clean(src, tgt, src_ids, tgt_ids, clean)
-    kept = {"src": [src[i] for i in keep], "tgt": [tgt[i] for i in keep],
-            "src_ids": [src_ids[i] for i in keep], "tgt_ids": [tgt_ids[i] for i in keep]}
+    kept = {
+        "src": [src[i] for i in keep],
+        "tgt": [tgt[i] for i in keep],
+        "src_ids": [src_ids[i] for i in keep],
+        "tgt_ids": [tgt_ids[i] for i in keep],
+    }
     return kept, {"pairs": len(src), "kept": len(keep), "dropped": dropped}
 
 
-def _clean(src: list[str], tgt: list[str], src_ids: list[list[int]], tgt_ids: list[list[int]],
-           data: DataConfig) -> tuple[list[int], dict[str, int]]:
+def _clean(
+    src: list[str],
+    tgt: list[str],
+    src_ids: list[list[int]],
+    tgt_ids: list[list[int]],
+    data: DataConfig,
+) -> tuple[list[int], dict[str, int]]:
     """Rows to keep and the count dropped per reason (first matching reason counts)."""
     keep: list[int] = []
     dropped = dict.fromkeys(DROP_REASONS, 0)
@@ -379,8 +450,12 @@ def _length_stats(src_ids: list[list[int]], tgt_ids: list[list[int]]) -> dict[st
     """Mean and 95th percentile of subword pieces per sentence (EOS not counted)."""
     src = np.array([len(x) - 1 for x in src_ids] or [0])
     tgt = np.array([len(x) for x in tgt_ids] or [0])
-    return {"src_mean": round(float(src.mean()), 2), "src_p95": float(np.percentile(src, 95)),
-            "tgt_mean": round(float(tgt.mean()), 2), "tgt_p95": float(np.percentile(tgt, 95))}
+    return {
+        "src_mean": round(float(src.mean()), 2),
+        "src_p95": float(np.percentile(src, 95)),
+        "tgt_mean": round(float(tgt.mean()), 2),
+        "tgt_p95": float(np.percentile(tgt, 95)),
+    }
 
 
 def _unk_rate(src_ids: list[list[int]], tgt_ids: list[list[int]]) -> dict[str, float]:
@@ -404,13 +479,17 @@ def format_summary(stats: dict[str, Any]) -> str:
     else:
         lines.append(f"vocabulary: src {v['src']} pieces, tgt {v['tgt']} pieces")
     for name, s in stats["lengths"].items():
-        lines.append(f"pieces/sentence {name}: src mean {s['src_mean']:.1f} p95 {s['src_p95']:.0f}, "
-                     f"tgt mean {s['tgt_mean']:.1f} p95 {s['tgt_p95']:.0f}")
+        lines.append(
+            f"pieces/sentence {name}: src mean {s['src_mean']:.1f} p95 {s['src_p95']:.0f}, "
+            f"tgt mean {s['tgt_mean']:.1f} p95 {s['tgt_p95']:.0f}"
+        )
     if stats.get("unk_rate"):
         u = stats["unk_rate"]
         lines.append(f"unk rate (valid): src {u['src']:.3%}, tgt {u['tgt']:.3%}")
     if "cache" in stats:
         c = stats["cache"]
-        lines.append(f"cache: {c['dir']} ({'reused' if c['hit'] else 'built'}; tokenizer "
-                     f"{'reused' if c['tokenizer_reused'] else 'trained'}) in {stats.get('seconds', 0):.1f}s")
+        lines.append(
+            f"cache: {c['dir']} ({'reused' if c['hit'] else 'built'}; tokenizer "
+            f"{'reused' if c['tokenizer_reused'] else 'trained'}) in {stats.get('seconds', 0):.1f}s"
+        )
     return "\n".join(lines)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -24,7 +24,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    wait_group: Optional[Any] = None  # gloo group for long waits (see module docstring)
+    wait_group: Any | None = None  # gloo group for long waits (see module docstring)
 
     @property
     def is_main(self) -> bool:
@@ -54,8 +54,7 @@ def init_distributed(device_type: str) -> DistInfo:
             torch.cuda.set_device(local_cuda_index(local_rank))
         dist.init_process_group(backend=backend)
     wait_group = dist.new_group(backend="gloo", timeout=WAIT_FOR_MAIN_TIMEOUT)
-    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank,
-                    wait_group=wait_group)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, wait_group=wait_group)
 
 
 def close_distributed(info: DistInfo) -> None:

@@ -12,8 +12,9 @@ import gzip
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> None:

@@ -31,7 +31,7 @@ max_positions, for RNNs too, so every model has one documented limit to truncate
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -83,12 +83,16 @@ class Decoder(Protocol):
 
     def __call__(
         self, source: Tensors, rows: Tensors, tgt_in: Tensor, with_attention: bool
-    ) -> tuple[Tensor, Optional[Tensor]]: ...
+    ) -> tuple[Tensor, Tensor | None]: ...
 
     def step(
-        self, source: Tensors, rows: Tensors, prev_tokens: Tensor, with_attention: bool,
-        logits_dtype: Optional[torch.dtype],
-    ) -> tuple[Tensor, Optional[Tensor], Tensors]: ...
+        self,
+        source: Tensors,
+        rows: Tensors,
+        prev_tokens: Tensor,
+        with_attention: bool,
+        logits_dtype: torch.dtype | None,
+    ) -> tuple[Tensor, Tensor | None, Tensors]: ...
 
 
 class Seq2Seq(nn.Module):
@@ -99,8 +103,14 @@ class Seq2Seq(nn.Module):
     """
 
     def __init__(
-        self, encoder: nn.Module, decoder: nn.Module, arch: str, src_vocab_size: int,
-        tgt_vocab_size: int, max_source_len: int, max_target_len: Optional[int],
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        arch: str,
+        src_vocab_size: int,
+        tgt_vocab_size: int,
+        max_source_len: int,
+        max_target_len: int | None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -121,9 +131,12 @@ class Seq2Seq(nn.Module):
         return DecoderState(*self.decoder.init_state(memory, final, src_mask))
 
     def decode_step(
-        self, state: DecoderState, prev_tokens: Tensor, with_attention: bool = True,
-        logits_dtype: Optional[torch.dtype] = None,
-    ) -> tuple[Tensor, Optional[Tensor], DecoderState]:
+        self,
+        state: DecoderState,
+        prev_tokens: Tensor,
+        with_attention: bool = True,
+        logits_dtype: torch.dtype | None = None,
+    ) -> tuple[Tensor, Tensor | None, DecoderState]:
         """prev_tokens [B] -> log-probs [B,V] float32, attention [B,S] float32 or None, state.
 
         logits_dtype: compute the vocabulary projection in this dtype (bf16 decoding on CPU,
@@ -137,7 +150,7 @@ class Seq2Seq(nn.Module):
         return log_probs, attention, DecoderState(state.source, rows)
 
     def reorder(
-        self, state: DecoderState, rows: Tensor, sentences: Optional[Tensor] = None
+        self, state: DecoderState, rows: Tensor, sentences: Tensor | None = None
     ) -> DecoderState:
         """The state of new rows: rows [N',W'] long, new row (n, w) continues row rows[n, w].
 
@@ -155,7 +168,7 @@ class Seq2Seq(nn.Module):
 
     def forward(
         self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, with_attention: bool = False
-    ) -> tuple[Tensor, Optional[Tensor]]:
+    ) -> tuple[Tensor, Tensor | None]:
         """Teacher forcing: -> logits [B,T,V] (autocast dtype), attention [B,T,S] or None."""
         state = self.encode(src, src_mask)
         logits, attention = self.decoder(state.source, state.rows, tgt_in, with_attention)
@@ -178,14 +191,20 @@ def build_model(
     """The model `config` describes; raises ConfigError naming the offending field."""
     check_model_config(config, src_vocab_size, tgt_vocab_size, joint_vocab)
     if config.arch == "transformer":
-        encoder, decoder = _build_transformer(config, src_vocab_size, tgt_vocab_size,
-                                              joint_vocab)
+        encoder, decoder = _build_transformer(config, src_vocab_size, tgt_vocab_size, joint_vocab)
         max_target = None if config.positions == "sinusoidal" else config.max_positions
     elif config.arch == "rnn":
         encoder, decoder = _build_rnn(config, src_vocab_size, tgt_vocab_size, joint_vocab)
         max_target = None
-    return Seq2Seq(encoder, decoder, config.arch, src_vocab_size, tgt_vocab_size,
-                   config.max_positions, max_target)
+    return Seq2Seq(
+        encoder,
+        decoder,
+        config.arch,
+        src_vocab_size,
+        tgt_vocab_size,
+        config.max_positions,
+        max_target,
+    )
 
 
 def check_model_config(
@@ -226,19 +245,30 @@ def _build_transformer(
             return LearnedPositions(config.max_positions, dim)
         return SinusoidalPositions(dim)
 
-    sizes = (dim, config.heads, config.ffn_size, config.dropout, config.attention_dropout,
-             config.activation_dropout, pre_norm)
+    sizes = (
+        dim,
+        config.heads,
+        config.ffn_size,
+        config.dropout,
+        config.attention_dropout,
+        config.activation_dropout,
+        pre_norm,
+    )
     window = config.self_attention_window
     encoder = TransformerEncoder(
         TransformerEmbedding(src_table, positions(), config.dropout),
         [TransformerEncoderLayer(*sizes) for _ in range(config.encoder_layers)],
-        pre_norm, window,
+        pre_norm,
+        window,
     )
     decoder = TransformerDecoder(
         TransformerEmbedding(tgt_table, positions(), config.dropout),
         [TransformerDecoderLayer(*sizes, window) for _ in range(config.decoder_layers)],
-        pre_norm, window, alignment_index(config.alignment_layer, config.decoder_layers),
-        tgt_vocab_size, config.tie_embeddings,
+        pre_norm,
+        window,
+        alignment_index(config.alignment_layer, config.decoder_layers),
+        tgt_vocab_size,
+        config.tie_embeddings,
     )
     return encoder, decoder
 
@@ -259,11 +289,17 @@ def _build_rnn(
     tgt_table = _embedding_table(tgt_vocab_size, config.embed_dim)
     share_src = config.tie_embeddings and joint_vocab
     src_table = tgt_table if share_src else _embedding_table(src_vocab_size, config.embed_dim)
-    encoder = RNNEncoder(src_table, cell, hidden, config.encoder_layers, config.bidirectional,
-                         dropout)
+    encoder = RNNEncoder(
+        src_table, cell, hidden, config.encoder_layers, config.bidirectional, dropout
+    )
     memory_size = hidden * (2 if config.bidirectional else 1)
-    bridge = Bridge(config.encoder_layers, config.decoder_layers, memory_size, hidden,
-                    kinds=2 if cell == "lstm" else 1)
+    bridge = Bridge(
+        config.encoder_layers,
+        config.decoder_layers,
+        memory_size,
+        hidden,
+        kinds=2 if cell == "lstm" else 1,
+    )
     layers, tie = config.decoder_layers, config.tie_embeddings
 
     def output(in_size: int, deep: bool) -> OutputLayer:
@@ -273,23 +309,45 @@ def _build_rnn(
         context = memory_size if config.context_every_step else 0
         readout = hidden + context + config.embed_dim if context else hidden
         decoder: nn.Module = SutskeverDecoder(
-            tgt_table, cell, hidden, layers, dropout, bridge, context,
+            tgt_table,
+            cell,
+            hidden,
+            layers,
+            dropout,
+            bridge,
+            context,
             output(readout, deep=context > 0),
         )
     elif config.attention == "bahdanau":
         attention = BahdanauAttention(hidden, memory_size, hidden)
         decoder = BahdanauDecoder(
-            tgt_table, attention, cell, hidden, layers, memory_size, dropout, bridge,
+            tgt_table,
+            attention,
+            cell,
+            hidden,
+            layers,
+            memory_size,
+            dropout,
+            bridge,
             output(hidden + memory_size + config.embed_dim, deep=True),
         )
     elif config.attention == "luong":
         if config.local_window > 0:
-            luong: nn.Module = LuongLocalAttention(hidden, memory_size, config.luong_score,
-                                                   config.local_window)
+            luong: nn.Module = LuongLocalAttention(
+                hidden, memory_size, config.luong_score, config.local_window
+            )
         else:
             luong = LuongAttention(hidden, memory_size, config.luong_score)
         decoder = LuongDecoder(
-            tgt_table, luong, cell, hidden, layers, memory_size, dropout,
-            config.input_feeding, bridge, output(hidden, deep=False),
+            tgt_table,
+            luong,
+            cell,
+            hidden,
+            layers,
+            memory_size,
+            dropout,
+            config.input_feeding,
+            bridge,
+            output(hidden, deep=False),
         )
     return encoder, decoder

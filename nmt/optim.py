@@ -12,12 +12,14 @@ from nmt.config import TrainConfig
 from nmt.specials import PAD_ID
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, config: TrainConfig, fused: bool = False
+) -> torch.optim.Optimizer:
     """Adam or AdamW; weight decay is not applied to biases and norm gains. `fused`: one
     kernel for the whole update (CUDA), instead of a few per parameter tensor."""
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if not param.requires_grad:
             continue
         (no_decay if param.ndim < 2 else decay).append(param)
@@ -101,8 +103,11 @@ class LearningRate:
 
 
 def label_smoothed_nll(
-    logits: torch.Tensor, target: torch.Tensor, smoothing: float,
-    scale: float | torch.Tensor = 1.0, unit_grad: bool = False,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    smoothing: float,
+    scale: float | torch.Tensor = 1.0,
+    unit_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`scale` times the summed label-smoothed cross-entropy, and the summed NLL, over non-pad
     targets.
@@ -143,11 +148,18 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
     FP16_GRAD_SCALE = 1024.0
 
     @staticmethod
-    def forward(ctx: Any, logits: torch.Tensor, target: torch.Tensor, smoothing: float,
-                scale: float | torch.Tensor, unit_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        ctx: Any,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        smoothing: float,
+        scale: float | torch.Tensor,
+        unit_grad: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         n, vocab = logits.shape
-        rows_per_chunk = _SmoothedCrossEntropy.ROWS.get(logits.device.type,
-                                                        _SmoothedCrossEntropy.GPU_ROWS)
+        rows_per_chunk = _SmoothedCrossEntropy.ROWS.get(
+            logits.device.type, _SmoothedCrossEntropy.GPU_ROWS
+        )
         lse, gold, mean = (torch.empty(n, device=logits.device) for _ in range(3))
         keep = target != PAD_ID
         grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None

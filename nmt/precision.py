@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 
@@ -41,7 +41,7 @@ class DeviceCaps:
 
     device_type: str
     native_bf16: bool
-    capability: Optional[tuple[int, int]] = None  # CUDA compute capability
+    capability: tuple[int, int] | None = None  # CUDA compute capability
 
     @classmethod
     def cuda(cls, capability: tuple[int, int]) -> DeviceCaps:
@@ -49,7 +49,7 @@ class DeviceCaps:
         return cls("cuda", native_bf16=capability >= (8, 0), capability=capability)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def device_caps(device: torch.device) -> DeviceCaps:
     """The capabilities of `device` (cached: the hardware does not change within a process)."""
     if device.type == "cuda":
@@ -74,8 +74,11 @@ def training_precision(requested: str, caps: DeviceCaps) -> TrainingPrecision:
     if requested == "fp16" and caps.device_type != "cuda":
         raise PrecisionError("train.precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     if requested == "bf16" and not caps.native_bf16:
-        log.warning("train.precision bf16: this %s has no native bf16, so bf16 matmuls are "
-                    "emulated and slower than fp32 (precision auto avoids it)", caps.device_type)
+        log.warning(
+            "train.precision bf16: this %s has no native bf16, so bf16 matmuls are "
+            "emulated and slower than fp32 (precision auto avoids it)",
+            caps.device_type,
+        )
     if requested not in ("bf16", "fp16", "fp32"):
         raise PrecisionError(f"unknown precision {requested!r}; choose auto, bf16, fp16 or fp32")
     return requested  # type: ignore[return-value]
@@ -91,13 +94,16 @@ def decoding_precision(requested: str, caps: DeviceCaps) -> DecodingPrecision:
     return requested  # type: ignore[return-value]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _warn_emulated_decoding(device_type: str) -> None:
-    log.warning("decode.precision bf16: this %s has no native bf16, so bf16 decoding is "
-                "emulated and slower than fp32; use fp32 here", device_type)
+    log.warning(
+        "decode.precision bf16: this %s has no native bf16, so bf16 decoding is "
+        "emulated and slower than fp32; use fp32 here",
+        device_type,
+    )
 
 
-def autocast_dtype(precision: str) -> Optional[torch.dtype]:
+def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a training precision; None for fp32 (no autocast)."""
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 

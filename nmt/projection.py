@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,10 +21,10 @@ class VocabularyProjection(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias=bias)
-        self._low_weight: Optional[Tensor] = None  # cache of the weight in a decoding dtype
-        self._low_key: Optional[tuple] = None
+        self._low_weight: Tensor | None = None  # cache of the weight in a decoding dtype
+        self._low_key: tuple | None = None
 
-    def forward(self, x: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
+    def forward(self, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """x [...,in] -> logits [...,V]; in `dtype` when decoding (eval, no gradients)."""
         if dtype is None or self.training or torch.is_grad_enabled():
             return super().forward(x)

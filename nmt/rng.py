@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -52,14 +52,15 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(_cpu_bytes(cuda), device)
 
 
-def _this_device_state(saved: Any, device: torch.device) -> Optional[torch.Tensor]:
+def _this_device_state(saved: Any, device: torch.device) -> torch.Tensor | None:
     if isinstance(saved, torch.Tensor):
         return saved
     index = device.index or 0
     if index < len(saved):
         return saved[index]
-    log.warning("the checkpoint has no CUDA random state for %s: its random stream will differ",
-                device)
+    log.warning(
+        "the checkpoint has no CUDA random state for %s: its random stream will differ", device
+    )
     return None
 
 

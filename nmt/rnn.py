@@ -20,7 +20,7 @@ Precision: under autocast the recurrent layers may run in float32 outside it
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -39,24 +39,47 @@ from nmt.projection import VocabularyProjection
 if TYPE_CHECKING:  # one part of a decoder state, dict[str, Tensor]; see nmt/model.py
     from nmt.model import Tensors
 
-Recurrent = Union[Tensor, tuple[Tensor, Tensor]]  # torch layout: h [L,B,H] or (h, c)
+Recurrent = Tensor | tuple[Tensor, Tensor]  # torch layout: h [L,B,H] or (h, c)
 
 
 def make_rnn(
-    cell: str, input_size: int, hidden_size: int, layers: int, dropout: float,
+    cell: str,
+    input_size: int,
+    hidden_size: int,
+    layers: int,
+    dropout: float,
     bidirectional: bool = False,
 ) -> nn.RNNBase:
     """A batch-first stacked RNN; `dropout` applies between layers."""
     between = dropout if layers > 1 else 0.0
     if cell == "lstm":
-        return nn.LSTM(input_size, hidden_size, layers, batch_first=True, dropout=between,
-                       bidirectional=bidirectional)
+        return nn.LSTM(
+            input_size,
+            hidden_size,
+            layers,
+            batch_first=True,
+            dropout=between,
+            bidirectional=bidirectional,
+        )
     if cell == "gru":
-        return nn.GRU(input_size, hidden_size, layers, batch_first=True, dropout=between,
-                      bidirectional=bidirectional)
+        return nn.GRU(
+            input_size,
+            hidden_size,
+            layers,
+            batch_first=True,
+            dropout=between,
+            bidirectional=bidirectional,
+        )
     if cell == "rnn":
-        return nn.RNN(input_size, hidden_size, layers, nonlinearity="tanh", batch_first=True,
-                      dropout=between, bidirectional=bidirectional)
+        return nn.RNN(
+            input_size,
+            hidden_size,
+            layers,
+            nonlinearity="tanh",
+            batch_first=True,
+            dropout=between,
+            bidirectional=bidirectional,
+        )
     raise ValueError(f"unknown RNN cell {cell!r}")
 
 
@@ -72,9 +95,11 @@ def recurrent_fp32(caps: DeviceCaps) -> bool:
 
 
 def run_rnn(
-    rnn: nn.RNNBase, inputs: Union[Tensor, PackedSequence], hx: Optional[Recurrent] = None,
+    rnn: nn.RNNBase,
+    inputs: Tensor | PackedSequence,
+    hx: Recurrent | None = None,
     fp32: bool = False,
-) -> tuple[Union[Tensor, PackedSequence], Recurrent]:
+) -> tuple[Tensor | PackedSequence, Recurrent]:
     """Call a fused RNN; with `fp32` (see `recurrent_fp32`) outside autocast, in float32."""
     device_type = inputs.data.device.type
     if fp32 and torch.is_autocast_enabled(device_type):
@@ -84,8 +109,8 @@ def run_rnn(
 
 
 def _call_rnn(
-    rnn: nn.RNNBase, inputs: Union[Tensor, PackedSequence], hx: Optional[Recurrent] = None
-) -> tuple[Union[Tensor, PackedSequence], Recurrent]:
+    rnn: nn.RNNBase, inputs: Tensor | PackedSequence, hx: Recurrent | None = None
+) -> tuple[Tensor | PackedSequence, Recurrent]:
     """`run_rnn` with the precision policy of the inputs' device (decided once per device)."""
     device = inputs.data.device
     fp32 = torch.is_autocast_enabled(device.type) and recurrent_fp32(device_caps(device))
@@ -93,8 +118,8 @@ def _call_rnn(
 
 
 def _as_float(
-    x: Union[Tensor, PackedSequence, tuple[Tensor, ...]],
-) -> Union[Tensor, PackedSequence, tuple[Tensor, ...]]:
+    x: Tensor | PackedSequence | tuple[Tensor, ...],
+) -> Tensor | PackedSequence | tuple[Tensor, ...]:
     if isinstance(x, PackedSequence):
         return x._replace(data=x.data.float())
     if isinstance(x, tuple):
@@ -106,13 +131,19 @@ class RNNEncoder(nn.Module):
     """Embedding -> dropout -> stacked (bi)RNN over the real tokens only -> dropout."""
 
     def __init__(
-        self, embedding: nn.Embedding, cell: str, hidden_size: int, layers: int,
-        bidirectional: bool, dropout: float,
+        self,
+        embedding: nn.Embedding,
+        cell: str,
+        hidden_size: int,
+        layers: int,
+        bidirectional: bool,
+        dropout: float,
     ) -> None:
         super().__init__()
         self.embedding = embedding
-        self.rnn = make_rnn(cell, embedding.embedding_dim, hidden_size, layers, dropout,
-                            bidirectional)
+        self.rnn = make_rnn(
+            cell, embedding.embedding_dim, hidden_size, layers, dropout, bidirectional
+        )
         self.dropout = Dropout(dropout)
         self.directions = 2 if bidirectional else 1
 
@@ -147,7 +178,11 @@ class Bridge(nn.Module):
     """
 
     def __init__(
-        self, encoder_layers: int, decoder_layers: int, in_size: int, hidden_size: int,
+        self,
+        encoder_layers: int,
+        decoder_layers: int,
+        in_size: int,
+        hidden_size: int,
         kinds: int,
     ) -> None:
         super().__init__()
@@ -174,8 +209,13 @@ class OutputLayer(nn.Module):
     """
 
     def __init__(
-        self, in_size: int, embedding: nn.Embedding, vocab_size: int, dropout: float,
-        deep: bool, tie: bool,
+        self,
+        in_size: int,
+        embedding: nn.Embedding,
+        vocab_size: int,
+        dropout: float,
+        deep: bool,
+        tie: bool,
     ) -> None:
         super().__init__()
         embed_dim = embedding.embedding_dim
@@ -192,7 +232,7 @@ class OutputLayer(nn.Module):
         if tie:
             self.proj.weight = embedding.weight
 
-    def forward(self, x: Tensor, logits_dtype: Optional[torch.dtype] = None) -> Tensor:
+    def forward(self, x: Tensor, logits_dtype: torch.dtype | None = None) -> Tensor:
         """x [...,in] -> logits [...,V] (in `logits_dtype` when decoding, if given)."""
         return self.proj(self.dropout(self.readout(x)), logits_dtype)
 
@@ -243,13 +283,21 @@ class SutskeverDecoder(nn.Module):
     """
 
     def __init__(
-        self, embedding: nn.Embedding, cell: str, hidden_size: int, layers: int,
-        dropout: float, bridge: Bridge, context_size: int, output: OutputLayer,
+        self,
+        embedding: nn.Embedding,
+        cell: str,
+        hidden_size: int,
+        layers: int,
+        dropout: float,
+        bridge: Bridge,
+        context_size: int,
+        output: OutputLayer,
     ) -> None:
         super().__init__()
         self.embedding = embedding
-        self.rnn = make_rnn(cell, embedding.embedding_dim + context_size, hidden_size, layers,
-                            dropout)
+        self.rnn = make_rnn(
+            cell, embedding.embedding_dim + context_size, hidden_size, layers, dropout
+        )
         self.dropout = Dropout(dropout)
         self.bridge = bridge
         self.context_size = context_size
@@ -265,7 +313,7 @@ class SutskeverDecoder(nn.Module):
         return {}, rows
 
     def _run(
-        self, rows: Tensors, tokens: Tensor, logits_dtype: Optional[torch.dtype] = None
+        self, rows: Tensors, tokens: Tensor, logits_dtype: torch.dtype | None = None
     ) -> tuple[Tensor, Tensors]:
         """tokens [B,T] -> logits [B,T,V]; the whole sequence is one fused RNN call."""
         emb = self.dropout(self.embedding(tokens))
@@ -285,8 +333,12 @@ class SutskeverDecoder(nn.Module):
         return self._run(rows, tgt_in)[0], None
 
     def step(
-        self, source: Tensors, rows: Tensors, prev_tokens: Tensor, with_attention: bool,
-        logits_dtype: Optional[torch.dtype] = None,
+        self,
+        source: Tensors,
+        rows: Tensors,
+        prev_tokens: Tensor,
+        with_attention: bool,
+        logits_dtype: torch.dtype | None = None,
     ) -> tuple[Tensor, None, Tensors]:
         """prev_tokens [B] -> logits [B,V], None, new rows."""
         logits, new_rows = self._run(rows, prev_tokens.unsqueeze(1), logits_dtype)
@@ -298,15 +350,23 @@ class BahdanauDecoder(nn.Module):
     s_{i-1}); logits from the deep output tanh(W [s_i; c_i; E y_{i-1}])."""
 
     def __init__(
-        self, embedding: nn.Embedding, attention: BahdanauAttention, cell: str,
-        hidden_size: int, layers: int, memory_size: int, dropout: float, bridge: Bridge,
+        self,
+        embedding: nn.Embedding,
+        attention: BahdanauAttention,
+        cell: str,
+        hidden_size: int,
+        layers: int,
+        memory_size: int,
+        dropout: float,
+        bridge: Bridge,
         output: OutputLayer,
     ) -> None:
         super().__init__()
         self.embedding = embedding
         self.attention = attention
-        self.rnn = make_rnn(cell, embedding.embedding_dim + memory_size, hidden_size, layers,
-                            dropout)
+        self.rnn = make_rnn(
+            cell, embedding.embedding_dim + memory_size, hidden_size, layers, dropout
+        )
         self.dropout = Dropout(dropout)
         self.bridge = bridge
         self.output = output
@@ -328,7 +388,7 @@ class BahdanauDecoder(nn.Module):
 
     def forward(
         self, source: Tensors, rows: Tensors, tgt_in: Tensor, with_attention: bool
-    ) -> tuple[Tensor, Optional[Tensor]]:
+    ) -> tuple[Tensor, Tensor | None]:
         """tgt_in [B,T] -> logits [B,T,V], attention [B,T,S] or None."""
         emb = self.dropout(self.embedding(tgt_in))
         hx = _recurrent(rows)
@@ -343,9 +403,13 @@ class BahdanauDecoder(nn.Module):
         return self.output(readout), torch.cat(weights, 1) if with_attention else None
 
     def step(
-        self, source: Tensors, rows: Tensors, prev_tokens: Tensor, with_attention: bool,
-        logits_dtype: Optional[torch.dtype] = None,
-    ) -> tuple[Tensor, Optional[Tensor], Tensors]:
+        self,
+        source: Tensors,
+        rows: Tensors,
+        prev_tokens: Tensor,
+        with_attention: bool,
+        logits_dtype: torch.dtype | None = None,
+    ) -> tuple[Tensor, Tensor | None, Tensors]:
         """prev_tokens [B] -> logits [B,V], attention [B,S] or None, new rows."""
         emb = self.dropout(self.embedding(prev_tokens.unsqueeze(1)))
         top, context, weights, hx = self._recur(source, _recurrent(rows), emb)
@@ -361,16 +425,23 @@ class LuongDecoder(nn.Module):
     the attention run for all steps at once."""
 
     def __init__(
-        self, embedding: nn.Embedding, attention: Union[LuongAttention, LuongLocalAttention],
-        cell: str, hidden_size: int, layers: int, memory_size: int, dropout: float,
-        input_feeding: bool, bridge: Bridge, output: OutputLayer,
+        self,
+        embedding: nn.Embedding,
+        attention: LuongAttention | LuongLocalAttention,
+        cell: str,
+        hidden_size: int,
+        layers: int,
+        memory_size: int,
+        dropout: float,
+        input_feeding: bool,
+        bridge: Bridge,
+        output: OutputLayer,
     ) -> None:
         super().__init__()
         self.embedding = embedding
         self.attention = attention
         feed_size = hidden_size if input_feeding else 0
-        self.rnn = make_rnn(cell, embedding.embedding_dim + feed_size, hidden_size, layers,
-                            dropout)
+        self.rnn = make_rnn(cell, embedding.embedding_dim + feed_size, hidden_size, layers, dropout)
         self.combine = nn.Linear(memory_size + hidden_size, hidden_size, bias=False)  # W_c
         self.dropout = Dropout(dropout)
         self.input_feeding = input_feeding
@@ -405,7 +476,7 @@ class LuongDecoder(nn.Module):
 
     def forward(
         self, source: Tensors, rows: Tensors, tgt_in: Tensor, with_attention: bool
-    ) -> tuple[Tensor, Optional[Tensor]]:
+    ) -> tuple[Tensor, Tensor | None]:
         """tgt_in [B,T] -> logits [B,T,V], attention [B,T,S] or None."""
         emb = self.dropout(self.embedding(tgt_in))
         hx = _recurrent(rows)
@@ -423,9 +494,13 @@ class LuongDecoder(nn.Module):
         return self.output(h_tilde), weights if with_attention else None
 
     def step(
-        self, source: Tensors, rows: Tensors, prev_tokens: Tensor, with_attention: bool,
-        logits_dtype: Optional[torch.dtype] = None,
-    ) -> tuple[Tensor, Optional[Tensor], Tensors]:
+        self,
+        source: Tensors,
+        rows: Tensors,
+        prev_tokens: Tensor,
+        with_attention: bool,
+        logits_dtype: torch.dtype | None = None,
+    ) -> tuple[Tensor, Tensor | None, Tensors]:
         """prev_tokens [B] -> logits [B,V], attention [B,S] or None, new rows."""
         emb = self.dropout(self.embedding(prev_tokens.unsqueeze(1)))
         hx = _recurrent(rows)

@@ -1,10 +1,10 @@
 """The checkpoint files of a training run folder: snapshot names, the best, pruning, averaging.
 
-  last.pt            full training state, rewritten atomically at every validation
-  ckpt-<step>.pt     weights snapshots: the last `keep_last` and the best `keep_best`
-  best.pt            a copy of the snapshot with the best validation BLEU
-  averaged.pt        the average of the newest snapshots (train.average_last)
-  checkpoints.json   index of the snapshots and their BLEU
+last.pt            full training state, rewritten atomically at every validation
+ckpt-<step>.pt     weights snapshots: the last `keep_last` and the best `keep_best`
+best.pt            a copy of the snapshot with the best validation BLEU
+averaged.pt        the average of the newest snapshots (train.average_last)
+checkpoints.json   index of the snapshots and their BLEU
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ class RunFolder:
     def index(self) -> Path:
         return self.path / "checkpoints.json"
 
-    def add_snapshot(self, checkpoint: Checkpoint, bleu: float, improved: bool, keep_last: int,
-                     keep_best: int) -> None:
+    def add_snapshot(
+        self, checkpoint: Checkpoint, bleu: float, improved: bool, keep_last: int, keep_best: int
+    ) -> None:
         """Write ckpt-<step>.pt (and best.pt if `improved`), prune, rewrite the index."""
         snapshot = Snapshot(f"ckpt-{checkpoint.step}.pt", checkpoint.step, bleu)
         save_checkpoint(checkpoint.for_translation(), self.path / snapshot.path)
@@ -79,7 +80,7 @@ class RunFolder:
         if best:
             chosen = sorted(snaps, key=lambda s: -s.bleu)[:best]
         else:
-            chosen = sorted(snaps, key=lambda s: s.step)[-(last or len(snaps)):]
+            chosen = sorted(snaps, key=lambda s: s.step)[-(last or len(snaps)) :]
         return [self.path / s.path for s in sorted(chosen, key=lambda s: s.step)]
 
     def average_last(self, count: int) -> Checkpoint:
@@ -90,11 +91,14 @@ class RunFolder:
 def read_index(index: Path) -> list[Snapshot]:
     if not index.is_file():
         raise CheckpointError(f"no {index.name} in {index.parent}: is it a run folder?")
-    return [Snapshot(str(s["path"]), int(s["step"]), float(s["bleu"]))
-            for s in json.loads(index.read_text())]
+    return [
+        Snapshot(str(s["path"]), int(s["step"]), float(s["bleu"]))
+        for s in json.loads(index.read_text())
+    ]
 
 
-def snapshots_of_run(run_dir: str | Path, last: int | None = None,
-                     best: int | None = None) -> list[Path]:
+def snapshots_of_run(
+    run_dir: str | Path, last: int | None = None, best: int | None = None
+) -> list[Path]:
     """The `last` newest or `best` best-BLEU snapshots listed in a run's checkpoints.json."""
     return RunFolder(run_dir).select(last=last, best=best)

@@ -25,7 +25,7 @@ Conventions:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -44,12 +44,15 @@ class StepModel(Protocol):
     def encode(self, src: Tensor, src_mask: Tensor) -> State: ...
 
     def decode_step(
-        self, state: State, prev_tokens: Tensor, with_attention: bool = True,
-        logits_dtype: Optional[torch.dtype] = None,
-    ) -> tuple[Tensor, Optional[Tensor], State]:
+        self,
+        state: State,
+        prev_tokens: Tensor,
+        with_attention: bool = True,
+        logits_dtype: torch.dtype | None = None,
+    ) -> tuple[Tensor, Tensor | None, State]:
         """-> log-probs [B,V] float32 (a new tensor: search overwrites it), attention, state."""
 
-    def reorder(self, state: State, rows: Tensor, sentences: Optional[Tensor] = None) -> State:
+    def reorder(self, state: State, rows: Tensor, sentences: Tensor | None = None) -> State:
         """rows [N',W']: new row (n, w) continues row rows[n, w], of sentence sentences[n]
         (None: sentence n, nothing dropped)."""
 
@@ -59,7 +62,7 @@ class Hypothesis:
     tokens: list[int]  # target ids without BOS/EOS
     score: float  # length-normalised log-probability
     log_prob: float  # sum of token log-probabilities, EOS included
-    attention: Optional[Tensor] = None  # [len(tokens) + 1, S_real] on CPU
+    attention: Tensor | None = None  # [len(tokens) + 1, S_real] on CPU
 
 
 @dataclass
@@ -71,7 +74,7 @@ class _Active:
     num_finished: list[int]  # [N] finished hypotheses collected
     scores: Tensor  # [N, W] cumulative log-probabilities
     tokens: Tensor  # [N*W, t] tokens generated so far
-    attention: Optional[Tensor]  # [N*W, t, S] attention so far (when tracked)
+    attention: Tensor | None  # [N*W, t, S] attention so far (when tracked)
     state: State
 
     @property
@@ -117,7 +120,9 @@ def _start(
         num_finished=[0] * batch,
         scores=torch.zeros(batch, 1, device=device),
         tokens=torch.zeros(batch, 0, dtype=torch.long, device=device),
-        attention=src.new_zeros(batch, 0, src.size(1), dtype=torch.float32) if track_attention else None,
+        attention=src.new_zeros(batch, 0, src.size(1), dtype=torch.float32)
+        if track_attention
+        else None,
         state=model.encode(src, src_mask),
     )
 
@@ -143,9 +148,13 @@ def _constrain(log_probs: Tensor, step: int, active: _Active, min_len: int) -> T
 
 
 def _step(
-    model: StepModel, active: _Active, step: int, min_len: int, with_attention: bool,
-    logits_dtype: Optional[torch.dtype],
-) -> tuple[Tensor, Optional[Tensor], State]:
+    model: StepModel,
+    active: _Active,
+    step: int,
+    min_len: int,
+    with_attention: bool,
+    logits_dtype: torch.dtype | None,
+) -> tuple[Tensor, Tensor | None, State]:
     """One step for all active rows -> (log_probs [N*W, V], attention [N*W, S] | None, state)."""
     prev = active.prev_tokens()
     log_probs, attention, state = model.decode_step(
@@ -162,7 +171,7 @@ def _finish(
     rows: Tensor,
     sents: list[int],
     log_probs: Tensor,
-    step_attention: Optional[Tensor],
+    step_attention: Tensor | None,
     src_mask: Tensor,
     alpha: float,
     finished: list[list[Hypothesis]],
@@ -191,9 +200,9 @@ def _advance(
     rows: Tensor,
     tokens: Tensor,
     scores: Tensor,
-    step_attention: Optional[Tensor],
+    step_attention: Tensor | None,
     state: State,
-) -> Optional[_Active]:
+) -> _Active | None:
     """The next active batch: kept sentences, continuing from `rows` with `tokens`.
 
     keep [N] on the host; rows, tokens, scores [N, W'] (rows index the current N*W batch).
@@ -238,14 +247,14 @@ def greedy_search(
     min_len: int = 1,
     with_attention: bool = False,
     length_penalty: float = 0.6,
-    logits_dtype: Optional[torch.dtype] = None,
+    logits_dtype: torch.dtype | None = None,
 ) -> list[list[Hypothesis]]:
     """Best next token at every step. src, src_mask [B, S]; returns one hypothesis per sentence.
 
     `length_penalty` only normalises the reported score (so it is comparable to beam search's);
     `logits_dtype` is passed to `decode_step` (bf16 decoding).
     """
-    active: Optional[_Active] = _start(model, src, src_mask, max_len_a, max_len_b, with_attention)
+    active: _Active | None = _start(model, src, src_mask, max_len_a, max_len_b, with_attention)
     finished: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
     step = 0
     while active is not None:
@@ -258,8 +267,16 @@ def greedy_search(
         if any(ended):
             ends = [n for n, end in enumerate(ended) if end]
             rows = torch.tensor(ends, device=tokens.device)
-            _finish(active, rows, [active.sent_ids[n] for n in ends], scores[rows], attention,
-                    src_mask, length_penalty, finished)
+            _finish(
+                active,
+                rows,
+                [active.sent_ids[n] for n in ends],
+                scores[rows],
+                attention,
+                src_mask,
+                length_penalty,
+                finished,
+            )
         rows = torch.arange(tokens.size(0), device=tokens.device).unsqueeze(1)
         keep = [not end for end in ended]
         active = _advance(
@@ -297,7 +314,7 @@ def _candidates(scores: Tensor, log_probs: Tensor, beam_size: int) -> _Candidate
 def _collect_finished(
     active: _Active,
     cand: _Candidates,
-    step_attention: Optional[Tensor],
+    step_attention: Tensor | None,
     src_mask: Tensor,
     beam_size: int,
     alpha: float,
@@ -313,22 +330,25 @@ def _collect_finished(
     n_idx, c_idx = is_eos.nonzero(as_tuple=True)
     rows = n_idx * active.width + cand.beams[n_idx, c_idx]
     sents = [active.sent_ids[n] for n, count in enumerate(counts) for _ in range(count)]
-    _finish(active, rows, sents, cand.scores[n_idx, c_idx], step_attention, src_mask, alpha,
-            finished)
+    _finish(
+        active, rows, sents, cand.scores[n_idx, c_idx], step_attention, src_mask, alpha, finished
+    )
 
 
 def _next_beams(
     model: StepModel,
     active: _Active,
     cand: _Candidates,
-    step_attention: Optional[Tensor],
+    step_attention: Tensor | None,
     state: State,
     beam_size: int,
     step: int,
-) -> Optional[_Active]:
+) -> _Active | None:
     """Continue each unfinished sentence with its K best candidates that do not end."""
-    keep = [done < beam_size and step < limit
-            for done, limit in zip(active.num_finished, active.max_len)]
+    keep = [
+        done < beam_size and step < limit
+        for done, limit in zip(active.num_finished, active.max_len)
+    ]
     open_scores = cand.scores.masked_fill(cand.tokens == EOS_ID, float("-inf"))
     scores, pos = open_scores.topk(min(beam_size, open_scores.size(1)), dim=1)
     beams = cand.beams.gather(1, pos)
@@ -349,7 +369,7 @@ def beam_search(
     max_len_b: int = 10,
     min_len: int = 1,
     with_attention: bool = False,
-    logits_dtype: Optional[torch.dtype] = None,
+    logits_dtype: torch.dtype | None = None,
 ) -> list[list[Hypothesis]]:
     """Batched beam search. src, src_mask [B, S]; returns up to `n_best` hypotheses per
     sentence, best (highest length-normalised score) first. `logits_dtype` is passed to
@@ -360,7 +380,7 @@ def beam_search(
     """
     if n_best > beam_size:
         raise ValueError(f"n_best ({n_best}) cannot exceed beam_size ({beam_size})")
-    active: Optional[_Active] = _start(model, src, src_mask, max_len_a, max_len_b, with_attention)
+    active: _Active | None = _start(model, src, src_mask, max_len_a, max_len_b, with_attention)
     finished: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
     step = 0
     while active is not None:

@@ -40,7 +40,14 @@ import sentencepiece as spm
 from nmt.config import TokenizerConfig
 from nmt.files import write_bytes_atomic
 from nmt.specials import (
-    BOS_ID, BOS_PIECE, EOS_ID, EOS_PIECE, PAD_ID, PAD_PIECE, UNK_ID, UNK_PIECE,
+    BOS_ID,
+    BOS_PIECE,
+    EOS_ID,
+    EOS_PIECE,
+    PAD_ID,
+    PAD_PIECE,
+    UNK_ID,
+    UNK_PIECE,
 )
 
 log = logging.getLogger(__name__)
@@ -58,8 +65,9 @@ class TokenizerError(ValueError):
 class Tokenizer:
     """Source and target SentencePiece models (possibly one shared model) plus their settings."""
 
-    def __init__(self, models: dict[str, bytes], src_lang: str, tgt_lang: str,
-                 config: TokenizerConfig) -> None:
+    def __init__(
+        self, models: dict[str, bytes], src_lang: str, tgt_lang: str, config: TokenizerConfig
+    ) -> None:
         """`models` is {"joint": proto} or {"src": proto, "tgt": proto} (serialized ModelProtos)."""
         if set(models) not in ({"joint"}, {"src", "tgt"}):
             raise TokenizerError(f"expected models 'joint' or 'src'+'tgt', got {sorted(models)}")
@@ -82,16 +90,25 @@ class Tokenizer:
     # ------------------------------------------------------------------ training, storage
 
     @classmethod
-    def train(cls, config: TokenizerConfig, src_texts: list[str], tgt_texts: list[str],
-              src_lang: str, tgt_lang: str, out_dir: Path) -> Tokenizer:
+    def train(
+        cls,
+        config: TokenizerConfig,
+        src_texts: list[str],
+        tgt_texts: list[str],
+        src_lang: str,
+        tgt_lang: str,
+        out_dir: Path,
+    ) -> Tokenizer:
         """Train the model(s) on the given sentences and save them under `out_dir`."""
         src_sample = _sample(_case_normalised(src_texts, config), config.input_sentence_size)
         tgt_sample = _sample(_case_normalised(tgt_texts, config), config.input_sentence_size)
         if config.joint:
             models = {"joint": _train_model(src_sample + tgt_sample, config, "joint")}
         else:
-            models = {"src": _train_model(src_sample, config, src_lang),
-                      "tgt": _train_model(tgt_sample, config, tgt_lang)}
+            models = {
+                "src": _train_model(src_sample, config, src_lang),
+                "tgt": _train_model(tgt_sample, config, tgt_lang),
+            }
         tokenizer = cls(models, src_lang, tgt_lang, config)
         tokenizer.save(Path(out_dir))
         return tokenizer
@@ -105,8 +122,13 @@ class Tokenizer:
                 write_bytes_atomic(path, self.models[name])
             else:
                 path.unlink(missing_ok=True)
-        settings = {"version": STATE_VERSION, "src_lang": self.src_lang, "tgt_lang": self.tgt_lang,
-                    "joint": self.joint, "config": dataclasses.asdict(self.config)}
+        settings = {
+            "version": STATE_VERSION,
+            "src_lang": self.src_lang,
+            "tgt_lang": self.tgt_lang,
+            "joint": self.joint,
+            "config": dataclasses.asdict(self.config),
+        }
         write_bytes_atomic(out_dir / SETTINGS_FILE, json.dumps(settings, indent=2).encode("utf-8"))
 
     @classmethod
@@ -124,20 +146,33 @@ class Tokenizer:
             if not path.is_file():
                 raise TokenizerError(f"tokenizer model file not found: {path}")
             models[name] = path.read_bytes()
-        return cls(models, settings["src_lang"], settings["tgt_lang"],
-                   TokenizerConfig(**settings["config"]))
+        return cls(
+            models,
+            settings["src_lang"],
+            settings["tgt_lang"],
+            TokenizerConfig(**settings["config"]),
+        )
 
     def to_state(self) -> dict[str, Any]:
         """Plain-type state (bytes, str, numbers) that survives torch.load(weights_only=True)."""
-        return {"version": STATE_VERSION, "models": dict(self.models), "src_lang": self.src_lang,
-                "tgt_lang": self.tgt_lang, "config": dataclasses.asdict(self.config)}
+        return {
+            "version": STATE_VERSION,
+            "models": dict(self.models),
+            "src_lang": self.src_lang,
+            "tgt_lang": self.tgt_lang,
+            "config": dataclasses.asdict(self.config),
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Tokenizer:
         if state.get("version") != STATE_VERSION:
             raise TokenizerError(f"unsupported tokenizer state version {state.get('version')!r}")
-        return cls(dict(state["models"]), state["src_lang"], state["tgt_lang"],
-                   TokenizerConfig(**state["config"]))
+        return cls(
+            dict(state["models"]),
+            state["src_lang"],
+            state["tgt_lang"],
+            TokenizerConfig(**state["config"]),
+        )
 
     # ------------------------------------------------------------------ encoding, decoding
 
@@ -164,8 +199,9 @@ class Tokenizer:
     def tgt_pieces(self, ids: list[int]) -> list[str]:
         return [self._tgt.id_to_piece(int(i)) for i in ids]
 
-    def _decode(self, processor: spm.SentencePieceProcessor, ids: list[list[int]],
-                lang: str) -> list[str]:
+    def _decode(
+        self, processor: spm.SentencePieceProcessor, ids: list[list[int]], lang: str
+    ) -> list[str]:
         cleaned = [_strip_specials(seq) for seq in ids]
         texts = processor.decode(cleaned) if cleaned else []
         if lang in self.config.detok_remove_spaces:
@@ -194,7 +230,9 @@ def _processor(proto: bytes) -> spm.SentencePieceProcessor:
     expected = {PAD_ID: PAD_PIECE, UNK_ID: UNK_PIECE, BOS_ID: BOS_PIECE, EOS_ID: EOS_PIECE}
     actual = {i: processor.id_to_piece(i) for i in expected if i < processor.get_piece_size()}
     if actual != expected:
-        raise TokenizerError(f"sentencepiece model has special pieces {actual}, expected {expected}")
+        raise TokenizerError(
+            f"sentencepiece model has special pieces {actual}, expected {expected}"
+        )
     return processor
 
 
@@ -211,23 +249,43 @@ def _train_model(texts: list[str], config: TokenizerConfig, name: str) -> bytes:
     """Train one sentencepiece model in memory and return its serialized proto."""
     if not texts:
         raise TokenizerError(f"no non-empty sentences to train the {name} tokenizer on")
-    log.info("training %s %s tokenizer on %d sentences (vocab <= %d)",
-                name, config.type, len(texts), config.vocab_size)
+    log.info(
+        "training %s %s tokenizer on %d sentences (vocab <= %d)",
+        name,
+        config.type,
+        len(texts),
+        config.vocab_size,
+    )
     writer = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(texts), model_writer=writer, model_type=config.type,
-            vocab_size=config.vocab_size, character_coverage=config.character_coverage,
-            hard_vocab_limit=False, input_sentence_size=0,
-            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-            pad_piece=PAD_PIECE, unk_piece=UNK_PIECE, bos_piece=BOS_PIECE, eos_piece=EOS_PIECE,
-            num_threads=os.cpu_count() or 1, minloglevel=2,
+            sentence_iterator=iter(texts),
+            model_writer=writer,
+            model_type=config.type,
+            vocab_size=config.vocab_size,
+            character_coverage=config.character_coverage,
+            hard_vocab_limit=False,
+            input_sentence_size=0,
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            pad_piece=PAD_PIECE,
+            unk_piece=UNK_PIECE,
+            bos_piece=BOS_PIECE,
+            eos_piece=EOS_PIECE,
+            num_threads=os.cpu_count() or 1,
+            minloglevel=2,
         )
     except RuntimeError as e:
         raise TokenizerError(f"sentencepiece could not train the {name} tokenizer: {e}") from None
     proto = writer.getvalue()
     size = spm.SentencePieceProcessor(model_proto=proto).get_piece_size()
     if size < config.vocab_size:
-        log.warning("%s tokenizer: the corpus supports only %d pieces (tokenizer.vocab_size=%d)",
-                       name, size, config.vocab_size)
+        log.warning(
+            "%s tokenizer: the corpus supports only %d pieces (tokenizer.vocab_size=%d)",
+            name,
+            size,
+            config.vocab_size,
+        )
     return proto

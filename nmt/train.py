@@ -19,9 +19,10 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,7 +72,9 @@ class TrainingError(RuntimeError):
 def default_run_dir(config: Config) -> Path:
     """runs/<name>_<src>-<tgt> unless train.run_dir says otherwise."""
     data = config.data
-    return Path(config.train.run_dir or Path("runs") / f"{config.name}_{data.src_lang}-{data.tgt_lang}")
+    return Path(
+        config.train.run_dir or Path("runs") / f"{config.name}_{data.src_lang}-{data.tgt_lang}"
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -145,7 +148,9 @@ class Trainer:
         self.data = self._prepare()
         self.train_ids = SplitIds.of(self.data.splits["train"])
         tok = self.data.tokenizer
-        self.model = build_model(config.model, tok.src_vocab_size, tok.tgt_vocab_size, joint_vocab=tok.joint)
+        self.model = build_model(
+            config.model, tok.src_vocab_size, tok.tgt_vocab_size, joint_vocab=tok.joint
+        )
         self.model.to(self.device)
         self.wrapped = self._wrap(self.model)
         self.optimizer = build_optimizer(self.model, config.train, fused=self.device.type == "cuda")
@@ -190,9 +195,15 @@ class Trainer:
 
     def _sampler(self, rank: int, world_size: int) -> TokenBatchSampler:
         src_lengths, tgt_lengths = self.train_ids.batch_lengths()
-        return TokenBatchSampler(src_lengths, tgt_lengths, self.config.train.batch_tokens,
-                                 shuffle=True, seed=self.config.train.seed, rank=rank,
-                                 world_size=world_size)
+        return TokenBatchSampler(
+            src_lengths,
+            tgt_lengths,
+            self.config.train.batch_tokens,
+            shuffle=True,
+            seed=self.config.train.seed,
+            rank=rank,
+            world_size=world_size,
+        )
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         if not self.dist.enabled:
@@ -200,7 +211,8 @@ class Trainer:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         # No persistent buffers need broadcasting; gradients live in DDP's buckets (one copy).
         return nn.parallel.DistributedDataParallel(
-            model, device_ids=device_ids, broadcast_buffers=False, gradient_as_bucket_view=True)
+            model, device_ids=device_ids, broadcast_buffers=False, gradient_as_bucket_view=True
+        )
 
     def _gradient_sync(self, last_micro_batch: bool) -> contextlib.AbstractContextManager:
         """DDP all-reduces gradients only after the last micro-batch of an update."""
@@ -248,7 +260,8 @@ class Trainer:
         scale: float | torch.Tensor = 1.0 / max(local_tokens, 1)
         if self.dist.enabled:
             global_tokens = sum_tensor_across(
-                self.dist, torch.tensor(float(local_tokens), device=self.device))
+                self.dist, torch.tensor(float(local_tokens), device=self.device)
+            )
             scale = self.dist.world_size / global_tokens.clamp(min=1.0)
         nll_total = torch.zeros((), device=self.device)
         unit_grad = not self.scaler.is_enabled()
@@ -258,8 +271,13 @@ class Trainer:
             with self._gradient_sync(last):
                 with self._autocast():
                     logits, _ = self.wrapped(batch.src, batch.src_mask, batch.tgt_in)
-                loss, nll = label_smoothed_nll(logits, batch.tgt_out, self.config.train.label_smoothing,
-                                               scale, unit_grad=unit_grad)
+                loss, nll = label_smoothed_nll(
+                    logits,
+                    batch.tgt_out,
+                    self.config.train.label_smoothing,
+                    scale,
+                    unit_grad=unit_grad,
+                )
                 self.scaler.scale(loss).backward()
             nll_total += nll.detach()
         applied, stop = self._optimizer_step(nll_total, stop_requested)
@@ -275,11 +293,13 @@ class Trainer:
         """
         self.scaler.unscale_(self.optimizer)
         grad_norm = self._clip_gradients()
-        flags = torch.stack([
-            (~torch.isfinite(nll_total)).float(),
-            (~torch.isfinite(grad_norm)).float(),
-            torch.tensor(float(stop_requested), device=self.device),
-        ])
+        flags = torch.stack(
+            [
+                (~torch.isfinite(nll_total)).float(),
+                (~torch.isfinite(grad_norm)).float(),
+                torch.tensor(float(stop_requested), device=self.device),
+            ]
+        )
         nll_bad, grad_bad, stop = (v > 0 for v in sum_tensor_across(self.dist, flags).tolist())
         if self.scaler.is_enabled():
             if not nll_bad:
@@ -292,11 +312,16 @@ class Trainer:
             self.progress.nonfinite_in_row = 0
             return True, stop
         if grad_bad and not nll_bad and self.scaler.is_enabled() and self.scaler.get_scale() >= 1.0:
-            log.info("step %d: fp16 gradients overflowed; loss scale lowered to %g",
-                     self.progress.step + 1, self.scaler.get_scale())
+            log.info(
+                "step %d: fp16 gradients overflowed; loss scale lowered to %g",
+                self.progress.step + 1,
+                self.scaler.get_scale(),
+            )
             return False, stop
         self.progress.nonfinite_in_row += 1
-        log.warning("non-finite loss or gradient at step %d: update skipped", self.progress.step + 1)
+        log.warning(
+            "non-finite loss or gradient at step %d: update skipped", self.progress.step + 1
+        )
         if self.progress.nonfinite_in_row >= self.config.train.max_nonfinite:
             raise TrainingError(
                 f"the loss was not finite for {self.progress.nonfinite_in_row} updates in a row; "
@@ -320,13 +345,28 @@ class Trainer:
         cfg = self.config.train
         self._started = time.monotonic()
         handlers = self._install_signal_handlers()
-        bar = tqdm(total=cfg.max_steps, initial=self.progress.step, disable=not self.dist.is_main,
-                   unit="step", dynamic_ncols=True, desc=self.config.name)
-        window_tokens, window_nll, window_start = 0, torch.zeros((), device=self.device), time.monotonic()
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=self.progress.step,
+            disable=not self.dist.is_main,
+            unit="step",
+            dynamic_ncols=True,
+            desc=self.config.name,
+        )
+        window_tokens, window_nll, window_start = (
+            0,
+            torch.zeros((), device=self.device),
+            time.monotonic(),
+        )
         batches = self._batches()
-        log.info("model: %s, %s parameters; device %s, precision %s, %d process(es)",
-                 self.config.model.arch, f"{count_parameters(self.model):,}", self.device,
-                 self.precision, self.dist.world_size)
+        log.info(
+            "model: %s, %s parameters; device %s, precision %s, %d process(es)",
+            self.config.model.arch,
+            f"{count_parameters(self.model):,}",
+            self.device,
+            self.precision,
+            self.dist.world_size,
+        )
         try:
             while True:
                 if self.progress.step >= cfg.max_steps:
@@ -356,7 +396,9 @@ class Trainer:
                 if self.stop_reason:
                     break
             if self.stop_reason == "signal":
-                self._save_last({}, gather_rng_states(self.dist, self.device))  # we were asked to go
+                self._save_last(
+                    {}, gather_rng_states(self.dist, self.device)
+                )  # we were asked to go
             elif self.last_validated_step != self.progress.step:
                 self._validate_and_save()
         finally:
@@ -364,7 +406,7 @@ class Trainer:
             self._restore_signal_handlers(handlers)
         return self._finish(time.monotonic() - self._started)
 
-    def _stop_request(self) -> Optional[str]:
+    def _stop_request(self) -> str | None:
         """Why this rank wants to stop (a signal, the time budget), if it does."""
         if self._signal:
             return "signal"
@@ -378,8 +420,13 @@ class Trainer:
         nll = sum_across(self.dist, nll, self.device)
         loss = nll / max(tokens, 1)
         # tokens_per_s: target tokens (with EOS) per second, all ranks together
-        values = {"loss": round(loss, 5), "ppl": round(math.exp(min(loss, 50)), 3), "lr": lr,
-                  "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1), "epoch": self.progress.epoch}
+        values = {
+            "loss": round(loss, 5),
+            "ppl": round(math.exp(min(loss, 50)), 3),
+            "lr": lr,
+            "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
+            "epoch": self.progress.epoch,
+        }
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{values['tokens_per_s']:.0f}")
         if self.metrics:
             self.metrics.write("train", self.progress.step, values)
@@ -413,15 +460,26 @@ class Trainer:
         patience = self.config.train.patience
         return patience > 0 and self.progress.bad_validations >= patience
 
-    def _record_validation(self, metrics: dict[str, Any], improved: bool, rng_states: list[Any]) -> None:
+    def _record_validation(
+        self, metrics: dict[str, Any], improved: bool, rng_states: list[Any]
+    ) -> None:
         cfg = self.config.train
-        self.run_folder.add_snapshot(self._checkpoint(metrics), metrics["bleu"], improved,
-                                     cfg.keep_last, cfg.keep_best)
+        self.run_folder.add_snapshot(
+            self._checkpoint(metrics), metrics["bleu"], improved, cfg.keep_last, cfg.keep_best
+        )
         self._save_last(metrics, rng_states)
         if self.metrics:
-            self.metrics.write("valid", self.progress.step, {**metrics, "best_bleu": self.progress.best_bleu})
-        log.info("step %d: valid loss %.4f, ppl %.2f, BLEU %.2f (best %.2f)", self.progress.step,
-                 metrics["loss"], metrics["ppl"], metrics["bleu"], self.progress.best_bleu)
+            self.metrics.write(
+                "valid", self.progress.step, {**metrics, "best_bleu": self.progress.best_bleu}
+            )
+        log.info(
+            "step %d: valid loss %.4f, ppl %.2f, BLEU %.2f (best %.2f)",
+            self.progress.step,
+            metrics["loss"],
+            metrics["ppl"],
+            metrics["bleu"],
+            self.progress.best_bleu,
+        )
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -429,17 +487,26 @@ class Trainer:
         if self.dist.is_main:
             save_checkpoint(self._checkpoint(metrics, rng_states), self.run_folder.last)
 
-    def _checkpoint(self, metrics: dict[str, Any], rng_states: list[Any] | None = None) -> Checkpoint:
+    def _checkpoint(
+        self, metrics: dict[str, Any], rng_states: list[Any] | None = None
+    ) -> Checkpoint:
         """A checkpoint; with `rng_states` (one per rank) also the full training state."""
         tok = self.data.tokenizer
         training = None
         if rng_states is not None:
-            progress = dict(self.progress.__dict__,
-                            snapshots=[dataclasses.asdict(s) for s in self.run_folder.snapshots])
+            progress = dict(
+                self.progress.__dict__,
+                snapshots=[dataclasses.asdict(s) for s in self.run_folder.snapshots],
+            )
             training = TrainingState(
-                optimizer=self.optimizer.state_dict(), lr=self.lr.state_dict(),
-                scaler=self.scaler.state_dict(), rng=rng_states, progress=progress,
-                world_size=self.dist.world_size, precision=self.precision)
+                optimizer=self.optimizer.state_dict(),
+                lr=self.lr.state_dict(),
+                scaler=self.scaler.state_dict(),
+                rng=rng_states,
+                progress=progress,
+                world_size=self.dist.world_size,
+                precision=self.precision,
+            )
         return Checkpoint(
             model=self.model.state_dict(),
             config=self.config,
@@ -448,9 +515,15 @@ class Trainer:
             step=self.progress.step,
             epoch=self.progress.epoch,
             batch_in_epoch=self.progress.batch_in_epoch,
-            metrics={f"valid_{k}": v for k, v in metrics.items() if isinstance(v, (int, float, str))},
-            meta={"parameters": count_parameters(self.model), "run_dir": str(self.run_dir),
-                  "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "precision": self.precision},
+            metrics={
+                f"valid_{k}": v for k, v in metrics.items() if isinstance(v, (int, float, str))
+            },
+            meta={
+                "parameters": count_parameters(self.model),
+                "run_dir": str(self.run_dir),
+                "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "precision": self.precision,
+            },
             training=training,
         )
 
@@ -467,14 +540,21 @@ class Trainer:
         if self.scaler.is_enabled() and training.scaler:
             self.scaler.load_state_dict(training.scaler)
         if training.precision and training.precision != self.precision:
-            log.warning("the run trained in %s and resumes in %s", training.precision, self.precision)
+            log.warning(
+                "the run trained in %s and resumes in %s", training.precision, self.precision
+            )
         self.progress = Progress(**training.progress)
         self.run_folder.snapshots = [Snapshot(**s) for s in self.progress.snapshots]
         if training.world_size != self.dist.world_size:
             self._map_data_position(training.world_size)
         set_rng_state(training.rng[self.dist.rank % len(training.rng)], self.device)
-        log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.progress.step,
-                 self.progress.epoch, self.progress.batch_in_epoch)
+        log.info(
+            "resumed from %s at step %d (epoch %d, batch %d)",
+            path,
+            self.progress.step,
+            self.progress.epoch,
+            self.progress.batch_in_epoch,
+        )
 
     def _map_data_position(self, saved_world_size: int) -> None:
         """Resume with another number of processes where the saved run stopped in its epoch.
@@ -488,14 +568,22 @@ class Trainer:
         rows = saved.rows_before(self.progress.batch_in_epoch)
         self.sampler.set_epoch(self.progress.epoch)
         self.progress.batch_in_epoch = self.sampler.position_after(rows)
-        log.warning("resuming %d process(es) from a run of %d: continuing after row %d of epoch "
-                    "%d; random streams will differ", self.dist.world_size, saved_world_size,
-                    rows, self.progress.epoch)
+        log.warning(
+            "resuming %d process(es) from a run of %d: continuing after row %d of epoch "
+            "%d; random streams will differ",
+            self.dist.world_size,
+            saved_world_size,
+            rows,
+            self.progress.epoch,
+        )
 
     def _finish(self, seconds: float) -> dict[str, Any]:
         summary: dict[str, Any] = {
-            "stop_reason": self.stop_reason, "steps": self.progress.step, "epochs": self.progress.epoch,
-            "best_valid_bleu": self.progress.best_bleu, "train_seconds_this_session": round(seconds, 1),
+            "stop_reason": self.stop_reason,
+            "steps": self.progress.step,
+            "epochs": self.progress.epoch,
+            "best_valid_bleu": self.progress.best_bleu,
+            "train_seconds_this_session": round(seconds, 1),
             "parameters": count_parameters(self.model),
         }
         if self.dist.is_main:
@@ -504,8 +592,13 @@ class Trainer:
             write_json_atomic(self.run_dir / "summary.json", summary)
             if self.metrics:
                 self.metrics.close()
-            log.info("training stopped (%s) at step %d; best valid BLEU %.2f; run folder %s",
-                     self.stop_reason, self.progress.step, self.progress.best_bleu, self.run_dir)
+            log.info(
+                "training stopped (%s) at step %d; best valid BLEU %.2f; run folder %s",
+                self.stop_reason,
+                self.progress.step,
+                self.progress.best_bleu,
+                self.run_dir,
+            )
         close_distributed(self.dist)
         return summary
 
@@ -518,17 +611,25 @@ class Trainer:
         averaged = self.run_folder.average_last(count)
         self.model.load_state_dict(averaged.model)
         metrics = validate(self.model, self.data, self.config, self.device)
-        averaged.metrics = {f"valid_{k}": v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+        averaged.metrics = {
+            f"valid_{k}": v for k, v in metrics.items() if isinstance(v, (int, float, str))
+        }
         save_checkpoint(averaged, self.run_folder.averaged)
-        log.info("averaged %d checkpoints: valid BLEU %.2f -> %s", len(paths), metrics["bleu"],
-                 self.run_folder.averaged)
+        log.info(
+            "averaged %d checkpoints: valid BLEU %.2f -> %s",
+            len(paths),
+            metrics["bleu"],
+            self.run_folder.averaged,
+        )
         return {"checkpoints": [p.name for p in paths], "valid_bleu": metrics["bleu"]}
 
     # ------------------------------------------------------------------ signals
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         def request_stop(signum: int, _frame: Any) -> None:
-            log.warning("received %s: saving and stopping after this step", signal.Signals(signum).name)
+            log.warning(
+                "received %s: saving and stopping after this step", signal.Signals(signum).name
+            )
             self._signal = True
 
         old: dict[int, Any] = {}

@@ -15,7 +15,7 @@ counter).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +26,6 @@ from nmt.projection import VocabularyProjection
 
 if TYPE_CHECKING:  # one part of a decoder state, dict[str, Tensor]; see nmt/model.py
     from nmt.model import Tensors
-
 
 
 class SinusoidalPositions(nn.Module):
@@ -101,8 +100,14 @@ class TransformerEncoderLayer(nn.Module):
     """Self-attention and FFN blocks, each wrapped as residual + LayerNorm (pre or post)."""
 
     def __init__(
-        self, embed_dim: int, heads: int, ffn_size: int, dropout: float,
-        attention_dropout: float, activation_dropout: float, pre_norm: bool,
+        self,
+        embed_dim: int,
+        heads: int,
+        ffn_size: int,
+        dropout: float,
+        attention_dropout: float,
+        activation_dropout: float,
+        pre_norm: bool,
     ) -> None:
         super().__init__()
         self.self_attn = MultiHeadAttention(embed_dim, heads, attention_dropout)
@@ -129,8 +134,11 @@ class TransformerEncoder(nn.Module):
     """Embedding + N encoder layers (+ final LayerNorm for pre-norm)."""
 
     def __init__(
-        self, embed: TransformerEmbedding, layers: list[TransformerEncoderLayer],
-        pre_norm: bool, window: int,
+        self,
+        embed: TransformerEmbedding,
+        layers: list[TransformerEncoderLayer],
+        pre_norm: bool,
+        window: int,
     ) -> None:
         super().__init__()
         self.embed = embed
@@ -160,8 +168,15 @@ class TransformerDecoderLayer(nn.Module):
     """Masked self-attention, cross-attention and FFN blocks with residuals and LayerNorm."""
 
     def __init__(
-        self, embed_dim: int, heads: int, ffn_size: int, dropout: float,
-        attention_dropout: float, activation_dropout: float, pre_norm: bool, window: int,
+        self,
+        embed_dim: int,
+        heads: int,
+        ffn_size: int,
+        dropout: float,
+        attention_dropout: float,
+        activation_dropout: float,
+        pre_norm: bool,
+        window: int,
     ) -> None:
         super().__init__()
         self.window = window
@@ -179,10 +194,10 @@ class TransformerDecoderLayer(nn.Module):
         x: Tensor,
         cross_kv: tuple[Tensor, Tensor],
         src_mask: Tensor,
-        self_mask: Optional[Tensor],
-        cache: Optional[tuple[Tensor, Tensor]],
+        self_mask: Tensor | None,
+        cache: tuple[Tensor, Tensor] | None,
         need_weights: bool,
-    ) -> tuple[Tensor, Optional[Tensor], tuple[Tensor, Tensor]]:
+    ) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor]]:
         """x [R,T,E] (R = N sentences x W rows each); cross_kv [N,h,S,dh] each; src_mask [N,1,1,S].
 
         Full sequence (cache None): causal self-attention, `self_mask` = the causal window
@@ -205,8 +220,10 @@ class TransformerDecoderLayer(nn.Module):
         h = self.cross_norm(x) if self.pre_norm else x
         rows, length, _ = x.shape
         h, weights = self.cross_attn.attend(
-            self.cross_attn.project_q(group_by_sentence(h, cross_kv[0].size(0))), *cross_kv,
-            mask=src_mask, need_weights=need_weights,
+            self.cross_attn.project_q(group_by_sentence(h, cross_kv[0].size(0))),
+            *cross_kv,
+            mask=src_mask,
+            need_weights=need_weights,
         )
         h = h.reshape(rows, length, -1)
         weights = None if weights is None else weights.reshape(rows, length, -1)
@@ -220,8 +237,14 @@ class TransformerDecoder(nn.Module):
     """Embedding + N decoder layers (+ final LayerNorm for pre-norm) + vocabulary projection."""
 
     def __init__(
-        self, embed: TransformerEmbedding, layers: list[TransformerDecoderLayer],
-        pre_norm: bool, window: int, alignment_layer: int, vocab_size: int, tie: bool,
+        self,
+        embed: TransformerEmbedding,
+        layers: list[TransformerDecoderLayer],
+        pre_norm: bool,
+        window: int,
+        alignment_layer: int,
+        vocab_size: int,
+        tie: bool,
     ) -> None:
         super().__init__()
         self.embed = embed
@@ -251,7 +274,7 @@ class TransformerDecoder(nn.Module):
 
     def forward(
         self, source: Tensors, rows: Tensors, tgt_in: Tensor, with_attention: bool
-    ) -> tuple[Tensor, Optional[Tensor]]:
+    ) -> tuple[Tensor, Tensor | None]:
         """Teacher forcing: tgt_in [B,T] -> logits [B,T,V], attention [B,T,S] or None."""
         x = self.embed(tgt_in)
         src_mask = source["src_mask"][:, None, None, :]
@@ -269,9 +292,13 @@ class TransformerDecoder(nn.Module):
         return self.output(self.final_norm(x)), attention
 
     def step(
-        self, source: Tensors, rows: Tensors, prev_tokens: Tensor, with_attention: bool,
-        logits_dtype: Optional[torch.dtype] = None,
-    ) -> tuple[Tensor, Optional[Tensor], Tensors]:
+        self,
+        source: Tensors,
+        rows: Tensors,
+        prev_tokens: Tensor,
+        with_attention: bool,
+        logits_dtype: torch.dtype | None = None,
+    ) -> tuple[Tensor, Tensor | None, Tensors]:
         """One position: prev_tokens [B] -> logits [B,V], attention [B,S] or None, new rows."""
         t = rows["self_k.0"].size(2)
         x = self.embed(prev_tokens.unsqueeze(1), start=t)

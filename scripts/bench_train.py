@@ -136,13 +136,17 @@ class RecurrentFlops:
 
 def step_flops(trainer: Trainer, batch: Batch) -> int:
     """FLOPs of one training step (forward + backward) on `batch`; it does update the model."""
-    with (FlopCounterMode(display=False, custom_mapping=flop_formulas()) as counter,
-          RecurrentFlops(trainer.model, counter) as recurrent):
+    with (
+        FlopCounterMode(display=False, custom_mapping=flop_formulas()) as counter,
+        RecurrentFlops(trainer.model, counter) as recurrent,
+    ):
         trainer._update([batch])
     return counter.get_total_flops() + recurrent.flops
 
 
-def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repeats: int = 10) -> float:
+def matmul_peak(
+    dtype: torch.dtype, device: torch.device, size: int = 2048, repeats: int = 10
+) -> float:
     """FLOP/s of a square matmul on `device`, best of `repeats`."""
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
@@ -158,7 +162,9 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repe
     return 2 * size**3 / best
 
 
-def bench(config_path: str, overrides: list[str], steps: int, warmup: int, prepare_dir: Path) -> dict:
+def bench(
+    config_path: str, overrides: list[str], steps: int, warmup: int, prepare_dir: Path
+) -> dict:
     config = load_config(config_path, overrides)
     config.train.run_dir = str(prepare_dir / config.name / "run")
     trainer = Trainer(config)
@@ -183,31 +189,43 @@ def bench(config_path: str, overrides: list[str], steps: int, warmup: int, prepa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("configs", nargs="+", help="config files to benchmark")
     parser.add_argument("--set", nargs="*", default=[], help="overrides applied to every config")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
     parser.add_argument("--work-dir", default=None, help="where prepared data is cached")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="nmt-bench-"))
-    print(f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}, native bf16: "
-          f"{'yes' if has_native_bf16() else 'no'}); threads {torch.get_num_threads()}")
-    print(f"{'config':28} {'params':>10} {'prec':>5} {'tgt tok/s':>10} {'MFLOP/tok':>10} "
-          f"{'GFLOP/s':>8} {'peak':>6} {'MFU':>6}")
-    peaks: dict[tuple[str, str], float] = {}  # per device and precision in use (emulated bf16 takes minutes)
+    print(
+        f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}, native bf16: "
+        f"{'yes' if has_native_bf16() else 'no'}); threads {torch.get_num_threads()}"
+    )
+    print(
+        f"{'config':28} {'params':>10} {'prec':>5} {'tgt tok/s':>10} {'MFLOP/tok':>10} "
+        f"{'GFLOP/s':>8} {'peak':>6} {'MFU':>6}"
+    )
+    peaks: dict[
+        tuple[str, str], float
+    ] = {}  # per device and precision in use (emulated bf16 takes minutes)
     for path in args.configs:
         r = bench(path, list(args.set), args.steps, args.warmup, work)
         key = (str(r["device"]), r["precision"])
         if key not in peaks:
             peaks[key] = matmul_peak(DTYPES[r["precision"]], r["device"])
         peak = peaks[key]
-        print(f"{r['name']:28} {r['params']:>10,} {r['precision']:>5} {r['tokens_per_s']:>10,.0f} "
-              f"{r['flops_per_token'] / 1e6:>10.2f} {r['flops_per_s'] / 1e9:>8.1f} "
-              f"{peak / 1e9:>6.1f} {r['flops_per_s'] / peak:>6.1%}")
+        print(
+            f"{r['name']:28} {r['params']:>10,} {r['precision']:>5} {r['tokens_per_s']:>10,.0f} "
+            f"{r['flops_per_token'] / 1e6:>10.2f} {r['flops_per_s'] / 1e9:>8.1f} "
+            f"{peak / 1e9:>6.1f} {r['flops_per_s'] / peak:>6.1%}"
+        )
     print("peak: GFLOP/s of a 2048x2048 matmul on the run's device, in its precision")
 
 

@@ -4,9 +4,11 @@
     python scripts/download_data.py [--dest DIR] [--corpus multi30k small_parallel_enja] [--force]
 
 DIR defaults to $NMT_DATA_DIR, else ./data. Files already present are kept unless --force.
-  DIR/multi30k/{train,val,test_2016_flickr}.{en,de,fr,cs}.gz   raw text (github.com/multi30k/dataset)
-  DIR/multi30k/tok/{val,test_2016_flickr}.lc.norm.tok.LANG     the literature's tokenized references
-  DIR/small_parallel_enja/{train,dev,test}.{en,ja}              (github.com/odashi/small_parallel_enja)
+  DIR/multi30k/{train,val,test_2016_flickr}.{en,de,fr,cs}.gz   raw text
+      (github.com/multi30k/dataset)
+  DIR/multi30k/tok/{val,test_2016_flickr}.lc.norm.tok.LANG     the literature's tokenized refs
+  DIR/small_parallel_enja/{train,dev,test}.{en,ja}
+      (github.com/odashi/small_parallel_enja)
 Only the standard library is used, so this runs before anything is installed.
 """
 
@@ -40,8 +42,11 @@ def multi30k_files() -> list[tuple[str, str]]:
 
 
 def enja_files() -> list[tuple[str, str]]:
-    return [(f"{ENJA_URL}/{split}.{lang}", f"small_parallel_enja/{split}.{lang}")
-            for split in ("train", "dev", "test") for lang in ("en", "ja")]
+    return [
+        (f"{ENJA_URL}/{split}.{lang}", f"small_parallel_enja/{split}.{lang}")
+        for split in ("train", "dev", "test")
+        for lang in ("en", "ja")
+    ]
 
 
 def fetch(url: str) -> bytes:
@@ -95,11 +100,18 @@ def download(dest: Path, corpora: list[str], force: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dest", type=Path,
-                        default=Path(os.environ.get("NMT_DATA_DIR") or "data"),
-                        help="data folder (default: $NMT_DATA_DIR, else ./data)")
-    parser.add_argument("--corpus", nargs="+", choices=["multi30k", "small_parallel_enja"],
-                        default=["multi30k", "small_parallel_enja"])
+    parser.add_argument(
+        "--dest",
+        type=Path,
+        default=Path(os.environ.get("NMT_DATA_DIR") or "data"),
+        help="data folder (default: $NMT_DATA_DIR, else ./data)",
+    )
+    parser.add_argument(
+        "--corpus",
+        nargs="+",
+        choices=["multi30k", "small_parallel_enja"],
+        default=["multi30k", "small_parallel_enja"],
+    )
     parser.add_argument("--force", action="store_true", help="download files that exist already")
     args = parser.parse_args(argv)
     failures = download(args.dest, args.corpus, args.force)

@@ -17,8 +17,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -38,23 +38,48 @@ class CheckFailed(Exception):
 
 def tiny_config(data_dir: Path, run_dir: Path, device: str, arch: str, **train: object) -> dict:
     """A model small enough to train in seconds on a Multi30k slice (de -> en)."""
-    model: dict[str, object] = {"arch": "transformer", "embed_dim": 64, "hidden_size": 64,
-                                "encoder_layers": 2, "decoder_layers": 2, "heads": 4,
-                                "ffn_size": 128, "max_positions": 128}
+    model: dict[str, object] = {
+        "arch": "transformer",
+        "embed_dim": 64,
+        "hidden_size": 64,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "heads": 4,
+        "ffn_size": 128,
+        "max_positions": 128,
+    }
     if arch == "transformer_local":
         model["self_attention_window"] = 4
     elif arch == "lstm_bahdanau":
         model.update(arch="rnn", cell="lstm", attention="bahdanau", bidirectional=True)
     return {
         "name": f"smoke_{arch}",
-        "data": {"preset": "multi30k", "dir": str(data_dir), "src_lang": "de", "tgt_lang": "en",
-                 "train_limit": 4000, "max_len": 40},
+        "data": {
+            "preset": "multi30k",
+            "dir": str(data_dir),
+            "src_lang": "de",
+            "tgt_lang": "en",
+            "train_limit": 4000,
+            "max_len": 40,
+        },
         "tokenizer": {"vocab_size": 1000},
         "model": model,
-        "train": {"run_dir": str(run_dir), "device": device, "precision": "auto", "seed": 1,
-                  "lr": 0.002, "warmup_steps": 20, "batch_tokens": 4096, "max_steps": 60,
-                  "log_every": 10, "valid_every": 60, "valid_limit": 64, "keep_last": 1,
-                  "keep_best": 1, **train},
+        "train": {
+            "run_dir": str(run_dir),
+            "device": device,
+            "precision": "auto",
+            "seed": 1,
+            "lr": 0.002,
+            "warmup_steps": 20,
+            "batch_tokens": 4096,
+            "max_steps": 60,
+            "log_every": 10,
+            "valid_every": 60,
+            "valid_limit": 64,
+            "keep_last": 1,
+            "keep_best": 1,
+            **train,
+        },
         "decode": {"beam_size": 2, "max_len_a": 1.2, "max_len_b": 5},
     }
 
@@ -71,9 +96,11 @@ def precision(args: argparse.Namespace) -> str:
     emulating = torch.cuda.is_bf16_supported()
     native = torch.cuda.is_bf16_supported(including_emulation=False)
     expected = "bf16" if native else "fp16"
-    seen = (f"{torch.cuda.get_device_name(device)} capability {caps.capability}, "
-            f"is_bf16_supported {emulating} (native {native}), cudnn "
-            f"{torch.backends.cudnn.version()}; auto -> {chosen}")
+    seen = (
+        f"{torch.cuda.get_device_name(device)} capability {caps.capability}, "
+        f"is_bf16_supported {emulating} (native {native}), cudnn "
+        f"{torch.backends.cudnn.version()}; auto -> {chosen}"
+    )
     if chosen != expected:
         raise CheckFailed(f"{seen}, expected {expected}")
     return seen
@@ -106,7 +133,8 @@ def rnn_dtype(args: argparse.Namespace) -> str:
     if device.type == "cuda":
         lstm = torch.nn.LSTM(8, 8).to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            raw_torch = f"; plain nn.LSTM under bf16 autocast: {lstm(torch.randn(2, 3, 8, device=device))[0].dtype}"
+            plain = lstm(torch.randn(2, 3, 8, device=device))[0].dtype
+            raw_torch = f"; plain nn.LSTM under bf16 autocast: {plain}"
     kinds = sorted({str(d) for d in seen})
     if device.type == "cuda" and kinds != ["torch.float32"]:
         raise CheckFailed(f"recurrent outputs {kinds}, expected torch.float32{raw_torch}")
@@ -135,7 +163,9 @@ def fp16_loss(args: argparse.Namespace) -> str:
         finite = bool(torch.isfinite(grad).all())
         zeros = float((grad == 0).float().mean())
         error = float((grad.float() / loss_scale - ref_grad).norm() / ref_grad.norm())
-        lines.append(f"scale {loss_scale:g}: finite {finite}, zeros {zeros:.1%}, rel.err {error:.1e}")
+        lines.append(
+            f"scale {loss_scale:g}: finite {finite}, zeros {zeros:.1%}, rel.err {error:.1e}"
+        )
         if not finite or zeros > 0.001 or error > 5e-3:
             raise CheckFailed("; ".join(lines))
     return "; ".join(lines)
@@ -155,8 +185,11 @@ def masked_rows(args: argparse.Namespace) -> str:
             q = torch.randn(1, 2, 4, 16, device=device, dtype=dtype)
             mask = torch.ones(4, 4, dtype=torch.bool, device=device)
             mask[3] = False
-            for backend in (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
-                            SDPBackend.MATH):
+            for backend in (
+                SDPBackend.EFFICIENT_ATTENTION,
+                SDPBackend.CUDNN_ATTENTION,
+                SDPBackend.MATH,
+            ):
                 try:
                     with sdpa_kernel(backend):
                         out = F.scaled_dot_product_attention(q, q, q, attn_mask=mask)
@@ -170,11 +203,13 @@ def masked_rows(args: argparse.Namespace) -> str:
     src[1, 3:] = PAD_ID  # 21 padding positions, far more than the window of 4
     tgt = torch.randint(4, 100, (2, 6), device=device)
     finite = True
-    for dtype in ((torch.float16, torch.bfloat16) if device.type == "cuda" else (torch.bfloat16,)):
+    for dtype in (torch.float16, torch.bfloat16) if device.type == "cuda" else (torch.bfloat16,):
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype):
             logits, _ = model(src, src != PAD_ID, tgt)
         finite &= bool(torch.isfinite(logits).all())
-    summary = f"our windowed encoder finite: {finite}" + (f"; torch: {', '.join(report)}" if report else "")
+    summary = f"our windowed encoder finite: {finite}" + (
+        f"; torch: {', '.join(report)}" if report else ""
+    )
     if not finite:
         raise CheckFailed(summary)
     return summary
@@ -182,15 +217,18 @@ def masked_rows(args: argparse.Namespace) -> str:
 
 def train_resume(args: argparse.Namespace) -> str:
     run_dir = args.work_dir / "resume"
-    raw = tiny_config(args.data_dir, run_dir, args.device, "transformer", max_steps=4,
-                      valid_every=2, log_every=1)
+    raw = tiny_config(
+        args.data_dir, run_dir, args.device, "transformer", max_steps=4, valid_every=2, log_every=1
+    )
     first = _nmt(args, "train", raw, run_dir / "a.yaml")
     raw["train"]["max_steps"] = 6
     second = _nmt(args, "train", raw, run_dir / "b.yaml", "--resume")
     summary = json.loads((run_dir / "summary.json").read_text())
     if first.returncode or second.returncode or summary["steps"] != 6:
-        raise CheckFailed(f"exit codes {first.returncode}/{second.returncode}, steps "
-                          f"{summary.get('steps')}: {(first.stderr + second.stderr)[-800:]}")
+        raise CheckFailed(
+            f"exit codes {first.returncode}/{second.returncode}, steps "
+            f"{summary.get('steps')}: {(first.stderr + second.stderr)[-800:]}"
+        )
     return "trained 4 steps, resumed to 6"
 
 
@@ -204,12 +242,16 @@ def train_speed(args: argparse.Namespace) -> str:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         summary = train(config_from_dict(tiny_config(args.data_dir, run_dir, args.device, arch)))
-        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        metrics = [
+            json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        ]
         speed = [m["tokens_per_s"] for m in metrics if m["kind"] == "train"][-1]
         losses = [m["loss"] for m in metrics if m["kind"] == "train"]
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
-        lines.append(f"{arch}: {summary['steps']} steps, {speed:,.0f} tok/s, loss "
-                     f"{losses[0]:.2f}->{losses[-1]:.2f}, peak {peak:,.0f} MiB")
+        lines.append(
+            f"{arch}: {summary['steps']} steps, {speed:,.0f} tok/s, loss "
+            f"{losses[0]:.2f}->{losses[-1]:.2f}, peak {peak:,.0f} MiB"
+        )
         if summary["steps"] != 60 or not losses[-1] < losses[0]:
             raise CheckFailed("; ".join(lines))
     return "; ".join(lines)
@@ -223,13 +265,31 @@ def serve(args: argparse.Namespace) -> str:
     lines = []
     for precision in ("fp32", "bf16"):
         port = 8765
-        command = [sys.executable, "-m", "nmt.cli", "serve", "--checkpoint", str(checkpoint),
-                   "--host", "127.0.0.1", "--port", str(port), "--accelerator", accelerator,
-                   "--devices", "1", "--precision", precision]
+        command = [
+            sys.executable,
+            "-m",
+            "nmt.cli",
+            "serve",
+            "--checkpoint",
+            str(checkpoint),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--accelerator",
+            accelerator,
+            "--devices",
+            "1",
+            "--precision",
+            precision,
+        ]
         with _server(command, port) as base:
             body = json.dumps({"text": "Ein Hund rennt durch den Schnee.", "alignment": True})
-            request = urllib.request.Request(f"{base}/translate", data=body.encode(),
-                                             headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(
+                f"{base}/translate",
+                data=body.encode(),
+                headers={"Content-Type": "application/json"},
+            )
             with urllib.request.urlopen(request, timeout=60) as response:
                 result = json.loads(response.read())
         translation = result["translations"][0]
@@ -243,39 +303,65 @@ def ddp(args: argparse.Namespace) -> str:
     if args.device.startswith("cuda") and torch.cuda.device_count() < 2:
         return "SKIP: fewer than two GPUs"
     run_dir = args.work_dir / "ddp"
-    raw = tiny_config(args.data_dir, run_dir, "cuda" if args.device.startswith("cuda") else "cpu",
-                      "transformer", max_steps=4, valid_every=2, log_every=1)
+    raw = tiny_config(
+        args.data_dir,
+        run_dir,
+        "cuda" if args.device.startswith("cuda") else "cpu",
+        "transformer",
+        max_steps=4,
+        valid_every=2,
+        log_every=1,
+    )
     torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     first = _nmt(args, "train", raw, run_dir / "a.yaml", launcher=torchrun)
     raw["train"]["max_steps"] = 6
     second = _nmt(args, "train", raw, run_dir / "b.yaml", "--resume", launcher=torchrun)
     summary = json.loads((run_dir / "summary.json").read_text()) if first.returncode == 0 else {}
     if first.returncode or second.returncode or summary.get("steps") != 6:
-        raise CheckFailed(f"exit codes {first.returncode}/{second.returncode}: "
-                          f"{(first.stderr + second.stderr)[-800:]}")
+        raise CheckFailed(
+            f"exit codes {first.returncode}/{second.returncode}: "
+            f"{(first.stderr + second.stderr)[-800:]}"
+        )
     return "two processes trained 4 steps, resumed to 6"
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _nmt(args: argparse.Namespace, command: str, raw: dict, config_path: Path, *extra: str,
-         launcher: Optional[list[str]] = None) -> subprocess.CompletedProcess:
+def _nmt(
+    args: argparse.Namespace,
+    command: str,
+    raw: dict,
+    config_path: Path,
+    *extra: str,
+    launcher: list[str] | None = None,
+) -> subprocess.CompletedProcess:
     import yaml
 
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump(raw))
     runner = [sys.executable, *(launcher or []), "-m", "nmt.cli"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([*runner, command, "--config", str(config_path), *extra], env=env,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [*runner, command, "--config", str(config_path), *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @contextlib.contextmanager
 def _server(command: list[str], port: int):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -299,9 +385,14 @@ def _server(command: list[str], port: int):
 
 
 CHECKS: dict[str, Callable[[argparse.Namespace], str]] = {
-    "precision": precision, "rnn_dtype": rnn_dtype, "fp16_loss": fp16_loss,
-    "masked_rows": masked_rows, "train_resume": train_resume, "train_speed": train_speed,
-    "serve": serve, "ddp": ddp,
+    "precision": precision,
+    "rnn_dtype": rnn_dtype,
+    "fp16_loss": fp16_loss,
+    "masked_rows": masked_rows,
+    "train_resume": train_resume,
+    "train_speed": train_speed,
+    "serve": serve,
+    "ddp": ddp,
 }
 
 
@@ -309,8 +400,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("check", choices=list(CHECKS))
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--data-dir", type=Path,
-                        default=Path(os.environ.get("NMT_DATA_DIR", REPO.parent / "shared" / "data")))
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("NMT_DATA_DIR", REPO.parent / "shared" / "data")),
+    )
     parser.add_argument("--work-dir", type=Path, default=Path("runs/gpu_smoke"))
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():

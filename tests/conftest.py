@@ -36,31 +36,59 @@ def tiny_corpus_dir() -> Path:
 @pytest.fixture
 def tiny_corpus_files(tiny_corpus_dir: Path) -> dict[str, list[str]]:
     """`data.files` for the tiny corpus, German to English (a new dict per test to modify)."""
-    return {split: [str(tiny_corpus_dir / f"{split}.{lang}") for lang in ("de", "en")]
-            for split in ("train", "valid", "test")}
+    return {
+        split: [str(tiny_corpus_dir / f"{split}.{lang}") for lang in ("de", "en")]
+        for split in ("train", "valid", "test")
+    }
 
 
 def tiny_config_dict(data_dir: Path, run_dir: Path, arch: str = "transformer") -> dict:
     """A config small enough to train in seconds on a Multi30k slice (de -> en)."""
-    model = {"arch": arch, "embed_dim": 32, "hidden_size": 32, "encoder_layers": 1,
-             "decoder_layers": 1, "heads": 2, "ffn_size": 64, "dropout": 0.1, "max_positions": 128}
+    model = {
+        "arch": arch,
+        "embed_dim": 32,
+        "hidden_size": 32,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "heads": 2,
+        "ffn_size": 64,
+        "dropout": 0.1,
+        "max_positions": 128,
+    }
     return {
         "name": "tiny",
-        "data": {"preset": "multi30k", "dir": str(data_dir), "src_lang": "de", "tgt_lang": "en",
-                 "train_limit": 1000, "max_len": 40},
+        "data": {
+            "preset": "multi30k",
+            "dir": str(data_dir),
+            "src_lang": "de",
+            "tgt_lang": "en",
+            "train_limit": 1000,
+            "max_len": 40,
+        },
         "tokenizer": {"vocab_size": 400},
         "model": model,
-        "train": {"run_dir": str(run_dir), "seed": 3, "device": "cpu", "precision": "fp32",
-                  "lr": 0.003, "warmup_steps": 10, "batch_tokens": 1024, "max_steps": 40,
-                  "log_every": 5, "valid_every": 20, "valid_limit": 16, "keep_last": 2,
-                  "keep_best": 1},
+        "train": {
+            "run_dir": str(run_dir),
+            "seed": 3,
+            "device": "cpu",
+            "precision": "fp32",
+            "lr": 0.003,
+            "warmup_steps": 10,
+            "batch_tokens": 1024,
+            "max_steps": 40,
+            "log_every": 5,
+            "valid_every": 20,
+            "valid_limit": 16,
+            "keep_last": 2,
+            "keep_best": 1,
+        },
         "decode": {"beam_size": 2, "max_len_a": 1.2, "max_len_b": 5},
     }
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real checkpoint: SentencePiece on a Multi30k slice and a tiny Transformer trained briefly."""
+    """A real checkpoint: SentencePiece on a Multi30k slice, a tiny Transformer trained briefly."""
     from nmt.config import config_from_dict
     from nmt.train import train
 

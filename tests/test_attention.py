@@ -7,7 +7,11 @@ import pytest
 import torch
 
 from nmt.attention import (
-    BahdanauAttention, LuongAttention, LuongLocalAttention, MultiHeadAttention, masked_softmax,
+    BahdanauAttention,
+    LuongAttention,
+    LuongLocalAttention,
+    MultiHeadAttention,
+    masked_softmax,
 )
 
 B, T, S, Q, K = 3, 4, 6, 8, 12
@@ -79,7 +83,7 @@ def test_local_attention_stays_inside_the_window_around_p_t() -> None:
     assert torch.all(centre <= LENGTHS.float().unsqueeze(1))
     # Within the window, weights are proportional to softmax(score) * Gaussian.
     scores = attention.align.scores(query, attention.project_keys(memory))
-    gauss = torch.exp(-(positions.view(1, 1, S) - centre.unsqueeze(-1)) ** 2 / (2 * 0.5**2))
+    gauss = torch.exp(-((positions.view(1, 1, S) - centre.unsqueeze(-1)) ** 2) / (2 * 0.5**2))
     allowed = ~outside & src_mask.unsqueeze(1)
     raw = scores.exp() * gauss * allowed
     torch.testing.assert_close(weights, raw / raw.sum(-1, keepdim=True))
@@ -112,8 +116,9 @@ def test_multihead_equals_torch_with_padding_mask(need_weights: bool) -> None:
     gen = torch.Generator().manual_seed(1)
     query, memory = torch.randn(B, T, 16, generator=gen), torch.randn(B, S, 16, generator=gen)
     src_mask = torch.arange(S).unsqueeze(0) < LENGTHS.unsqueeze(1)
-    out, weights = ours(query, memory, memory, mask=src_mask[:, None, None, :],
-                        need_weights=need_weights)
+    out, weights = ours(
+        query, memory, memory, mask=src_mask[:, None, None, :], need_weights=need_weights
+    )
     want, want_weights = reference(query, memory, memory, key_padding_mask=~src_mask)
     torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
     if need_weights:

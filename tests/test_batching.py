@@ -40,10 +40,12 @@ def test_sampler_respects_budget_and_covers_each_row_once() -> None:
 
 def test_sampler_is_deterministic_by_seed_and_epoch() -> None:
     src, tgt = _lengths(300)
+
     def batches(seed: int, epoch: int) -> list[list[int]]:
         sampler = TokenBatchSampler(src, tgt, 150, seed=seed)
         sampler.set_epoch(epoch)
         return list(sampler)
+
     assert batches(1, 0) == batches(1, 0)
     assert batches(1, 0) != batches(2, 0)
     assert batches(1, 0) != batches(1, 1)
@@ -79,7 +81,10 @@ def test_sampler_rejects_bad_arguments() -> None:
 
 
 def test_collate_pads_and_shifts() -> None:
-    rows = [{"src_ids": [5, 6, EOS_ID], "tgt_ids": [7, 8, 9]}, {"src_ids": [5, EOS_ID], "tgt_ids": [7]}]
+    rows = [
+        {"src_ids": [5, 6, EOS_ID], "tgt_ids": [7, 8, 9]},
+        {"src_ids": [5, EOS_ID], "tgt_ids": [7]},
+    ]
     batch = collate(rows, [10, 4])
     assert isinstance(batch, Batch) and batch.indices == [10, 4]
     assert batch.src.tolist() == [[5, 6, EOS_ID], [5, EOS_ID, PAD_ID]]
@@ -93,10 +98,12 @@ def test_collate_pads_and_shifts() -> None:
     assert torch.equal(moved.tgt_out, batch.tgt_out) and moved.indices == batch.indices
 
 
-def test_sampler_and_collate_on_prepared_data(tiny_corpus_files: dict[str, list[str]],
-                                              tmp_path: Path) -> None:
-    config = config_from_dict({"data": {"preset": None, "files": tiny_corpus_files},
-                               "tokenizer": {"vocab_size": 300}})
+def test_sampler_and_collate_on_prepared_data(
+    tiny_corpus_files: dict[str, list[str]], tmp_path: Path
+) -> None:
+    config = config_from_dict(
+        {"data": {"preset": None, "files": tiny_corpus_files}, "tokenizer": {"vocab_size": 300}}
+    )
     split = prepare_data(config, tmp_path).splits["train"]
     src_lengths, tgt_lengths = batch_lengths(split)
     assert src_lengths[0] == len(split[0]["src_ids"])
@@ -124,8 +131,10 @@ def test_flat_id_batches_equal_collate() -> None:
         listed = collate([{"src_ids": src[i], "tgt_ids": tgt[i]} for i in rows], rows)
         for name in ("src", "src_mask", "tgt_in", "tgt_out", "tgt_mask"):
             assert torch.equal(getattr(flat, name), getattr(listed, name)), name
-        assert (flat.num_src_tokens, flat.num_tgt_tokens) == (listed.num_src_tokens,
-                                                              listed.num_tgt_tokens)
+        assert (flat.num_src_tokens, flat.num_tgt_tokens) == (
+            listed.num_src_tokens,
+            listed.num_tgt_tokens,
+        )
 
 
 def test_dataloader_workers_build_the_same_batches() -> None:

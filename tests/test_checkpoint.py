@@ -25,12 +25,17 @@ from nmt.runfolder import snapshots_of_run
 
 
 def _payload(value: float) -> Checkpoint:
-    training = TrainingState(optimizer={}, lr={}, scaler={}, rng=[{"torch": torch.zeros(4)}],
-                             progress={"step": 1})
-    return Checkpoint(model={"w": torch.full((2, 2), value), "steps": torch.tensor(3)},
-                      config=config_from_dict({"name": "x"}),
-                      tokenizer={"models": {"joint": b"proto"}}, vocab=VocabSizes(8, 8, True),
-                      metrics={"valid_bleu": value}, training=training)
+    training = TrainingState(
+        optimizer={}, lr={}, scaler={}, rng=[{"torch": torch.zeros(4)}], progress={"step": 1}
+    )
+    return Checkpoint(
+        model={"w": torch.full((2, 2), value), "steps": torch.tensor(3)},
+        config=config_from_dict({"name": "x"}),
+        tokenizer={"models": {"joint": b"proto"}},
+        vocab=VocabSizes(8, 8, True),
+        metrics={"valid_bleu": value},
+        training=training,
+    )
 
 
 def test_save_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
@@ -51,7 +56,9 @@ class _RunsCode:
 def test_loading_never_executes_code(tmp_path: Path) -> None:
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
-        pickle.dump({"model": _RunsCode(), "config": {}, "tokenizer": {}, "vocab": {}}, f, protocol=2)
+        pickle.dump(
+            {"model": _RunsCode(), "config": {}, "tokenizer": {}, "vocab": {}}, f, protocol=2
+        )
     with pytest.raises(CheckpointError, match="could run code") as error:
         load_checkpoint(path)
     assert "weights_only" not in str(error.value) and "\n" not in str(error.value)

@@ -27,8 +27,9 @@ def _write(path: Path, lines: list[str]) -> Path:
 
 
 def _files_config(files: dict[str, list[str]], **data: object) -> Config:
-    return config_from_dict({"data": {"preset": None, "files": files, "src_lang": "de",
-                                      "tgt_lang": "en", **data}})
+    return config_from_dict(
+        {"data": {"preset": None, "files": files, "src_lang": "de", "tgt_lang": "en", **data}}
+    )
 
 
 def _tiny_lines(tiny_corpus_dir: Path, lang: str, n: int) -> list[str]:
@@ -55,8 +56,12 @@ def test_aligned_text_files(tmp_path: Path, suffix: str) -> None:
     tgt = _write(tmp_path / f"train.en{suffix}", EN)
     _write(tmp_path / "valid.de", DE[:1])
     _write(tmp_path / "valid.en", EN[:1])
-    config = _files_config({"train": [str(src), str(tgt)],
-                            "valid": [str(tmp_path / "valid.de"), str(tmp_path / "valid.en")]})
+    config = _files_config(
+        {
+            "train": [str(src), str(tgt)],
+            "valid": [str(tmp_path / "valid.de"), str(tmp_path / "valid.en")],
+        }
+    )
     corpus = load_corpus(config.data)
     assert set(corpus) == {"train", "valid"}
     assert corpus["train"]["src"][:] == DE and corpus["train"]["tgt"][:] == EN
@@ -130,14 +135,23 @@ def test_missing_preset_file_names_the_path(tmp_path: Path) -> None:
 
 def test_preset_dir_from_environment(data_dir: Path, monkeypatch) -> None:
     monkeypatch.setenv("NMT_DATA_DIR", str(data_dir))
-    corpus = load_corpus(config_from_dict({"data": {"preset": "multi30k", "src_lang": "fr",
-                                                    "tgt_lang": "cs"}}).data)
+    corpus = load_corpus(
+        config_from_dict({"data": {"preset": "multi30k", "src_lang": "fr", "tgt_lang": "cs"}}).data
+    )
     assert {k: len(v) for k, v in corpus.items()} == {"train": 29000, "valid": 1014, "test": 1000}
 
 
 def test_enja_preset_uses_dev_for_valid_and_test(data_dir: Path) -> None:
-    config = config_from_dict({"data": {"preset": "small_parallel_enja", "dir": str(data_dir),
-                                        "src_lang": "ja", "tgt_lang": "en"}})
+    config = config_from_dict(
+        {
+            "data": {
+                "preset": "small_parallel_enja",
+                "dir": str(data_dir),
+                "src_lang": "ja",
+                "tgt_lang": "en",
+            }
+        }
+    )
     corpus = load_corpus(config.data)
     assert len(corpus["train"]) == 50000 and len(corpus["valid"]) == 500
     assert corpus["test"]["src"][:] == corpus["valid"]["src"][:]
@@ -157,16 +171,35 @@ def _cleaning_corpus(tiny_corpus_dir: Path, tmp_path: Path) -> Config:
     """200 clean pairs plus 3 empty, 2 overlong and 2 lopsided ones; valid keeps an empty pair."""
     de, en = _tiny_lines(tiny_corpus_dir, "de", 200), _tiny_lines(tiny_corpus_dir, "en", 200)
     de += ["", "Ein Hund.", "", " ".join(["Hund"] * 120), "Ein Mann.", "a", "a"]
-    en += ["A dog.", "", "", "A dog.", " ".join(["man"] * 120), " ".join(["a"] * 12),
-           " ".join(["a"] * 15)]
-    files = {"train": [str(_write(tmp_path / "train.de", de)),
-                       str(_write(tmp_path / "train.en", en))],
-             "valid": [str(_write(tmp_path / "valid.de", DE + [""])),
-                       str(_write(tmp_path / "valid.en", EN + [""]))]}
-    return config_from_dict({
-        "data": {"preset": None, "files": files, "src_lang": "de", "tgt_lang": "en",
-                 "max_len": 100, "max_ratio": 3.0},
-        "tokenizer": {"vocab_size": 1000}})
+    en += [
+        "A dog.",
+        "",
+        "",
+        "A dog.",
+        " ".join(["man"] * 120),
+        " ".join(["a"] * 12),
+        " ".join(["a"] * 15),
+    ]
+    files = {
+        "train": [str(_write(tmp_path / "train.de", de)), str(_write(tmp_path / "train.en", en))],
+        "valid": [
+            str(_write(tmp_path / "valid.de", DE + [""])),
+            str(_write(tmp_path / "valid.en", EN + [""])),
+        ],
+    }
+    return config_from_dict(
+        {
+            "data": {
+                "preset": None,
+                "files": files,
+                "src_lang": "de",
+                "tgt_lang": "en",
+                "max_len": 100,
+                "max_ratio": 3.0,
+            },
+            "tokenizer": {"vocab_size": 1000},
+        }
+    )
 
 
 def test_cleaning_counts_each_reason(tiny_corpus_dir: Path, tmp_path: Path) -> None:
@@ -182,9 +215,9 @@ def test_cleaning_counts_each_reason(tiny_corpus_dir: Path, tmp_path: Path) -> N
     assert prepared.splits["valid"][3]["src_ids"] == [EOS_ID]
 
 
-def test_train_limit_keeps_the_first_pairs(tiny_corpus_dir: Path,
-                                           tiny_corpus_files: dict[str, list[str]],
-                                           tmp_path: Path) -> None:
+def test_train_limit_keeps_the_first_pairs(
+    tiny_corpus_dir: Path, tiny_corpus_files: dict[str, list[str]], tmp_path: Path
+) -> None:
     # The tiny corpus has 400 training pairs: the limit keeps 100 and cuts 300.
     config = _files_config(tiny_corpus_files, train_limit=100)
     config.tokenizer.vocab_size = 200
@@ -197,8 +230,9 @@ def test_train_limit_keeps_the_first_pairs(tiny_corpus_dir: Path,
 
 
 def test_prepare_real_multi30k(data_dir: Path, tmp_path: Path) -> None:
-    config = config_from_dict({"data": {"dir": str(data_dir), "train_limit": 2000},
-                               "tokenizer": {"vocab_size": 1000}})
+    config = config_from_dict(
+        {"data": {"dir": str(data_dir), "train_limit": 2000}, "tokenizer": {"vocab_size": 1000}}
+    )
     first = prepare_data(config, tmp_path)
     stats = first.stats
     assert stats["cache"] == {"dir": stats["cache"]["dir"], "hit": False, "tokenizer_reused": False}
@@ -211,8 +245,9 @@ def test_prepare_real_multi30k(data_dir: Path, tmp_path: Path) -> None:
     assert "valid" in format_summary(stats) and "joint" in format_summary(stats)
 
 
-def test_prepare_reuses_tokenizer_and_cache(tiny_corpus_files: dict[str, list[str]],
-                                            tmp_path: Path) -> None:
+def test_prepare_reuses_tokenizer_and_cache(
+    tiny_corpus_files: dict[str, list[str]], tmp_path: Path
+) -> None:
     config = _files_config(tiny_corpus_files)
     config.tokenizer.vocab_size = 300
     first = prepare_data(config, tmp_path)

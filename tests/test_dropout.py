@@ -1,4 +1,4 @@
-"""Dropout: the right keep rate and scale, identity in eval mode, gradient through survivors only."""
+"""Dropout: the right keep rate and scale, identity in eval mode, gradient only through survivors."""
 
 from __future__ import annotations
 

@@ -14,9 +14,22 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("check", ["precision", "rnn_dtype", "fp16_loss", "masked_rows"])
 def test_quick_checks_pass_on_cpu(check: str, data_dir: Path, tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_checks.py"), check,
-                          "--device", "cpu", "--data-dir", str(data_dir), "--work-dir",
-                          str(tmp_path)], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "gpu_checks.py"),
+            check,
+            "--device",
+            "cpu",
+            "--data-dir",
+            str(data_dir),
+            "--work-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr[-2000:]
     line = out.stdout.strip().splitlines()[-1]
     assert line.startswith(f"PASS {check}: "), line
@@ -27,6 +40,16 @@ def test_cuda_checks_skip_without_a_gpu(tmp_path: Path) -> None:
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    out = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_checks.py"), "precision",
-                          "--work-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "gpu_checks.py"),
+            "precision",
+            "--work-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and out.stdout.startswith("SKIP precision: no CUDA device")

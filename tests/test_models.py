@@ -33,8 +33,10 @@ def pad_batch(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def sample_batch(gen: torch.Generator, size: int, lo: int = 3, hi: int = 8):
     """Reverse task: src = x + EOS, tgt_in = BOS + reversed(x), tgt_out = reversed(x) + EOS."""
-    seqs = [torch.randint(4, VOCAB, (int(n),), generator=gen).tolist()
-            for n in torch.randint(lo, hi + 1, (size,), generator=gen)]
+    seqs = [
+        torch.randint(4, VOCAB, (int(n),), generator=gen).tolist()
+        for n in torch.randint(lo, hi + 1, (size,), generator=gen)
+    ]
     src, src_mask = pad_batch([s + [EOS_ID] for s in seqs])
     tgt_in, _ = pad_batch([[BOS_ID] + s[::-1] for s in seqs])
     tgt_out, tgt_mask = pad_batch([s[::-1] + [EOS_ID] for s in seqs])
@@ -206,8 +208,9 @@ def test_bf16_autocast(name: str, batch) -> None:
     src, src_mask, tgt_in, tgt_out, _ = batch
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits, attention = model(src, src_mask, tgt_in, with_attention=True)
-        loss = F.cross_entropy(logits.float().reshape(-1, VOCAB), tgt_out.reshape(-1),
-                               ignore_index=PAD_ID)
+        loss = F.cross_entropy(
+            logits.float().reshape(-1, VOCAB), tgt_out.reshape(-1), ignore_index=PAD_ID
+        )
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -233,8 +236,17 @@ def token_accuracy(model: Seq2Seq, data) -> float:
 
 def _learn(name: str, max_steps: int, **overrides) -> float:
     """Train on the reverse task until >= 95% teacher-forced token accuracy or max_steps."""
-    size = dict(embed_dim=32, hidden_size=32, encoder_layers=1, decoder_layers=1, heads=4,
-                ffn_size=64, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    size = dict(
+        embed_dim=32,
+        hidden_size=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        heads=4,
+        ffn_size=64,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+    )
     model = make_model(name, **{**size, **overrides})
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
@@ -243,8 +255,7 @@ def _learn(name: str, max_steps: int, **overrides) -> float:
     for step in range(1, max_steps + 1):
         src, src_mask, tgt_in, tgt_out, _ = sample_batch(gen, 64)
         logits, _ = model(src, src_mask, tgt_in)
-        loss = F.cross_entropy(logits.reshape(-1, VOCAB), tgt_out.reshape(-1),
-                               ignore_index=PAD_ID)
+        loss = F.cross_entropy(logits.reshape(-1, VOCAB), tgt_out.reshape(-1), ignore_index=PAD_ID)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -328,10 +339,21 @@ def test_bad_configs_fail_at_build_time(overrides: dict, vocab: tuple, field: st
 
 def test_fields_of_the_other_architecture_are_not_checked() -> None:
     """An RNN has no heads and a Transformer no hidden_size: unused values cannot break them."""
-    rnn = build_model(tiny_config("gru-bahdanau", heads=0, ffn_size=0, embed_dim=15,
-                                  attention_dropout=1.0, alignment_layer=9), VOCAB, VOCAB)
-    transformer = build_model(tiny_config("transformer-pre", hidden_size=0, local_window=-1),
-                              VOCAB, VOCAB)
+    rnn = build_model(
+        tiny_config(
+            "gru-bahdanau",
+            heads=0,
+            ffn_size=0,
+            embed_dim=15,
+            attention_dropout=1.0,
+            alignment_layer=9,
+        ),
+        VOCAB,
+        VOCAB,
+    )
+    transformer = build_model(
+        tiny_config("transformer-pre", hidden_size=0, local_window=-1), VOCAB, VOCAB
+    )
     assert rnn.arch == "rnn" and transformer.arch == "transformer"
 
 

@@ -13,7 +13,9 @@ from nmt.specials import PAD_ID
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_smoothed_loss_and_gradient_match_cross_entropy(smoothing: float, dtype: torch.dtype) -> None:
+def test_smoothed_loss_and_gradient_match_cross_entropy(
+    smoothing: float, dtype: torch.dtype
+) -> None:
     torch.manual_seed(0)
     logits = (torch.randn(3, 700, 50) * 3).to(dtype)  # > one chunk of rows
     target = torch.randint(1, 50, (3, 700))
@@ -22,10 +24,17 @@ def test_smoothed_loss_and_gradient_match_cross_entropy(smoothing: float, dtype:
     loss, nll = label_smoothed_nll(ours, target, smoothing, scale=0.5)
     loss.backward()
     ref = logits.float().clone().requires_grad_()
-    ref_loss = F.cross_entropy(ref.view(-1, 50), target.view(-1), ignore_index=PAD_ID,
-                               label_smoothing=smoothing, reduction="sum")
+    ref_loss = F.cross_entropy(
+        ref.view(-1, 50),
+        target.view(-1),
+        ignore_index=PAD_ID,
+        label_smoothing=smoothing,
+        reduction="sum",
+    )
     (ref_loss * 0.5).backward()
-    ref_nll = F.cross_entropy(ref.detach().view(-1, 50), target.view(-1), ignore_index=PAD_ID, reduction="sum")
+    ref_nll = F.cross_entropy(
+        ref.detach().view(-1, 50), target.view(-1), ignore_index=PAD_ID, reduction="sum"
+    )
     torch.testing.assert_close(loss, 0.5 * ref_loss, rtol=1e-5, atol=1e-3)
     torch.testing.assert_close(nll, ref_nll, rtol=1e-5, atol=1e-3)
     tol = 1e-6 if dtype == torch.float32 else 1e-2
@@ -76,8 +85,10 @@ def test_fp16_logits_with_loss_scale_65536_give_finite_accurate_gradients(peaked
     target[:96] = PAD_ID
     tokens = int((target != PAD_ID).sum())
     ref = logits.clone().requires_grad_()
-    (F.cross_entropy(ref, target, ignore_index=PAD_ID, label_smoothing=0.1, reduction="sum")
-     / tokens).backward()
+    (
+        F.cross_entropy(ref, target, ignore_index=PAD_ID, label_smoothing=0.1, reduction="sum")
+        / tokens
+    ).backward()
     ours = logits.half().requires_grad_()
     loss, _ = label_smoothed_nll(ours, target, 0.1, scale=1.0 / tokens)
     (loss * 65536.0).backward()

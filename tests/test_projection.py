@@ -30,8 +30,12 @@ def test_low_precision_copy_follows_weight_updates() -> None:
         layer.weight.mul_(2.0)  # in place, like an optimiser step
     with torch.inference_mode():
         after = layer(x, torch.bfloat16)
-    torch.testing.assert_close(after.float(), 2 * before.float() - layer.bias.to(torch.bfloat16).float(),
-                               atol=0.1, rtol=0.02)
+    torch.testing.assert_close(
+        after.float(),
+        2 * before.float() - layer.bias.to(torch.bfloat16).float(),
+        atol=0.1,
+        rtol=0.02,
+    )
 
 
 def test_training_and_gradients_ignore_the_decoding_dtype() -> None:

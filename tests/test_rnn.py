@@ -14,8 +14,9 @@ from nmt.rnn import Bridge, RNNEncoder, make_rnn, recurrent_fp32, run_rnn
 from nmt.specials import BOS_ID
 
 VOCAB = 20
-TINY = ModelConfig(arch="rnn", embed_dim=8, hidden_size=6, encoder_layers=2, decoder_layers=2,
-                   dropout=0.0)
+TINY = ModelConfig(
+    arch="rnn", embed_dim=8, hidden_size=6, encoder_layers=2, decoder_layers=2, dropout=0.0
+)
 
 
 def make(**overrides):
@@ -27,8 +28,9 @@ def make(**overrides):
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_encoder_ignores_padding(cell: str, bidirectional: bool) -> None:
     torch.manual_seed(0)
-    encoder = RNNEncoder(torch.nn.Embedding(VOCAB, 8, padding_idx=0), cell, 6, 2,
-                         bidirectional, 0.0).eval()
+    encoder = RNNEncoder(
+        torch.nn.Embedding(VOCAB, 8, padding_idx=0), cell, 6, 2, bidirectional, 0.0
+    ).eval()
     short = torch.tensor([[5, 6, 7]])
     padded = torch.tensor([[5, 6, 7, 0, 0], [8, 9, 10, 11, 12]])
     with torch.no_grad():

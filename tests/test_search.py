@@ -29,7 +29,9 @@ def tiny_model(
     torch.manual_seed(seed)
     config = tiny_config(name, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
     model = build_model(config, VOCAB, VOCAB).eval()
-    output = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == VOCAB][-1]
+    output = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == VOCAB][
+        -1
+    ]
     bias = {"eos": 0.0}
 
     def shift_eos(module: nn.Module, inputs: tuple, logits: torch.Tensor) -> torch.Tensor:
@@ -67,8 +69,9 @@ def source_batch(lengths: list[int] = LENGTHS, seed: int = 1) -> tuple[torch.Ten
 
 
 def beam(model: nn.Module, src: torch.Tensor, mask: torch.Tensor, k: int, n_best: int = 1, **extra):
-    return beam_search(model, src, mask, k, n_best=n_best, max_len_a=1.5, max_len_b=4,
-                       with_attention=True, **extra)
+    return beam_search(
+        model, src, mask, k, n_best=n_best, max_len_a=1.5, max_len_b=4, with_attention=True, **extra
+    )
 
 
 @pytest.mark.parametrize("name", ["gru-bahdanau", "transformer-pre", "lstm-none"])
@@ -148,7 +151,10 @@ def test_stops_at_max_length_when_model_never_ends(name: str) -> None:
 def test_min_length_and_attention_shapes() -> None:
     model = tiny_model("gru-bahdanau", eos_bias=1e3)  # would end at once if allowed
     src, mask = source_batch()
-    for results in (beam(model, src, mask, 2, min_len=3), greedy_search(model, src, mask, 1.5, 4, 3, True)):
+    for results in (
+        beam(model, src, mask, 2, min_len=3),
+        greedy_search(model, src, mask, 1.5, 4, 3, True),
+    ):
         for hyps, n in zip(results, LENGTHS):
             h = hyps[0]
             assert len(h.tokens) >= 3
@@ -160,7 +166,9 @@ def test_model_without_attention_gives_none() -> None:
     model = tiny_model("lstm-none")
     src, mask = source_batch()
     assert all(h[0].attention is None for h in beam(model, src, mask, 2))
-    assert all(h[0].attention is None for h in greedy_search(model, src, mask, 1.5, 4, with_attention=True))
+    assert all(
+        h[0].attention is None for h in greedy_search(model, src, mask, 1.5, 4, with_attention=True)
+    )
 
 
 def test_n_best_larger_than_beam_is_rejected() -> None:

@@ -26,20 +26,25 @@ def _head(path: Path, n: int = N_LINES) -> list[str]:
 @pytest.fixture(scope="module")
 def deen(tiny_corpus_dir: Path) -> dict[str, list[str]]:
     """The tiny corpus's 400 training pairs."""
-    return {lang: (tiny_corpus_dir / f"train.{lang}").read_text(encoding="utf-8").splitlines()
-            for lang in ("de", "en")}
+    return {
+        lang: (tiny_corpus_dir / f"train.{lang}").read_text(encoding="utf-8").splitlines()
+        for lang in ("de", "en")
+    }
 
 
 @pytest.fixture(scope="module")
 def enja(data_dir: Path) -> dict[str, list[str]]:
-    return {lang: _head(data_dir / "small_parallel_enja" / f"train.{lang}") for lang in ("en", "ja")}
+    return {
+        lang: _head(data_dir / "small_parallel_enja" / f"train.{lang}") for lang in ("en", "ja")
+    }
 
 
 @pytest.fixture(scope="module")
 def joint_deen(deen, tmp_path_factory) -> Tokenizer:
     config = TokenizerConfig(type="unigram", vocab_size=JOINT_VOCAB, joint=True)
-    return Tokenizer.train(config, deen["de"], deen["en"], "de", "en",
-                           tmp_path_factory.mktemp("tok"))
+    return Tokenizer.train(
+        config, deen["de"], deen["en"], "de", "en", tmp_path_factory.mktemp("tok")
+    )
 
 
 def test_joint_round_trip_and_specials(joint_deen: Tokenizer, deen) -> None:
@@ -111,8 +116,9 @@ def test_state_survives_weights_only_checkpoint(joint_deen: Tokenizer, deen) -> 
 
 
 def test_load_from_directory(enja, tmp_path: Path) -> None:
-    config = TokenizerConfig(vocab_size=2000, joint=False, character_coverage=0.9995,
-                             detok_remove_spaces=["ja"])
+    config = TokenizerConfig(
+        vocab_size=2000, joint=False, character_coverage=0.9995, detok_remove_spaces=["ja"]
+    )
     trained = Tokenizer.train(config, enja["en"], enja["ja"], "en", "ja", tmp_path)
     loaded = Tokenizer.load(tmp_path)
     assert loaded.config == config
@@ -135,8 +141,14 @@ def test_vocab_size_above_corpus_falls_back(tmp_path: Path) -> None:
 def test_input_sentence_size_limits_training_sample(deen, tmp_path: Path) -> None:
     config = TokenizerConfig(vocab_size=5000, input_sentence_size=100)
     small = Tokenizer.train(config, deen["de"], deen["en"], "de", "en", tmp_path / "a")
-    full = Tokenizer.train(TokenizerConfig(vocab_size=5000, input_sentence_size=None),
-                           deen["de"], deen["en"], "de", "en", tmp_path / "b")
+    full = Tokenizer.train(
+        TokenizerConfig(vocab_size=5000, input_sentence_size=None),
+        deen["de"],
+        deen["en"],
+        "de",
+        "en",
+        tmp_path / "b",
+    )
     # 100 of the 400 sentences per side cannot support as many pieces as all of them.
     assert small.src_vocab_size < full.src_vocab_size
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_config_dict
+
 from nmt.checkpoint import load_checkpoint
 from nmt.config import ConfigError, config_from_dict
 from nmt.cpu import has_native_bf16
@@ -46,9 +46,18 @@ def _cli(*args: str) -> list[str]:
 
 
 @pytest.mark.parametrize("arch", ["transformer", *RNN_VARIANTS])
-def test_every_architecture_trains_and_loss_falls(data_dir: Path, tmp_path: Path, arch: str) -> None:
-    config = _config(data_dir, tmp_path / "run", arch, max_steps=30, log_every=3, valid_every=30,
-                     precision="bf16")
+def test_every_architecture_trains_and_loss_falls(
+    data_dir: Path, tmp_path: Path, arch: str
+) -> None:
+    config = _config(
+        data_dir,
+        tmp_path / "run",
+        arch,
+        max_steps=30,
+        log_every=3,
+        valid_every=30,
+        precision="bf16",
+    )
     summary = train(config)
     losses = [r["loss"] for r in read_metrics(tmp_path / "run", "train")]
     assert summary["steps"] == 30
@@ -56,7 +65,9 @@ def test_every_architecture_trains_and_loss_falls(data_dir: Path, tmp_path: Path
     checkpoint = load_checkpoint(tmp_path / "run" / "best.pt")
     assert checkpoint.config.model.arch == config.model.arch
     assert checkpoint.training is None and checkpoint.tokenizer
-    assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "env.json").is_file()
+    assert (tmp_path / "run" / "config.yaml").is_file() and (
+        tmp_path / "run" / "env.json"
+    ).is_file()
     assert any((tmp_path / "run" / "tensorboard").iterdir())
 
 
@@ -81,14 +92,18 @@ def test_resume_reproduces_uninterrupted_run(data_dir: Path, tmp_path: Path) -> 
     resumed_losses = [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "part", "train")]
     assert [s for s, _ in full_losses] == list(range(1, 13))
     assert [s for s, _ in resumed_losses] == [s for s, _ in full_losses]
-    assert [loss for _, loss in resumed_losses] == pytest.approx([loss for _, loss in full_losses], rel=1e-5)
+    assert [loss for _, loss in resumed_losses] == pytest.approx(
+        [loss for _, loss in full_losses], rel=1e-5
+    )
     a = load_checkpoint(tmp_path / "full" / "last.pt").model
     b = load_checkpoint(tmp_path / "part" / "last.pt").model
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
-def test_resume_without_checkpoint_and_rerun_into_full_folder_fail_clearly(data_dir: Path, tmp_path: Path) -> None:
+def test_resume_without_checkpoint_and_rerun_into_full_folder_fail_clearly(
+    data_dir: Path, tmp_path: Path
+) -> None:
     config = _config(data_dir, tmp_path / "run", max_steps=2, valid_every=2)
     with pytest.raises(Exception, match="no checkpoint to resume"):
         train(config, resume=True)
@@ -109,12 +124,18 @@ def _env() -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_sigkill_during_checkpoint_write_leaves_loadable_last(data_dir: Path, tmp_path: Path) -> None:
+def test_sigkill_during_checkpoint_write_leaves_loadable_last(
+    data_dir: Path, tmp_path: Path
+) -> None:
     raw = tiny_config_dict(data_dir, tmp_path / "run")
     raw["train"].update(max_steps=100000, valid_every=1, valid_limit=1, log_every=1)
     cfg = _write_config(tmp_path / "cfg.yaml", raw)
-    proc = subprocess.Popen(_cli("train", "--config", str(cfg)), env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli("train", "--config", str(cfg)),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     run = tmp_path / "run"
     deadline = time.monotonic() + 120
     killed_mid_write = False
@@ -142,11 +163,18 @@ def test_sigterm_saves_and_exits_cleanly(data_dir: Path, tmp_path: Path) -> None
     raw = tiny_config_dict(data_dir, tmp_path / "run")
     raw["train"].update(max_steps=100000, valid_every=100000, log_every=1)
     cfg = _write_config(tmp_path / "cfg.yaml", raw)
-    proc = subprocess.Popen(_cli("train", "--config", str(cfg)), env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cli("train", "--config", str(cfg)),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") >= 3):
+    while time.monotonic() < deadline and not (
+        metrics.is_file() and metrics.read_text().count("\n") >= 3
+    ):
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -161,16 +189,30 @@ def test_two_process_gloo_ddp_matches_single_process(data_dir: Path, tmp_path: P
     def run(name: str, accum: int, launcher: list[str]) -> dict:
         raw = tiny_config_dict(data_dir, tmp_path / name)
         raw["model"].update(dropout=0.0, attention_dropout=0.0)  # ranks draw different masks
-        raw["train"].update(max_steps=4, valid_every=4, accum_steps=accum, batch_tokens=512, log_every=1)
+        raw["train"].update(
+            max_steps=4, valid_every=4, accum_steps=accum, batch_tokens=512, log_every=1
+        )
         cfg = _write_config(tmp_path / f"{name}.yaml", raw)
-        out = subprocess.run([*launcher, "train", "--config", str(cfg)], env=_env(),
-                             capture_output=True, text=True, timeout=600)
+        out = subprocess.run(
+            [*launcher, "train", "--config", str(cfg)],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         return load_checkpoint(tmp_path / name / "last.pt").model
 
     single = run("single", 2, _cli())
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                "-m", "nmt.cli"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "nmt.cli",
+    ]
     ddp = run("ddp", 1, torchrun)
     for key in single:
         torch.testing.assert_close(single[key], ddp[key], rtol=1e-4, atol=1e-5)
@@ -180,25 +222,39 @@ def test_bad_config_and_missing_data_fail_with_one_line(data_dir: Path, tmp_path
     raw = tiny_config_dict(data_dir, tmp_path / "run")
     raw["train"]["learning_rate"] = 0.1
     cfg = _write_config(tmp_path / "bad.yaml", raw)
-    out = subprocess.run(_cli("train", "--config", str(cfg)), env=_env(), capture_output=True, text=True)
+    out = subprocess.run(
+        _cli("train", "--config", str(cfg)), env=_env(), capture_output=True, text=True
+    )
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "train.learning_rate" in lines[0] and "valid keys" in lines[0]
 
     raw = tiny_config_dict(tmp_path / "nowhere", tmp_path / "run2")
     cfg = _write_config(tmp_path / "missing.yaml", raw)
-    out = subprocess.run(_cli("train", "--config", str(cfg)), env=_env(), capture_output=True, text=True)
+    out = subprocess.run(
+        _cli("train", "--config", str(cfg)), env=_env(), capture_output=True, text=True
+    )
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("nmt train: error:") and str(tmp_path / "nowhere") in last, out.stderr
 
 
-def test_diverging_loss_skips_steps_then_stops_with_a_clear_message(data_dir: Path, tmp_path: Path) -> None:
+def test_diverging_loss_skips_steps_then_stops_with_a_clear_message(
+    data_dir: Path, tmp_path: Path
+) -> None:
     from nmt.train import TrainingError
 
-    config = _config(data_dir, tmp_path / "run", lr=1e30, warmup_steps=0, schedule="constant",
-                     max_nonfinite=3, max_steps=50, log_every=1)
+    config = _config(
+        data_dir,
+        tmp_path / "run",
+        lr=1e30,
+        warmup_steps=0,
+        schedule="constant",
+        max_nonfinite=3,
+        max_steps=50,
+        log_every=1,
+    )
     with pytest.raises(TrainingError, match="not finite for 3 updates in a row"):
         train(config)
 
@@ -206,17 +262,36 @@ def test_diverging_loss_skips_steps_then_stops_with_a_clear_message(data_dir: Pa
 @pytest.mark.slow
 def test_two_process_resume_reproduces_uninterrupted_run(data_dir: Path, tmp_path: Path) -> None:
     """Each rank's dropout stream and the plateau schedule survive an interruption under DDP."""
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                "-m", "nmt.cli"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "nmt.cli",
+    ]
 
     def run(name: str, max_steps: int, resume: bool) -> None:
         raw = tiny_config_dict(data_dir, tmp_path / name)
-        raw["train"].update(max_steps=max_steps, valid_every=2, batch_tokens=512, log_every=1,
-                            schedule="plateau", plateau_patience=0, warmup_steps=0)
+        raw["train"].update(
+            max_steps=max_steps,
+            valid_every=2,
+            batch_tokens=512,
+            log_every=1,
+            schedule="plateau",
+            plateau_patience=0,
+            warmup_steps=0,
+        )
         cfg = _write_config(tmp_path / f"{name}-{max_steps}.yaml", raw)
         extra = ["--resume"] if resume else []
-        out = subprocess.run([*torchrun, "train", "--config", str(cfg), *extra], env=_env(),
-                             capture_output=True, text=True, timeout=600)
+        out = subprocess.run(
+            [*torchrun, "train", "--config", str(cfg), *extra],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert out.returncode == 0, out.stderr[-3000:]
 
     run("full", 4, resume=False)
@@ -242,17 +317,34 @@ def test_resume_with_another_world_size_keeps_the_global_data_position(
 
     raw = tiny_config_dict(data_dir, tmp_path / "run")
     raw["train"].update(max_steps=3, valid_every=3, batch_tokens=512, log_every=1)
-    out = subprocess.run(_cli("train", "--config", str(_write_config(tmp_path / "a.yaml", raw))),
-                         env=_env(), capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        _cli("train", "--config", str(_write_config(tmp_path / "a.yaml", raw))),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     saved = load_checkpoint(tmp_path / "run" / "last.pt").training
     assert saved is not None and saved.world_size == 1 and saved.progress["batch_in_epoch"] == 3
 
     raw["train"]["max_steps"] = 4
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node=2", "-m", "nmt.cli"]
-    out = subprocess.run([*torchrun, "train", "--config", str(_write_config(tmp_path / "b.yaml", raw)),
-                          "--resume"], env=_env(), capture_output=True, text=True, timeout=600)
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "nmt.cli",
+    ]
+    out = subprocess.run(
+        [*torchrun, "train", "--config", str(_write_config(tmp_path / "b.yaml", raw)), "--resume"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resuming 2 process(es) from a run of 1" in out.stderr
     resumed = load_checkpoint(tmp_path / "run" / "last.pt").training

@@ -16,8 +16,15 @@ from nmt.transformer import LearnedPositions, SinusoidalPositions
 
 VOCAB = 20
 TINY = ModelConfig(
-    arch="transformer", embed_dim=16, encoder_layers=2, decoder_layers=2, heads=2, ffn_size=32,
-    dropout=0.0, attention_dropout=0.0, max_positions=32,
+    arch="transformer",
+    embed_dim=16,
+    encoder_layers=2,
+    decoder_layers=2,
+    heads=2,
+    ffn_size=32,
+    dropout=0.0,
+    attention_dropout=0.0,
+    max_positions=32,
 )
 
 

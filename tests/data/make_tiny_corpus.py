@@ -102,45 +102,97 @@ BE = Verb("ist", "sind", "is", "are")
 ANIMAL_VERBS = INTRANSITIVE[:4] + (Verb("frisst", "fressen", "eats", "eat", FOOD),)
 
 PLACES = (
-    Place(Noun("Park", "Parks", "m", "park", "parks"),
-          (("in", "in"), ("vor", "in front of"), ("neben", "next to"))),
+    Place(
+        Noun("Park", "Parks", "m", "park", "parks"),
+        (("in", "in"), ("vor", "in front of"), ("neben", "next to")),
+    ),
     Place(Noun("Straße", "Straßen", "f", "street", "streets"), (("auf", "on"),)),
     Place(Noun("Küche", "Küchen", "f", "kitchen", "kitchens"), (("in", "in"),)),
     Place(Noun("Strand", "Strände", "m", "beach", "beaches"), (("an", "on"),)),
-    Place(Noun("Brücke", "Brücken", "f", "bridge", "bridges"),
-          (("auf", "on"), ("unter", "under"))),
-    Place(Noun("Bahnhof", "Bahnhöfe", "m", "station", "stations"),
-          (("vor", "in front of"), ("in", "in"))),
-    Place(Noun("Haus", "Häuser", "n", "house", "houses"),
-          (("vor", "in front of"), ("hinter", "behind"), ("in", "in"))),
+    Place(Noun("Brücke", "Brücken", "f", "bridge", "bridges"), (("auf", "on"), ("unter", "under"))),
+    Place(
+        Noun("Bahnhof", "Bahnhöfe", "m", "station", "stations"),
+        (("vor", "in front of"), ("in", "in")),
+    ),
+    Place(
+        Noun("Haus", "Häuser", "n", "house", "houses"),
+        (("vor", "in front of"), ("hinter", "behind"), ("in", "in")),
+    ),
     Place(Noun("Café", "Cafés", "n", "café", "cafés"), (("in", "in"), ("neben", "next to"))),
     Place(Noun("Brunnen", "Brunnen", "m", "fountain", "fountains"), (("neben", "next to"),)),
 )
 CONTRACTIONS = {("in", "dem"): "im", ("an", "dem"): "am"}
 
-LIVING_ADJECTIVES = (("alt", "old"), ("jung", "young"), ("groß", "tall"), ("klein", "little"),
-                     ("müde", "tired"), ("fröhlich", "cheerful"), ("hungrig", "hungry"))
-THING_ADJECTIVES = (("alt", "old"), ("neu", "new"), ("groß", "big"), ("klein", "small"),
-                    ("rot", "red"), ("blau", "blue"), ("grün", "green"), ("weiß", "white"),
-                    ("schön", "beautiful"))
-PREDICATES = (("müde", "tired"), ("fröhlich", "happy"), ("hungrig", "hungry"),
-              ("krank", "ill"), ("glücklich", "glad"), ("nervös", "nervous"))
-MANNER = (("schnell", "quickly"), ("langsam", "slowly"), ("laut", "loudly"),
-          ("leise", "quietly"), ("ruhig", "calmly"))
-TIMES = (("heute", "today"), ("morgens", "in the morning"), ("abends", "in the evening"),
-         ("jeden Tag", "every day"), ("am Sonntag", "on Sunday"), ("oft", "often"))
-NAMES = (("Anna", "Anna"), ("Jonas", "Jonas"), ("Lena", "Lena"), ("Jürgen", "Jürgen"),
-         ("Frau Müller", "Mrs Müller"), ("Herr Weiß", "Mr Weiß"), ("Zoë", "Zoë"))
-PRONOUNS = (Phrase("er", "he"), Phrase("sie", "she"), Phrase("sie", "they", True),
-            Phrase("wir", "we", True))
+LIVING_ADJECTIVES = (
+    ("alt", "old"),
+    ("jung", "young"),
+    ("groß", "tall"),
+    ("klein", "little"),
+    ("müde", "tired"),
+    ("fröhlich", "cheerful"),
+    ("hungrig", "hungry"),
+)
+THING_ADJECTIVES = (
+    ("alt", "old"),
+    ("neu", "new"),
+    ("groß", "big"),
+    ("klein", "small"),
+    ("rot", "red"),
+    ("blau", "blue"),
+    ("grün", "green"),
+    ("weiß", "white"),
+    ("schön", "beautiful"),
+)
+PREDICATES = (
+    ("müde", "tired"),
+    ("fröhlich", "happy"),
+    ("hungrig", "hungry"),
+    ("krank", "ill"),
+    ("glücklich", "glad"),
+    ("nervös", "nervous"),
+)
+MANNER = (
+    ("schnell", "quickly"),
+    ("langsam", "slowly"),
+    ("laut", "loudly"),
+    ("leise", "quietly"),
+    ("ruhig", "calmly"),
+)
+TIMES = (
+    ("heute", "today"),
+    ("morgens", "in the morning"),
+    ("abends", "in the evening"),
+    ("jeden Tag", "every day"),
+    ("am Sonntag", "on Sunday"),
+    ("oft", "often"),
+)
+NAMES = (
+    ("Anna", "Anna"),
+    ("Jonas", "Jonas"),
+    ("Lena", "Lena"),
+    ("Jürgen", "Jürgen"),
+    ("Frau Müller", "Mrs Müller"),
+    ("Herr Weiß", "Mr Weiß"),
+    ("Zoë", "Zoë"),
+)
+PRONOUNS = (
+    Phrase("er", "he"),
+    Phrase("sie", "she"),
+    Phrase("sie", "they", True),
+    Phrase("wir", "we", True),
+)
 NUMBERS = (("zwei", "two"), ("drei", "three"), ("vier", "four"), ("einige", "some"))
 SAYING = (("sagt", "says"), ("glaubt", "thinks"), ("hofft", "hopes"))
 
-DEFINITE = {"nom": {"m": "der", "f": "die", "n": "das"},
-            "acc": {"m": "den", "f": "die", "n": "das"},
-            "dat": {"m": "dem", "f": "der", "n": "dem"}}
-INDEFINITE = {"nom": {"m": "ein", "f": "eine", "n": "ein"},
-              "acc": {"m": "einen", "f": "eine", "n": "ein"}}
+DEFINITE = {
+    "nom": {"m": "der", "f": "die", "n": "das"},
+    "acc": {"m": "den", "f": "die", "n": "das"},
+    "dat": {"m": "dem", "f": "der", "n": "dem"},
+}
+INDEFINITE = {
+    "nom": {"m": "ein", "f": "eine", "n": "ein"},
+    "acc": {"m": "einen", "f": "eine", "n": "ein"},
+}
 
 
 def adjective_ending(determiner: str, case: str, gender: str, plural: bool) -> str:
@@ -160,12 +212,13 @@ def inflect(stem: str, ending: str) -> str:
 
 
 def indefinite_article_en(next_word: str) -> str:
-    """"an old man", "a tall man": chosen by sound, which for our words is the first letter."""
+    """ "an old man", "a tall man": chosen by sound, which for our words is the first letter."""
     return "an" if next_word[0] in "aeiou" else "a"
 
 
-def noun_phrase(rng: random.Random, noun: Noun, case: str,
-                adjectives: tuple[tuple[str, str], ...]) -> Phrase:
+def noun_phrase(
+    rng: random.Random, noun: Noun, case: str, adjectives: tuple[tuple[str, str], ...]
+) -> Phrase:
     """A determiner, maybe one of `adjectives`, and the noun, declined for `case` (nom/acc)."""
     plural = rng.random() < 0.3
     if plural:
@@ -276,11 +329,14 @@ def sentence(rng: random.Random) -> tuple[str, str]:
     first = clause(rng)
     pattern = rng.choices(
         ("plain", "time", "clock", "question", "and", "because", "that", "speech"),
-        weights=(6, 2, 1, 2, 2, 2, 1, 1))[0]
+        weights=(6, 2, 1, 2, 2, 2, 1, 1),
+    )[0]
     if pattern == "time":
         de_time, en_time = rng.choice(TIMES)
-        return (f"{capitalise(de_time)} {first.inverted_de()}.",
-                f"{capitalise(en_time)}, {first.main_en()}.")
+        return (
+            f"{capitalise(de_time)} {first.inverted_de()}.",
+            f"{capitalise(en_time)}, {first.main_en()}.",
+        )
     if pattern == "clock":
         hour = rng.randint(6, 11)
         return f"Um {hour} Uhr {first.inverted_de()}.", f"At {hour} o'clock {first.main_en()}."
@@ -289,18 +345,26 @@ def sentence(rng: random.Random) -> tuple[str, str]:
     if pattern in ("and", "because"):
         second = clause(rng)
         if pattern == "and":
-            return (f"{capitalise(first.main_de())}, und {second.main_de()}.",
-                    f"{capitalise(first.main_en())}, and {second.main_en()}.")
-        return (f"{capitalise(first.main_de())}, weil {second.final_de()}.",
-                f"{capitalise(first.main_en())} because {second.main_en()}.")
+            return (
+                f"{capitalise(first.main_de())}, und {second.main_de()}.",
+                f"{capitalise(first.main_en())}, and {second.main_en()}.",
+            )
+        return (
+            f"{capitalise(first.main_de())}, weil {second.final_de()}.",
+            f"{capitalise(first.main_en())} because {second.main_en()}.",
+        )
     de_name, en_name = rng.choice(NAMES)
     if pattern == "that":
         de_say, en_say = rng.choice(SAYING)
-        return (f"{de_name} {de_say}, dass {first.final_de()}.",
-                f"{en_name} {en_say} that {first.main_en()}.")
+        return (
+            f"{de_name} {de_say}, dass {first.final_de()}.",
+            f"{en_name} {en_say} that {first.main_en()}.",
+        )
     if pattern == "speech":
-        return (f"{de_name} sagt: „{capitalise(first.main_de())}.“",
-                f"{en_name} says: “{capitalise(first.main_en())}.”")
+        return (
+            f"{de_name} sagt: „{capitalise(first.main_de())}.“",
+            f"{en_name} says: “{capitalise(first.main_en())}.”",
+        )
     end = "!" if rng.random() < 0.1 else "."
     return capitalise(first.main_de()) + end, capitalise(first.main_en()) + end
 
