@@ -281,7 +281,7 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, name)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, name)
     if origin is Literal:  # the allowed values are checked by `validate`, with the others
         return value

@@ -37,4 +37,5 @@ class VocabularyProjection(nn.Linear):
             with torch.inference_mode(False):  # a normal tensor, usable outside inference mode
                 self._low_weight = self.weight.detach().to(dtype)
             self._low_key = key
+        assert self._low_weight is not None
         return self._low_weight

@@ -188,7 +188,7 @@ def _finish(
         history = torch.cat([active.attention[rows], step_attention[rows].unsqueeze(1)], dim=1)
         attention, masks = history.cpu(), src_mask[sents].cpu()  # [F, t+1, S], [F, S]
     for k, sent in enumerate(sents):
-        weights = None if attention is None else attention[k][:, masks[k]]
+        weights = None if attention is None or masks is None else attention[k][:, masks[k]]
         score = values[k] / gnmt_penalty(len(tokens[k]) + 1, alpha)
         finished[sent].append(Hypothesis(tokens[k], score, values[k], weights))
 
