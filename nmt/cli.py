@@ -178,14 +178,16 @@ def _cmd_translate(args: argparse.Namespace) -> None:
     import contextlib
     import json
 
-    from tqdm import tqdm
-
     from nmt.alignment import plot_alignment
     from nmt.evaluate import read_lines
-    from nmt.translator import Translation, read_chunks
+    from nmt.translator import (
+        TranslateOptions, Translation, file_chunks, read_chunks, translate_chunks,
+    )
 
     translator = _load_translator(args)
     aligned = bool(args.alignments or args.plot_attention or args.with_alignment)
+    options = TranslateOptions(beam_size=args.beam, n_best=args.n_best, max_len=args.max_len,
+                               with_alignment=aligned, truncate=args.truncate)
     words = args.alignment_level == "word"
 
     def write(t: Translation, index: int, out, links) -> None:
@@ -209,25 +211,18 @@ def _cmd_translate(args: argparse.Namespace) -> None:
             links = stack.enter_context(open(args.alignments, "w", encoding="utf-8"))
         if args.input:
             lines = read_lines(args.input)
-            chunks = (lines[i : i + 1000] for i in range(0, len(lines), 1000))
-            bar = stack.enter_context(tqdm(total=len(lines), unit="sent", desc="translating"))
-        else:
-            chunks, bar = read_chunks(sys.stdin), None
+            results = translate_chunks(translator, file_chunks(lines), options, len(lines))
+        else:  # no progress bar: the lines arrive as they come
+            results = translate_chunks(translator, read_chunks(sys.stdin), options)
         index, unaligned = 0, 0
-        for chunk in chunks:
-            results = translator.translate(
-                chunk, beam_size=args.beam, max_len=args.max_len, n_best=args.n_best,
-                with_alignment=aligned, truncate=args.truncate,
-            )
-            for t in results:
+        for chunk in results:
+            for t in chunk:
                 write(t, index, out, links)
                 unaligned += int(aligned and t.alignment is None)
                 index += 1
             out.flush()
             if links is not None:
                 links.flush()
-            if bar is not None:
-                bar.update(len(chunk))
     if unaligned:
         print(f"nmt translate: the model has no attention; {unaligned} sentences without alignment",
               file=sys.stderr)
@@ -289,7 +284,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
             ev.write_lines(hyps, args.output)
     else:
         hyps = ev.read_lines(args.hyp)
-    tgt_lang = args.tgt_lang or (translator.info.get("tgt_lang") if translator else None)
+    tgt_lang = args.tgt_lang or (translator.info.tgt_lang if translator else None)
     tgt_lang = tgt_lang or ev.guess_lang(args.ref)
     # A checkpoint whose tokenizer removes spaces when decoding needs references without them.
     tokenizer = translator.tokenizer if translator else None

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 from sacrebleu.metrics import BLEU, CHRF, TER
 
 if TYPE_CHECKING:
-    from nmt.translator import Translator
+    from nmt.translator import ModelInfo, Translator
 
 # Source-length buckets (in whitespace-separated source words) for the BLEU breakdown.
 LENGTH_BUCKETS: tuple[tuple[int, Optional[int]], ...] = ((1, 10), (11, 20), (21, 30), (31, None))
@@ -237,17 +237,12 @@ def translate_lines(
     chunk_size: int = 1000,
 ) -> list[str]:
     """Translations of `lines` (texts only), in chunks so a progress bar can follow."""
-    from tqdm import tqdm
+    from nmt.translator import TranslateOptions, file_chunks, translate_chunks
 
-    hyps: list[str] = []
-    with tqdm(total=len(lines), unit="sent", disable=not progress, desc="translating") as bar:
-        for start in range(0, len(lines), chunk_size):
-            chunk = list(lines[start : start + chunk_size])
-            results = translator.translate(chunk, beam_size=beam_size, max_len=max_len, n_best=1,
-                                           truncate=truncate)
-            hyps.extend(r.text for r in results)
-            bar.update(len(chunk))
-    return hyps
+    options = TranslateOptions(beam_size=beam_size, n_best=1, max_len=max_len, truncate=truncate)
+    total = len(lines) if progress else None
+    chunks = translate_chunks(translator, file_chunks(lines, chunk_size), options, total)
+    return [t.text for chunk in chunks for t in chunk]
 
 
 def decoding_settings(
@@ -296,7 +291,7 @@ def build_report(
     result: dict[str, Any],
     files: dict[str, Optional[str]],
     decoding: Optional[dict[str, Any]] = None,
-    translator_info: Optional[dict[str, Any]] = None,
+    info: Optional[ModelInfo] = None,
 ) -> dict[str, Any]:
     """The JSON report: scores, signatures, inputs, decoding settings and checkpoint identity."""
     report: dict[str, Any] = {
@@ -311,14 +306,9 @@ def build_report(
         "decoding": decoding,
         "checkpoint": None,
     }
-    if translator_info is not None:
-        report["checkpoint"] = {
-            "path": translator_info.get("checkpoint"),
-            "sha256": translator_info.get("checkpoint_sha256"),
-            "name": translator_info.get("name"),
-            "arch": translator_info.get("arch"),
-            "valid_bleu": translator_info.get("valid_bleu"),
-        }
+    if info is not None:
+        report["checkpoint"] = {"path": info.checkpoint, "sha256": info.sha256, "name": info.name,
+                                "arch": info.arch, "valid_bleu": info.valid_bleu}
     return report
 
 

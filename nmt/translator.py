@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, TextIO
+from typing import Any, Iterable, Iterator, Optional, Sequence, TextIO
 
 import torch
 from torch import nn
@@ -65,6 +65,61 @@ class Translation:
         return cls(**values)
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a translator's model is, for reports, scripts and the server's /info.
+
+    The decoding settings are not part of it: they are the translator's `decode` alone, which
+    callers may change (--precision, --length-penalty, ...) after loading.
+    """
+
+    name: str
+    arch: str  # rnn | transformer
+    architecture: str  # one line, see describe_model
+    src_lang: str
+    tgt_lang: str
+    lowercase: bool  # the model reads and writes lowercased text
+    parameters: int
+    max_source_len: Optional[int]  # source tokens (with EOS) the model accepts; None = any
+    valid_bleu: Optional[float] = None  # the rest describe the checkpoint file, if any
+    step: Optional[int] = None
+    checkpoint: Optional[str] = None  # its path
+    sha256: Optional[str] = None
+
+    @classmethod
+    def of(
+        cls, name: str, config: ModelConfig, model: nn.Module, tokenizer: Tokenizer
+    ) -> ModelInfo:
+        """The info of a model in memory (no checkpoint file: no BLEU, step or hash)."""
+        return cls(
+            name=name, arch=config.arch, architecture=describe_model(config),
+            src_lang=tokenizer.src_lang, tgt_lang=tokenizer.tgt_lang,
+            lowercase=tokenizer.config.lowercase, parameters=count_parameters(model),
+            max_source_len=_max_source_len(model),
+        )
+
+    def to_dict(self, decode: DecodeConfig) -> dict[str, Any]:
+        """The JSON form (the server's /info "model"), with the decoding settings in use."""
+        data = dataclasses.asdict(self)
+        data["checkpoint_sha256"] = data.pop("sha256")
+        data["decode"] = dataclasses.asdict(decode)
+        return data
+
+
+@dataclass(frozen=True)
+class TranslateOptions:
+    """The per-call settings of `Translator.translate` (None: the decode config's).
+
+    Frozen and hashable, so that requests with equal options can be decoded together.
+    """
+
+    beam_size: Optional[int] = None
+    n_best: Optional[int] = None
+    max_len: Optional[int] = None
+    with_alignment: bool = False
+    truncate: bool = False
+
+
 @dataclass
 class _Request:
     """Resolved decoding settings of one translate() call."""
@@ -83,18 +138,19 @@ class Translator:
         tokenizer: Tokenizer,
         decode: DecodeConfig,
         device: str | torch.device = "cpu",
-        info: Optional[dict[str, Any]] = None,
+        *,
+        info: ModelInfo,
     ) -> None:
         """Wrap a model that already lives on `device` (its train/eval mode is restored after use).
 
-        `info` describes the model for reports and the server (see `load` for the keys).
+        `info` describes the model for reports and the server; `decode` is the one copy of the
+        decoding settings (replace it to decode differently).
         """
         self.model = model
         self.tokenizer = tokenizer
         self.decode = decode
         self.device = torch.device(device)
-        self.info: dict[str, Any] = dict(info or {})
-        self.info.setdefault("decode", dataclasses.asdict(decode))
+        self.info = info
 
     @classmethod
     def load(cls, checkpoint_path: str | Path, device: str | torch.device = "cpu") -> Translator:
@@ -108,23 +164,12 @@ class Translator:
         device = torch.device(device)
         prepare_device(device)
         model.to(device).eval()
-        metrics = checkpoint.metrics
-        info = {
-            "name": config.name,
-            "arch": config.model.arch,
-            "architecture": describe_model(config.model),
-            "src_lang": tokenizer.src_lang,
-            "tgt_lang": tokenizer.tgt_lang,
-            "lowercase": tokenizer.config.lowercase,  # input and output are lowercased
-            "parameters": count_parameters(model),
-            "valid_bleu": metrics.get("valid_bleu"),
-            "step": checkpoint.step,
-            "max_source_len": _max_source_len(model),
-            "decode": dataclasses.asdict(config.decode),
-            "checkpoint": str(path),
-            "checkpoint_sha256": file_sha256(path),
-        }
-        return cls(model, tokenizer, config.decode, device, info)
+        info = dataclasses.replace(
+            ModelInfo.of(config.name, config.model, model, tokenizer),
+            valid_bleu=checkpoint.metrics.get("valid_bleu"), step=checkpoint.step,
+            checkpoint=str(path), sha256=file_sha256(path),
+        )
+        return cls(model, tokenizer, config.decode, device, info=info)
 
     # ------------------------------------------------------------------ translate
 
@@ -304,6 +349,34 @@ def _sub_batches(lengths: dict[int, int], budget: int) -> list[list[int]]:
     if current:
         groups.append(current)
     return groups
+
+
+def translate_chunks(
+    translator: Translator,
+    chunks: Iterable[Sequence[str]],
+    options: TranslateOptions,
+    total: Optional[int] = None,
+) -> Iterator[list[Translation]]:
+    """The translations of each chunk of lines, as soon as it is done.
+
+    With `total` (the number of lines to come) a progress bar on stderr follows the chunks.
+    """
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="sent", desc="translating", disable=total is None) as bar:
+        for chunk in chunks:
+            yield translator.translate(
+                chunk, beam_size=options.beam_size, max_len=options.max_len,
+                n_best=options.n_best, with_alignment=options.with_alignment,
+                truncate=options.truncate,
+            )
+            bar.update(len(chunk))
+
+
+def file_chunks(lines: Sequence[str], size: int = 1000) -> Iterator[list[str]]:
+    """`lines` in chunks of `size`, so that a progress bar can follow a long file."""
+    for start in range(0, len(lines), size):
+        yield list(lines[start : start + size])
 
 
 def read_chunks(stream: TextIO, max_lines: int = 32, wait: float = 0.02) -> Iterator[list[str]]:

@@ -15,7 +15,7 @@ from nmt.data import PreparedData
 from nmt.evaluate import bleu_metric, remove_word_spaces
 from nmt.optim import label_smoothed_nll
 from nmt.precision import autocast_dtype, device_caps, training_precision
-from nmt.translator import Translator
+from nmt.translator import ModelInfo, Translator
 
 
 @torch.inference_mode()
@@ -51,7 +51,8 @@ def validate(model: nn.Module, data: PreparedData, config: Config, device: torch
         # The decoder removes the spaces of pre-segmented targets: score against the same form.
         references = remove_word_spaces(references)
     decode = dataclasses.replace(config.decode, beam_size=config.train.valid_beam_size, n_best=1)
-    translator = Translator(model, data.tokenizer, decode, device, info={"name": config.name})
+    info = ModelInfo.of(config.name, config.model, model, data.tokenizer)
+    translator = Translator(model, data.tokenizer, decode, device, info=info)
     hypotheses = [t.text for t in translator.translate(sources)]
     metric = bleu_metric(config.data.tgt_lang, lowercase=config.tokenizer.lowercase)
     bleu = metric.corpus_score(hypotheses, [references])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gzip
 import json
 import os
@@ -84,7 +85,7 @@ def load_model(
     """(model, tokenizer, decode settings, label) from a checkpoint or a random reference model."""
     if args.checkpoint:
         translator = Translator.load(args.checkpoint, device=args.device)
-        decode = translator.info["decode"]
+        decode = dataclasses.asdict(translator.decode)
         return translator.model, translator.tokenizer, decode, f"checkpoint {args.checkpoint}"
     config = load_config(args.config)
     lang_src, lang_tgt = config.data.src_lang, config.data.tgt_lang
@@ -100,7 +101,7 @@ def load_model(
     )
     model.to(args.device).eval()
     label = f"RANDOMLY INITIALISED {config.model.arch} from {args.config} (not a trained model)"
-    return model, tokenizer, vars(config.decode), label
+    return model, tokenizer, dataclasses.asdict(config.decode), label
 
 
 def batches(ids: list[list[int]], size: int, device: str) -> list[tuple[Tensor, Tensor]]:

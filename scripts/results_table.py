@@ -53,7 +53,7 @@ def training_minutes(run_dir: Path) -> float:
 def tune_length_penalty(translator: Translator, data_dir: Path, beam: int,
                         alphas: list[float]) -> tuple[float, dict[str, float]]:
     """The alpha with the best validation BLEU (literature setting), and every alpha's BLEU."""
-    src, tgt = translator.info["src_lang"], translator.info["tgt_lang"]
+    src, tgt = translator.info.src_lang, translator.info.tgt_lang
     sources = read_lines(data_dir / "multi30k" / f"val.{src}.gz")
     refs = read_lines(data_dir / "multi30k" / "tok" / f"val.lc.norm.tok.{tgt}")
     scores = {}
@@ -61,7 +61,7 @@ def tune_length_penalty(translator: Translator, data_dir: Path, beam: int,
         translator.decode = dataclasses.replace(translator.decode, length_penalty=alpha)
         hyps = [t.text for t in translator.translate(sources, beam_size=beam)]
         scores[str(alpha)] = round(score_corpus(hyps, refs, tgt, literature=True)["bleu"], 2)
-        print(f"{translator.info['checkpoint']}: valid BLEU (lit.) {scores[str(alpha)]:.2f} "
+        print(f"{translator.info.checkpoint}: valid BLEU (lit.) {scores[str(alpha)]:.2f} "
               f"with length penalty {alpha}")
     best = max(alphas, key=lambda a: scores[str(a)])
     return best, scores
@@ -75,7 +75,7 @@ def score_run(run_dir: Path, data_dir: Path, beam: int, alphas: list[float] | No
     if alphas:
         alpha, valid_by_alpha = tune_length_penalty(translator, data_dir, beam, alphas)
         translator.decode = dataclasses.replace(translator.decode, length_penalty=alpha)
-    src, tgt = translator.info["src_lang"], translator.info["tgt_lang"]
+    src, tgt = translator.info.src_lang, translator.info.tgt_lang
     sources = read_lines(data_dir / "multi30k" / f"test_2016_flickr.{src}.gz")
     hyps = [t.text for t in translator.translate(sources, beam_size=beam)]
     write_lines(hyps, run_dir / f"test.hyp.{tgt}")
@@ -86,7 +86,7 @@ def score_run(run_dir: Path, data_dir: Path, beam: int, alphas: list[float] | No
     literature = score_corpus(hyps, tok_refs, tgt, literature=True)
     result = {
         "run": str(run_dir), "checkpoint": checkpoint.name, "direction": f"{src}-{tgt}",
-        "architecture": translator.info["architecture"], "parameters": translator.info["parameters"],
+        "architecture": translator.info.architecture, "parameters": translator.info.parameters,
         "train_minutes": round(training_minutes(run_dir), 1), "beam": beam,
         "length_penalty": translator.decode.length_penalty, "valid_bleu_literature_by_length_penalty":
             valid_by_alpha,

@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import litserve as ls
 from fastapi.responses import JSONResponse
@@ -30,6 +30,9 @@ from serve.schemas import (
 )
 from serve.shared import SharedJSON
 
+if TYPE_CHECKING:  # torch stays out of the HTTP front end: workers import it in setup()
+    from nmt.translator import TranslateOptions
+
 logger = logging.getLogger("nmt.serve")
 
 SOFT_DECIMALS = 4
@@ -40,8 +43,7 @@ class Job:
     """One request as a worker sees it."""
 
     texts: list[str]
-    # (beam_size, n_best, max_len, alignment, truncate): requests with equal settings decode together
-    settings: tuple[Optional[int], Optional[int], Optional[int], bool, bool]
+    options: "TranslateOptions"  # requests with equal options decode together
     received_at: float
     taken_at: float = field(default_factory=time.monotonic)
 
@@ -98,7 +100,6 @@ class TranslatorAPI(ls.LitAPI):
         import torch
 
         from nmt.allocator import keep_freed_memory
-        from nmt.checkpoint import file_sha256
         from nmt.translator import Translator
 
         if not logging.getLogger().handlers:  # a spawned worker starts with no logging set up
@@ -109,22 +110,23 @@ class TranslatorAPI(ls.LitAPI):
         keep_freed_memory(self.translator.device.type)
         if self.precision:
             self.translator.decode = dataclasses.replace(self.translator.decode, precision=self.precision)
-        info = dict(self.translator.info)
-        info["decode"] = dataclasses.asdict(self.translator.decode)
-        version = str(info.get("checkpoint_sha256") or file_sha256(self.checkpoint))[:12]
-        self.model_ref = ModelRef(
-            name=str(info.get("name", "nmt")), version=version,
-            src_lang=str(info.get("src_lang", "")), tgt_lang=str(info.get("tgt_lang", "")),
-        )
-        self.model_board.publish({"info": info, "version": version, "device": str(device),
-                                  "worker_pid": os.getpid()})
+        info = self.translator.info
+        version = (info.sha256 or "")[:12]  # Translator.load always hashes the file
+        self.model_ref = ModelRef(name=info.name, version=version, src_lang=info.src_lang,
+                                  tgt_lang=info.tgt_lang)
+        self.model_board.publish({"info": info.to_dict(self.translator.decode), "version": version,
+                                  "device": str(device), "worker_pid": os.getpid()})
         logger.info("worker %d loaded %s on %s", os.getpid(), self.checkpoint, device)
 
     # ------------------------------------------------------------------ request path
 
     def decode_request(self, request: TranslateRequest) -> Job:
-        settings = (request.beam_size, request.n_best, request.max_len, request.alignment, request.truncate)
-        return Job(texts=request.all_texts, settings=settings, received_at=request.received_at)
+        from nmt.translator import TranslateOptions  # already imported by setup()
+
+        options = TranslateOptions(beam_size=request.beam_size, n_best=request.n_best,
+                                   max_len=request.max_len, with_alignment=request.alignment,
+                                   truncate=request.truncate)
+        return Job(texts=request.all_texts, options=options, received_at=request.received_at)
 
     def batch(self, inputs: list[Job]) -> list[Job]:
         return inputs
@@ -132,9 +134,9 @@ class TranslatorAPI(ls.LitAPI):
     def predict(self, x: Union[Job, list[Job]]) -> Union[Outcome, list[Outcome]]:
         jobs = x if isinstance(x, list) else [x]  # max_batch_size=1 runs LitServe's unbatched loop
         start = time.monotonic()
-        groups: dict[tuple, list[int]] = {}
+        groups: dict[TranslateOptions, list[int]] = {}
         for i, job in enumerate(jobs):
-            groups.setdefault(job.settings, []).append(i)
+            groups.setdefault(job.options, []).append(i)
         outcomes: list[Optional[Outcome]] = [None] * len(jobs)
         for indices in groups.values():
             for i, outcome in zip(indices, self._translate_group([jobs[i] for i in indices])):
@@ -149,17 +151,18 @@ class TranslatorAPI(ls.LitAPI):
         return outcomes if isinstance(x, list) else outcomes[0]
 
     def _translate_group(self, jobs: list[Job]) -> list[Outcome]:
-        """One translate call for jobs sharing settings; on failure, retry each job alone.
+        """One translate call for jobs sharing options; on failure, retry each job alone.
 
         The retry isolates the request the Translator rejects, so only it gets the error.
         """
-        beam_size, n_best, max_len, alignment, truncate = jobs[0].settings
+        options = jobs[0].options
         texts = [text for job in jobs for text in job.texts]
         start = time.monotonic()
         try:
             results = self.translator.translate(
-                texts, beam_size=beam_size, max_len=max_len, n_best=n_best,
-                with_alignment=alignment, truncate=truncate,
+                texts, beam_size=options.beam_size, max_len=options.max_len,
+                n_best=options.n_best, with_alignment=options.with_alignment,
+                truncate=options.truncate,
             )
         except Exception as e:  # noqa: BLE001 - every failure must become a response
             if len(jobs) > 1:

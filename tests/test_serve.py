@@ -262,6 +262,29 @@ def test_batch_wait_grows_with_load_and_never_delays_a_lone_request(tiny_checkpo
         ServeSettings(checkpoint=str(tiny_checkpoint), batch_wait=1.5).check()
 
 
+def test_requests_with_equal_options_share_a_translate_call(tiny_checkpoint: Path) -> None:
+    from nmt.translator import TranslateOptions
+
+    api = TranslatorAPI(checkpoint=str(tiny_checkpoint), metrics=ServerMetrics(),
+                        model_board=SharedJSON(), threads=1)
+    api.setup("cpu")
+    requests = [TranslateRequest(text="Ein Hund.", beam_size=2), TranslateRequest(text="Ein Kind."),
+                TranslateRequest(texts=["Zwei Männer.", "Eine Frau."], beam_size=2)]
+    jobs = [api.decode_request(r) for r in requests]
+    assert jobs[0].options == jobs[2].options == TranslateOptions(beam_size=2)
+    calls: list[list[str]] = []
+    translate = api.translator.translate
+
+    def counting(texts: list[str], **options: Any) -> list[Any]:
+        calls.append(texts)
+        return translate(texts, **options)
+
+    api.translator.translate = counting
+    outcomes = api.predict(jobs)
+    assert sorted(calls) == [["Ein Hund.", "Zwei Männer.", "Eine Frau."], ["Ein Kind."]]
+    assert [[t.source for t in o.translations] for o in outcomes] == [r.all_texts for r in requests]
+
+
 # --------------------------------------------------------------------------- the real server
 
 

@@ -20,7 +20,7 @@ from nmt.config import config_from_dict
 from nmt.evaluate import read_lines, write_lines
 from nmt.model import build_model
 from nmt.tokenizer import Tokenizer
-from nmt.translator import Translation, TranslationError, Translator
+from nmt.translator import ModelInfo, Translation, TranslationError, Translator
 
 SOURCES = [
     "Ein Hund läuft durch den Park.",
@@ -55,12 +55,21 @@ def no_attention_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.Temp
 def test_load_builds_eval_model_and_info(translator: Translator, tiny_checkpoint: Path) -> None:
     info = translator.info
     assert not translator.model.training
-    assert info["arch"] == "transformer" and info["src_lang"] == "de" and info["tgt_lang"] == "en"
-    assert info["checkpoint_sha256"] == file_sha256(tiny_checkpoint)
-    assert info["parameters"] == sum(p.numel() for p in translator.model.parameters())
-    assert isinstance(info["valid_bleu"], float)
-    assert info["decode"]["beam_size"] == translator.decode.beam_size
-    assert info["max_source_len"] == translator.model.max_source_len
+    assert info.arch == "transformer" and info.src_lang == "de" and info.tgt_lang == "en"
+    assert info.sha256 == file_sha256(tiny_checkpoint) and info.checkpoint == str(tiny_checkpoint)
+    assert info.parameters == sum(p.numel() for p in translator.model.parameters())
+    assert isinstance(info.valid_bleu, float) and info.step is not None
+    assert info.max_source_len == translator.model.max_source_len
+
+
+def test_info_json_carries_the_decoding_settings_in_use(translator: Translator) -> None:
+    """The decoding settings live once, in `translator.decode`; the JSON form reads them there."""
+    narrow = dataclasses.replace(translator.decode, beam_size=1, precision="bf16")
+    data = translator.info.to_dict(narrow)
+    assert data["decode"]["beam_size"] == 1 and data["decode"]["precision"] == "bf16"
+    assert data["checkpoint_sha256"] == translator.info.sha256 and "sha256" not in data
+    assert not any(isinstance(getattr(translator.info, f.name), dict)
+                   for f in dataclasses.fields(translator.info))
 
 
 def test_translate_keeps_order_and_empty_lines(translator: Translator) -> None:
@@ -78,7 +87,8 @@ def test_translate_keeps_order_and_empty_lines(translator: Translator) -> None:
 def test_sub_batches_and_batch_composition_do_not_change_results(translator: Translator) -> None:
     wide = translator.translate(SOURCES, beam_size=3)
     narrow = Translator(translator.model, translator.tokenizer,
-                        dataclasses.replace(translator.decode, batch_tokens=10), translator.device)
+                        dataclasses.replace(translator.decode, batch_tokens=10), translator.device,
+                        info=translator.info)
     for i, result in enumerate(narrow.translate(SOURCES, beam_size=3)):
         assert result.tokens == wide[i].tokens
         assert result.score == pytest.approx(wide[i].score, abs=1e-4)
@@ -114,16 +124,19 @@ def test_in_memory_translator_restores_training_mode(tiny_checkpoint: Path, tran
     model.load_state_dict(checkpoint.model)
     model.train()
     tokenizer = Tokenizer.from_state(checkpoint.tokenizer)
-    memory = Translator(model, tokenizer, config.decode, "cpu", info={"name": "valid"})
+    info = ModelInfo.of("valid", config.model, model, tokenizer)
+    memory = Translator(model, tokenizer, config.decode, "cpu", info=info)
     results = memory.translate(SOURCES)
     assert model.training
     assert [r.tokens for r in results] == [r.tokens for r in translator.translate(SOURCES)]
-    assert memory.info["name"] == "valid" and memory.info["decode"]["beam_size"] == config.decode.beam_size
+    assert info.name == "valid" and info.checkpoint is None and info.sha256 is None
+    assert dataclasses.replace(translator.info, name="valid", valid_bleu=None, step=None,
+                               checkpoint=None, sha256=None) == info
 
 
 def test_model_without_attention_has_no_alignment(no_attention_checkpoint: Path) -> None:
     translator = Translator.load(no_attention_checkpoint)
-    assert translator.info["arch"] == "rnn" and "no attention" in translator.info["architecture"]
+    assert translator.info.arch == "rnn" and "no attention" in translator.info.architecture
     results = translator.translate(SOURCES[:3], beam_size=2, with_alignment=True, max_len=6)
     assert results[0].alignment is None and results[2].alignment is None
     assert results[0].tokens and len(results[0].tokens) <= 6
