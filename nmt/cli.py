@@ -264,43 +264,22 @@ def _add_translate(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     """Translate --src with --checkpoint (or read --hyp), score against --ref, write a report."""
-
-    from nmt import evaluate as ev
+    from nmt.evaluate import EvaluationJob, format_scores, run_evaluation
 
     if bool(args.checkpoint) == bool(args.hyp):
         raise ConfigError("give either --checkpoint (with --src) or --hyp")
     if args.checkpoint and not args.src:
         raise ConfigError("--checkpoint needs --src (the source file to translate)")
-    refs = ev.read_lines(args.ref)
-    srcs = ev.read_lines(args.src) if args.src else None
-    translator, decoding = None, None
-    if args.checkpoint:
-        translator = _load_translator(args)
-        hyps = ev.translate_lines(
-            translator, srcs, args.beam, args.max_len, args.truncate, progress=True
-        )
-        decoding = ev.decoding_settings(translator, args.beam, args.max_len)
-        if args.output:
-            ev.write_lines(hyps, args.output)
-    else:
-        hyps = ev.read_lines(args.hyp)
-    tgt_lang = args.tgt_lang or (translator.info.tgt_lang if translator else None)
-    tgt_lang = tgt_lang or ev.guess_lang(args.ref)
-    # A checkpoint whose tokenizer removes spaces when decoding needs references without them.
-    tokenizer = translator.tokenizer if translator else None
-    remove_spaces = args.remove_spaces or bool(
-        tokenizer and tokenizer.tgt_lang in tokenizer.config.detok_remove_spaces
+    job = EvaluationJob(
+        ref=args.ref, src=args.src, hyp=args.hyp, output=args.output, report=args.report,
+        tgt_lang=args.tgt_lang, literature=args.literature, tokenize_refs=args.tokenize_refs,
+        remove_spaces=args.remove_spaces, lowercase=args.lowercase, beam_size=args.beam,
+        max_len=args.max_len, truncate=args.truncate,
     )
-    # A model trained on lowercased text is scored case-insensitively (case:lc).
-    lowercase = args.lowercase or bool(tokenizer and tokenizer.config.lowercase)
-    result = ev.score_corpus(hyps, refs, tgt_lang, args.literature, args.tokenize_refs, srcs,
-                             remove_spaces, lowercase)
-    print(ev.format_scores(result))
-    files = {"src": args.src, "ref": args.ref, "hyp": args.hyp or args.output, "tgt_lang": tgt_lang}
-    report = ev.build_report(result, files, decoding, translator.info if translator else None)
-    path = args.report or ev.default_report_path(args.output or args.hyp, args.checkpoint, args.ref)
-    ev.write_report(report, path)
-    print(f"report: {path}")
+    translator = _load_translator(args) if args.checkpoint else None
+    evaluation = run_evaluation(job, translator, progress=True)
+    print(format_scores(evaluation.scores))
+    print(f"report: {evaluation.report}")
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:

@@ -14,6 +14,9 @@ Pre-segmented corpora (small_parallel_enja's Japanese, words split by spaces) ne
 `remove_spaces=True`: our decoder removes those spaces for languages in
 `tokenizer.detok_remove_spaces`, so both sides lose them (`remove_word_spaces`) before
 sacreBLEU tokenizes (`ja-mecab`/`char`); the report records it as `normalisation`.
+`ScoringPolicy.of` says what a model's tokenizer implies (that, and case-insensitive scoring
+of lowercased models), for `nmt evaluate` and validation alike. `run_evaluation` is the
+whole of `nmt evaluate`: translate (or read) the hypotheses, score them, write the report.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import gzip
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
@@ -29,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 from sacrebleu.metrics import BLEU, CHRF, TER
 
 if TYPE_CHECKING:
+    from nmt.tokenizer import Tokenizer
     from nmt.translator import ModelInfo, Translator
 
 # Source-length buckets (in whitespace-separated source words) for the BLEU breakdown.
@@ -115,6 +120,30 @@ def remove_word_spaces(lines: Sequence[str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- scoring
+
+
+@dataclass(frozen=True)
+class ScoringPolicy:
+    """How a model's output must be scored, given what its tokenizer does to text."""
+
+    remove_spaces: bool = False  # its decoder removes the target's segmentation spaces
+    lowercase: bool = False  # it writes lowercased text: score case-insensitively (case:lc)
+
+    @classmethod
+    def of(cls, tokenizer: Tokenizer) -> ScoringPolicy:
+        return cls(remove_spaces=tokenizer.tgt_lang in tokenizer.config.detok_remove_spaces,
+                   lowercase=tokenizer.config.lowercase)
+
+
+def corpus_bleu(
+    hyps: Sequence[str], refs: Sequence[str], tgt_lang: Optional[str], policy: ScoringPolicy
+) -> tuple[float, str]:
+    """BLEU and its signature alone, under `policy` (validation: chrF and TER cost time)."""
+    hyps, refs = list(hyps), list(refs)
+    if policy.remove_spaces:
+        hyps, refs = remove_word_spaces(hyps), remove_word_spaces(refs)
+    metric = bleu_metric(tgt_lang, lowercase=policy.lowercase)
+    return metric.corpus_score(hyps, [refs]).score, str(metric.get_signature())
 
 
 def bleu_metric(tgt_lang: Optional[str], literature: bool = False, lowercase: bool = False) -> BLEU:
@@ -224,25 +253,7 @@ def bleu_by_length(
     return rows
 
 
-# --------------------------------------------------------------------------- translating
-
-
-def translate_lines(
-    translator: Translator,
-    lines: Sequence[str],
-    beam_size: Optional[int] = None,
-    max_len: Optional[int] = None,
-    truncate: bool = False,
-    progress: bool = False,
-    chunk_size: int = 1000,
-) -> list[str]:
-    """Translations of `lines` (texts only), in chunks so a progress bar can follow."""
-    from nmt.translator import TranslateOptions, file_chunks, translate_chunks
-
-    options = TranslateOptions(beam_size=beam_size, n_best=1, max_len=max_len, truncate=truncate)
-    total = len(lines) if progress else None
-    chunks = translate_chunks(translator, file_chunks(lines, chunk_size), options, total)
-    return [t.text for chunk in chunks for t in chunk]
+# --------------------------------------------------------------------------- decoding settings
 
 
 def decoding_settings(
@@ -336,3 +347,74 @@ def default_report_path(
     checkpoint, ref_name = Path(checkpoint), Path(ref).name
     ref_name = ref_name[:-3] if ref_name.endswith(".gz") else ref_name
     return checkpoint.with_name(f"{checkpoint.stem}.{ref_name}.json")
+
+
+# --------------------------------------------------------------------------- nmt evaluate
+
+
+@dataclass(frozen=True)
+class EvaluationJob:
+    """What to score: `hyp`, or the translations of `src` (with a translator), against `ref`."""
+
+    ref: str
+    src: Optional[str] = None  # also gives BLEU by source length
+    hyp: Optional[str] = None
+    output: Optional[str] = None  # where the translations of `src` go
+    report: Optional[str] = None  # default: see default_report_path
+    tgt_lang: Optional[str] = None  # default: the model's, else the suffix of `ref`
+    literature: bool = False
+    tokenize_refs: bool = False
+    remove_spaces: bool = False  # on top of what the model's ScoringPolicy asks for
+    lowercase: bool = False
+    beam_size: Optional[int] = None
+    max_len: Optional[int] = None
+    truncate: bool = False
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    scores: dict[str, Any]  # score_corpus's result
+    report: Path
+
+
+def run_evaluation(
+    job: EvaluationJob, translator: Optional[Translator] = None, progress: bool = False
+) -> Evaluation:
+    """Translate job.src with `translator` (or read job.hyp), score against job.ref as the
+    model's ScoringPolicy asks, and write the JSON report."""
+    if (translator is None) == (job.hyp is None):
+        raise EvaluationError("score either a translator's output or a hypothesis file")
+    refs = read_lines(job.ref)
+    srcs = read_lines(job.src) if job.src else None
+    decoding, info, policy = None, None, ScoringPolicy()
+    if translator is not None:
+        if srcs is None:
+            raise EvaluationError("translating needs the source file")
+        hyps = _translate(translator, srcs, job, progress)
+        decoding = decoding_settings(translator, job.beam_size, job.max_len)
+        info, policy = translator.info, ScoringPolicy.of(translator.tokenizer)
+        if job.output:
+            write_lines(hyps, job.output)
+    else:
+        hyps = read_lines(job.hyp)
+    tgt_lang = job.tgt_lang or (info.tgt_lang if info else None) or guess_lang(job.ref)
+    scores = score_corpus(hyps, refs, tgt_lang, job.literature, job.tokenize_refs, srcs,
+                          remove_spaces=job.remove_spaces or policy.remove_spaces,
+                          lowercase=job.lowercase or policy.lowercase)
+    files = {"src": job.src, "ref": job.ref, "hyp": job.hyp or job.output, "tgt_lang": tgt_lang}
+    checkpoint = info.checkpoint if info else None
+    path = job.report or default_report_path(job.output or job.hyp, checkpoint, job.ref)
+    write_report(build_report(scores, files, decoding, info), path)
+    return Evaluation(scores, Path(path))
+
+
+def _translate(
+    translator: Translator, lines: Sequence[str], job: EvaluationJob, progress: bool
+) -> list[str]:
+    from nmt.translator import TranslateOptions, file_chunks, translate_chunks
+
+    options = TranslateOptions(beam_size=job.beam_size, n_best=1, max_len=job.max_len,
+                               truncate=job.truncate)
+    total = len(lines) if progress else None
+    chunks = translate_chunks(translator, file_chunks(lines), options, total)
+    return [t.text for chunk in chunks for t in chunk]

@@ -12,7 +12,7 @@ from torch import nn
 from nmt.batching import SplitIds, TokenBatchSampler
 from nmt.config import Config
 from nmt.data import PreparedData
-from nmt.evaluate import bleu_metric, remove_word_spaces
+from nmt.evaluate import ScoringPolicy, corpus_bleu
 from nmt.optim import label_smoothed_nll
 from nmt.precision import autocast_dtype, device_caps, training_precision
 from nmt.translator import ModelInfo, Translator
@@ -42,26 +42,26 @@ def validation_loss(model: nn.Module, data: PreparedData, config: Config, device
 
 
 def validate(model: nn.Module, data: PreparedData, config: Config, device: torch.device) -> dict[str, Any]:
-    """Loss, perplexity and BLEU on (a prefix of) the validation split, decoding as configured."""
+    """Loss, perplexity and BLEU on (a prefix of) the validation split, decoding as configured.
+
+    BLEU follows the model's ScoringPolicy, as `nmt evaluate` of its checkpoint would.
+    """
     loss = validation_loss(model, data, config, device)
     ds = data.splits[config.data.valid_split]
     rows = ds[: config.train.valid_limit or len(ds)]
     sources, references = rows["src"], rows["tgt"]
-    if config.data.tgt_lang in config.tokenizer.detok_remove_spaces:
-        # The decoder removes the spaces of pre-segmented targets: score against the same form.
-        references = remove_word_spaces(references)
     decode = dataclasses.replace(config.decode, beam_size=config.train.valid_beam_size, n_best=1)
     info = ModelInfo.of(config.name, config.model, model, data.tokenizer)
     translator = Translator(model, data.tokenizer, decode, device, info=info)
     hypotheses = [t.text for t in translator.translate(sources)]
-    metric = bleu_metric(config.data.tgt_lang, lowercase=config.tokenizer.lowercase)
-    bleu = metric.corpus_score(hypotheses, [references])
+    policy = ScoringPolicy.of(data.tokenizer)
+    bleu, signature = corpus_bleu(hypotheses, references, config.data.tgt_lang, policy)
     model.train()
     return {
         "loss": round(loss, 5),
         "ppl": round(math.exp(min(loss, 50)), 3),
-        "bleu": round(bleu.score, 2),
-        "bleu_signature": str(metric.get_signature()),
+        "bleu": round(bleu, 2),
+        "bleu_signature": signature,
         "beam_size": decode.beam_size,
         "sentences": len(sources),
     }

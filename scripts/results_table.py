@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from nmt.checkpoint import load_checkpoint
-from nmt.evaluate import read_lines, score_corpus, write_lines
+from nmt.evaluate import ScoringPolicy, read_lines, score_corpus, write_lines
 from nmt.runlog import read_metrics
 from nmt.translator import Translator
 
@@ -81,8 +81,9 @@ def score_run(run_dir: Path, data_dir: Path, beam: int, alphas: list[float] | No
     write_lines(hyps, run_dir / f"test.hyp.{tgt}")
     raw_refs = read_lines(data_dir / "multi30k" / f"test_2016_flickr.{tgt}.gz")
     tok_refs = read_lines(data_dir / "multi30k" / "tok" / f"test_2016_flickr.lc.norm.tok.{tgt}")
-    standard = score_corpus(hyps, raw_refs, tgt, srcs=sources,
-                            lowercase=translator.tokenizer.config.lowercase)
+    policy = ScoringPolicy.of(translator.tokenizer)
+    standard = score_corpus(hyps, raw_refs, tgt, srcs=sources, remove_spaces=policy.remove_spaces,
+                            lowercase=policy.lowercase)
     literature = score_corpus(hyps, tok_refs, tgt, literature=True)
     result = {
         "run": str(run_dir), "checkpoint": checkpoint.name, "direction": f"{src}-{tgt}",

@@ -14,8 +14,9 @@ import pytest
 
 from nmt.cli import main
 from nmt.evaluate import (
-    EvaluationError, bleu_by_length, bleu_tokenizer, literature_tokenize, mecab_available,
-    read_lines, remove_word_spaces, score_corpus, write_lines,
+    EvaluationError, EvaluationJob, ScoringPolicy, bleu_by_length, bleu_tokenizer, corpus_bleu,
+    literature_tokenize, mecab_available, read_lines, remove_word_spaces, run_evaluation,
+    score_corpus, write_lines,
 )
 
 SACREBLEU = Path(sys.executable).parent / "sacrebleu"
@@ -84,6 +85,29 @@ def test_lowercase_scoring_ignores_case_and_says_so(tmp_path: Path, refs: list[s
                  "--lowercase"]) == 0
     report = json.loads((tmp_path / "hyp.en.json").read_text(encoding="utf-8"))
     assert report["scores"]["bleu"] == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("policy", [ScoringPolicy(),
+                                    ScoringPolicy(remove_spaces=True, lowercase=True)])
+def test_validation_bleu_scores_as_nmt_evaluate_does(
+    refs: list[str], policy: ScoringPolicy
+) -> None:
+    hyps = [h.upper() for h in _degrade(refs)]
+    bleu, signature = corpus_bleu(hyps, refs, "en", policy)
+    full = score_corpus(hyps, refs, "en", remove_spaces=policy.remove_spaces,
+                        lowercase=policy.lowercase)
+    assert bleu == pytest.approx(full["bleu"]) and signature == full["signatures"]["bleu"]
+
+
+def test_run_evaluation_scores_a_hypothesis_file(tmp_path: Path, refs: list[str]) -> None:
+    write_lines(refs, tmp_path / "ref.en")
+    write_lines(refs, tmp_path / "hyp.en")
+    job = EvaluationJob(ref=str(tmp_path / "ref.en"), hyp=str(tmp_path / "hyp.en"))
+    evaluation = run_evaluation(job)
+    assert evaluation.report == tmp_path / "hyp.en.json" and evaluation.report.is_file()
+    assert evaluation.scores["bleu"] == pytest.approx(100.0)
+    with pytest.raises(EvaluationError):
+        run_evaluation(EvaluationJob(ref=str(tmp_path / "ref.en")))
 
 
 def test_cli_hyp_equal_ref_scores_100_and_writes_report(
@@ -257,7 +281,11 @@ def test_cli_checkpoint_normalises_references_as_its_tokenizer_does(
     tmp_path: Path, data_dir: Path, remove: list[str], lowercase: bool
 ) -> None:
     """Spaces removed and case ignored exactly when the checkpoint's tokenizer does so."""
+    from nmt.translator import Translator
+
     checkpoint = _untrained_enja_checkpoint(data_dir, tmp_path, remove, lowercase)
+    policy = ScoringPolicy.of(Translator.load(checkpoint).tokenizer)
+    assert policy == ScoringPolicy(remove_spaces=bool(remove), lowercase=lowercase)
     corpus = data_dir / "small_parallel_enja"
     write_lines(read_lines(corpus / "dev.en")[:8], tmp_path / "src.en")
     write_lines(read_lines(corpus / "dev.ja")[:8], tmp_path / "ref.ja")
