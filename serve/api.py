@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 
 from serve.metrics import ServerMetrics
 from serve.schemas import (
-    Alignment, BatchInfo, Hypothesis, ModelRef, Timing, TranslateRequest, TranslateResponse,
+    AlignmentOut, BatchInfo, HypothesisOut, ModelRef, Timing, TranslateRequest, TranslateResponse,
     TranslationResult, WordAlignment,
 )
 from serve.shared import SharedJSON
@@ -218,7 +218,7 @@ def to_result(translation: Any) -> TranslationResult:
     n_best = getattr(translation, "n_best", None)
     hypotheses = None
     if n_best is not None:
-        hypotheses = [Hypothesis(translation=text, score=float(score)) for text, score in n_best]
+        hypotheses = [HypothesisOut(translation=text, score=float(score)) for text, score in n_best]
     return TranslationResult(
         source=translation.source,
         translation=translation.text,
@@ -229,10 +229,10 @@ def to_result(translation: Any) -> TranslationResult:
     )
 
 
-def to_alignment(alignment: Any) -> Alignment:
-    """nmt.alignment.Alignment -> the response's Alignment (soft matrix rounded)."""
+def to_alignment(alignment: Any) -> AlignmentOut:
+    """nmt.alignment.Alignment -> the response's AlignmentOut (soft matrix rounded)."""
     word_links = [tuple(link) for link in alignment.word_hard]
-    return Alignment(
+    return AlignmentOut(
         src_tokens=list(alignment.src_tokens),
         tgt_tokens=list(alignment.tgt_tokens),
         matrix=[[round(float(v), SOFT_DECIMALS) for v in row] for row in alignment.soft],

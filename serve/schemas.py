@@ -130,7 +130,9 @@ class WordAlignment(BaseModel):
     pharaoh: str = Field(description="The word links as 'i-j' pairs (source-target), space separated.")
 
 
-class Alignment(BaseModel):
+# AlignmentOut and HypothesisOut: the response forms of nmt.alignment.Alignment and of the
+# n-best entries (nmt.search.Hypothesis, decoded). No docstrings: they would show in /docs.
+class AlignmentOut(BaseModel):
     src_tokens: list[str] = Field(description="Source subword pieces (▁ starts a word; no </s>).")
     tgt_tokens: list[str] = Field(description="Target subword pieces (no </s>).")
     matrix: list[list[float]] = Field(
@@ -144,7 +146,7 @@ class Alignment(BaseModel):
     words: Optional[WordAlignment] = Field(None, description="Links between whole words.")
 
 
-class Hypothesis(BaseModel):
+class HypothesisOut(BaseModel):
     translation: str
     score: float = Field(description="Length-normalised log-probability.")
 
@@ -154,10 +156,10 @@ class TranslationResult(BaseModel):
     translation: str
     score: float = Field(description="Length-normalised log-probability of the best hypothesis.")
     truncated: bool = Field(False, description="The source was cut to the model's maximum length.")
-    n_best: Optional[list[Hypothesis]] = Field(
+    n_best: Optional[list[HypothesisOut]] = Field(
         None, description="All hypotheses, best first (when n_best > 1 was asked for)."
     )
-    alignment: Optional[Alignment] = None
+    alignment: Optional[AlignmentOut] = None
 
 
 class ModelRef(BaseModel):

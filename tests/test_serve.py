@@ -121,7 +121,8 @@ def test_info_health_metrics_and_docs(client: TestClient) -> None:
 
     schema = client.get("/openapi.json").json()
     components = schema["components"]["schemas"]
-    assert {"TranslateRequest", "TranslateResponse", "Alignment", "ErrorResponse", "InfoResponse"} <= set(components)
+    assert {"TranslateRequest", "TranslateResponse", "AlignmentOut", "HypothesisOut",
+            "ErrorResponse", "InfoResponse"} <= set(components)
     route = schema["paths"]["/translate"]["post"]
     assert route["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/TranslateRequest")
     assert route["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/TranslateResponse")
