@@ -327,8 +327,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _cmd_serve(args: argparse.Namespace) -> None:
     import os
 
+    from serve.app import ServeSettings
     from serve.schemas import Limits
-    from serve.server import ServeSettings, serve
+    from serve.supervisor import serve
 
     if args.devices != "auto" and not args.devices.isdigit():
         raise ConfigError(f"--devices must be a number or auto, got {args.devices!r}")

@@ -10,6 +10,7 @@ settings), GET /metrics (Prometheus text), /docs and /openapi.json (the schemas)
 
 Modules: schemas.py (request/response models, limits), middleware.py (API key, body and
 input checks before queueing, request metrics), api.py (the LitAPI: batching and decoding),
-metrics.py and shared.py (state shared across server processes), server.py (building the
-LitServer; running it under a supervisor that stops every process on SIGINT/SIGTERM).
+metrics.py and shared.py (state shared across server processes), app.py (building the
+LitServer), supervisor.py (running it so that SIGINT/SIGTERM stop every process), and
+litserve_internals.py (every use of LitServe beyond its documented API, next to the pin).
 """

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import litserve as ls
 from fastapi.responses import JSONResponse
 
+from serve.litserve_internals import set_batch_timeout
 from serve.metrics import ServerMetrics
 from serve.schemas import (
     AlignmentOut, BatchInfo, HypothesisOut, ModelRef, Timing, TranslateRequest, TranslateResponse,
@@ -144,8 +145,8 @@ class TranslatorAPI(ls.LitAPI):
         sentences = sum(len(job.texts) for job in jobs)
         seconds = time.monotonic() - start
         self.metrics.observe_batch(len(jobs), sentences, seconds)
-        # LitServe reads batch_timeout before collecting each batch: adapt it to the load.
-        self.batch_timeout = next_batch_timeout(self.base_batch_timeout, self.batch_wait, len(jobs), seconds)
+        timeout = next_batch_timeout(self.base_batch_timeout, self.batch_wait, len(jobs), seconds)
+        set_batch_timeout(self, timeout)  # adapted to the load, for the next batch
         for outcome in outcomes:
             outcome.batch = (len(jobs), sentences)
         return outcomes if isinstance(x, list) else outcomes[0]

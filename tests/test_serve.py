@@ -26,10 +26,11 @@ from fastapi.testclient import TestClient
 from litserve.utils import wrap_litserve_start
 
 from serve.api import TranslatorAPI, next_batch_timeout
+from serve.app import ServeSettings, build_server
 from serve.metrics import ServerMetrics, parse_histogram
 from serve.schemas import Limits, TranslateRequest
 from serve.shared import SharedJSON
-from serve.server import ServeSettings, build_server, group_members
+from serve.supervisor import group_members
 
 API_KEY = "test-key"
 LIMITS = Limits(max_chars=1500, max_texts=8, max_beam=4, max_len=64)

@@ -1,0 +1,231 @@
+"""Running the server so that it always shuts down cleanly.
+
+Process tree of `nmt serve`:
+
+    nmt serve (supervisor: holds no port, only forwards signals and cleans up)
+    └── server process, leader of its own process group (LitServer.run)
+        ├── manager process (LitServe's queues)
+        ├── inference workers (spawned; each loads the Translator once)
+        └── HTTP API servers (forked uvicorn processes sharing the listening socket)
+
+LitServe shuts down gracefully on Ctrl-C (KeyboardInterrupt in its main process), but a plain
+SIGTERM kills its main process alone and leaves the workers and API servers running, still
+holding the port. So the supervisor turns SIGINT and SIGTERM into a SIGINT for the server
+process, waits `shutdown_grace` seconds, then terminates and kills whatever is left of the
+server's process group, and returns only once no process of that group is alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import litserve as ls
+
+from nmt.config import ConfigError
+from serve.app import ServeSettings, build_server
+from serve.litserve_internals import disable_worker_monitor, inference_workers
+
+logger = logging.getLogger("nmt.serve")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def serve(settings: ServeSettings) -> int:
+    """Run the server until SIGINT/SIGTERM (or until it fails); return an exit code.
+
+    Returns only when no process of the server is left.
+    """
+    settings.check()
+    _check_port_free(settings.host, settings.port)
+    logger.info("serving with %s", settings_summary(settings))
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    child = mp.get_context("spawn").Process(
+        target=_server_main, args=(settings, os.getpid()), name="nmt-serve-server"
+    )
+    try:
+        child.start()
+        while not stop.is_set() and _alive(child.pid):
+            stop.wait(0.2)
+        if stop.is_set():
+            logger.info("received %s, shutting down", signal.Signals(received[0]).name)
+            _stop_group(child.pid, settings.shutdown_grace, abort=lambda: len(received) > 1)
+    finally:
+        if child.pid is not None:
+            _kill_group(child.pid)
+            if _alive(child.pid):  # stopped before it had its own group
+                _signal_pid(child.pid, signal.SIGKILL)
+            child.join()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if stop.is_set():
+        return 0
+    logger.error("server process exited with code %s", child.exitcode)
+    return 1 if not child.exitcode else abs(child.exitcode)
+
+
+def _server_main(settings: ServeSettings, parent_pid: int) -> None:
+    """Body of the server process: its own process group, LitServer.run, then no children left.
+
+    SIGTERM keeps its default action here: forked API servers inherit handlers, and uvicorn
+    re-raises the signal it caught at exit. If this process dies by it, the supervisor sees it
+    exit and kills the rest of the group.
+    """
+    os.setsid()
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT, datefmt="%H:%M:%S")
+    stopping = threading.Event()
+    failures: list[str] = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        stopping.set()
+        raise KeyboardInterrupt  # LitServer.run's graceful shutdown path
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        server = build_server(settings)
+        # _watch does what LitServe's own monitor did, from local state only.
+        disable_worker_monitor(server)
+        threading.Thread(target=_watch, args=(server, parent_pid, stopping, failures),
+                         name="nmt-serve-watch", daemon=True).start()
+        server.run(host=settings.host, port=settings.port, generate_client_file=False,
+                   log_level=settings.log_level)
+    except KeyboardInterrupt:
+        pass
+    except RuntimeError as e:  # e.g. a worker could not load the checkpoint (logged above)
+        failures.append(f"server failed: {e}")
+    finally:
+        _stop_children()
+    if failures:
+        logger.error("%s", failures[0])
+        raise SystemExit(1)
+
+
+def _watch(
+    server: ls.LitServer, parent_pid: int, stopping: threading.Event, failures: list[str]
+) -> None:
+    """Stop the server (SIGINT to itself) when an inference worker dies or the supervisor is gone.
+
+    A dead worker would leave its requests waiting forever; a missing supervisor (killed with
+    SIGKILL) could no longer stop the server.
+    """
+    while not stopping.wait(1.0):
+        dead = [w for w in inference_workers(server) if not w.is_alive()]
+        if dead:
+            failures.append(f"inference worker {dead[0].pid} exited with code {dead[0].exitcode}")
+        elif os.getppid() == parent_pid:
+            continue
+        os.kill(os.getpid(), signal.SIGINT)
+        return
+
+
+def _stop_children(timeout: float = 3.0) -> None:
+    """Terminate this process's multiprocessing children still alive (e.g. interrupted start-up)."""
+    children = mp.active_children()
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + timeout
+    for child in children:
+        child.join(max(0.0, deadline - time.monotonic()))
+        if child.is_alive():
+            child.kill()
+            child.join(1.0)
+
+
+def _alive(pid: Optional[int]) -> bool:
+    """Whether child `pid` still runs, without reaping it (its pid stays its group's id)."""
+    if pid is None:
+        return True  # not started yet
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except ChildProcessError:
+        return False
+
+
+def _wait(condition: Callable[[], bool], timeout: float, abort: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not abort():
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def _stop_group(pid: int, grace: float, abort: Callable[[], bool]) -> None:
+    """SIGINT to the server (LitServe's graceful path), then SIGTERM, then SIGKILL to its group."""
+    _signal_pid(pid, signal.SIGINT)
+    if _wait(lambda: not _alive(pid), grace, abort):
+        return
+    logger.warning("server did not stop within %.0fs; terminating its processes", grace)
+    _signal_group(pid, signal.SIGTERM)
+    if _wait(lambda: not _alive(pid), 3.0, abort):
+        return
+    _signal_group(pid, signal.SIGKILL)
+
+
+def _kill_group(pgid: int) -> None:
+    """Kill what is left of the server's group and wait until none of it runs any more."""
+    if group_members(pgid):
+        _signal_group(pgid, signal.SIGKILL)
+    _wait(lambda: not group_members(pgid), 5.0, abort=lambda: False)
+
+
+def _signal_pid(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is `pgid`, read from /proc."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def _check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+
+def settings_summary(settings: ServeSettings) -> dict[str, Any]:
+    """The settings without the secret, for logs."""
+    summary = asdict(settings)
+    summary["api_key"] = "***" if settings.api_key else None
+    return summary
