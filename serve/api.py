@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # torch stays out of the HTTP front end: workers import it in
 logger = logging.getLogger("nmt.serve")
 
 SOFT_DECIMALS = 4
+WARM_UP_TEXT = "Hello."
 
 
 @dataclass
@@ -101,16 +102,21 @@ class TranslatorAPI(ls.LitAPI):
         import torch
 
         from nmt.allocator import keep_freed_memory
+        from nmt.precision import prepare_device
         from nmt.translator import Translator
 
         if not logging.getLogger().handlers:  # a spawned worker starts with no logging set up
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if self.threads:
             torch.set_num_threads(self.threads)
+        prepare_device(torch.device(device))  # before any CUDA work of this worker; nothing on CPU
         self.translator = Translator.load(self.checkpoint, device=device)
         keep_freed_memory(self.translator.device.type)
         if self.precision:
             self.translator.decode = dataclasses.replace(self.translator.decode, precision=self.precision)
+        # LitServe reports the worker ready when setup() returns: pay the one-time costs
+        # (cuBLAS/cuDNN initialisation, first allocations) here, not in the first requests.
+        self.translator.translate([WARM_UP_TEXT], max_len=4)
         info = self.translator.info
         version = (info.sha256 or "")[:12]  # Translator.load always hashes the file
         self.model_ref = ModelRef(name=info.name, version=version, src_lang=info.src_lang,

@@ -41,7 +41,7 @@ class ServeSettings:
     api_key: Optional[str] = None
     limits: Limits = field(default_factory=Limits)
     request_timeout: float = 30.0  # seconds a request may wait in the queue (then 504)
-    threads: Optional[int] = None  # torch threads per worker; None = cores / workers_per_device
+    threads: Optional[int] = None  # torch threads per worker; None = cores / workers
     precision: Optional[str] = None  # fp32 | bf16 decoding; None = the checkpoint's
     log_level: str = "info"
     shutdown_grace: float = 10.0  # seconds for LitServe's own shutdown before the group is killed
@@ -70,8 +70,10 @@ class ServeSettings:
                 "--max-chars, --max-texts, --max-beam and --max-len must be at least 1"
             )
 
-    def worker_threads(self) -> int:
-        return self.threads or max(1, (os.cpu_count() or 1) // self.workers_per_device)
+    def worker_threads(self, devices: int) -> int:
+        """Torch threads per worker: the cores shared by every worker on every device."""
+        workers = devices * self.workers_per_device
+        return self.threads or max(1, (os.cpu_count() or 1) // workers)
 
 
 def build_server(settings: ServeSettings) -> ls.LitServer:
@@ -81,8 +83,7 @@ def build_server(settings: ServeSettings) -> ls.LitServer:
     api = TranslatorAPI(
         checkpoint=str(settings.checkpoint), metrics=metrics, model_board=model_board,
         max_batch_size=settings.max_batch_size, batch_timeout=settings.batch_timeout,
-        batch_wait=settings.batch_wait, threads=settings.worker_threads(),
-        precision=settings.precision, api_path=TRANSLATE_PATH,
+        batch_wait=settings.batch_wait, precision=settings.precision, api_path=TRANSLATE_PATH,
     )
     # Registered innermost first: metrics see every answer, including 401 and 413.
     guard = {"path": TRANSLATE_PATH, "limits": settings.limits}
@@ -100,13 +101,16 @@ def build_server(settings: ServeSettings) -> ls.LitServer:
         middlewares=middlewares,
     )
     set_graceful_timeout(server, max(1.0, settings.shutdown_grace / 2))
-    serving = _serving_info(settings, server_devices(server))
+    devices = server_devices(server)
+    # Only LitServer knows how many devices `auto` means; its workers start later, in run().
+    api.threads = settings.worker_threads(len(devices))
+    serving = _serving_info(settings, devices, api.threads)
     _document_translate_route(server.app)
     _add_routes(server.app, metrics, model_board, serving)
     return server
 
 
-def _serving_info(settings: ServeSettings, devices: list[Any]) -> dict[str, Any]:
+def _serving_info(settings: ServeSettings, devices: list[Any], threads: int) -> dict[str, Any]:
     return {
         "max_batch_size": settings.max_batch_size,
         "batch_timeout": settings.batch_timeout,
@@ -115,7 +119,7 @@ def _serving_info(settings: ServeSettings, devices: list[Any]) -> dict[str, Any]
         "accelerator": settings.accelerator,
         "devices": [str(d) for d in devices],
         "request_timeout": settings.request_timeout,
-        "threads_per_worker": settings.worker_threads(),
+        "threads_per_worker": threads,
         "limits": settings.limits.to_dict(),
         "api_key_required": bool(settings.api_key),
     }

@@ -232,12 +232,13 @@ def test_request_waiting_too_long_gets_504_then_server_recovers(tiny_checkpoint:
 
 def test_precision_setting_reaches_the_worker_and_info(tiny_checkpoint: Path) -> None:
     """`nmt serve --precision bf16` decodes in bf16 and says so in /info."""
-    board = SharedJSON()
-    api = TranslatorAPI(checkpoint=str(tiny_checkpoint), metrics=ServerMetrics(), model_board=board,
+    board, metrics = SharedJSON(), ServerMetrics()
+    api = TranslatorAPI(checkpoint=str(tiny_checkpoint), metrics=metrics, model_board=board,
                         threads=1, precision="bf16")
     api.setup("cpu")
     assert api.translator.decode.precision == "bf16"
     assert board.read()["info"]["decode"]["precision"] == "bf16"
+    assert "nmt_translated_sentences_total 0\n" in metrics.render()  # the warm-up is not counted
     outcome = api.predict([api.decode_request(TranslateRequest(texts=["Ein Hund läuft.", "Zwei Männer."]))])[0]
     assert outcome.error is None and len(outcome.translations) == 2
     with pytest.raises(Exception, match="--precision"):
@@ -285,6 +286,17 @@ def test_requests_with_equal_options_share_a_translate_call(tiny_checkpoint: Pat
     outcomes = api.predict(jobs)
     assert sorted(calls) == [["Ein Hund.", "Zwei Männer.", "Eine Frau."], ["Ein Kind."]]
     assert [[t.source for t in o.translations] for o in outcomes] == [r.all_texts for r in requests]
+
+
+def test_worker_threads_share_the_cores_among_all_workers_of_all_devices(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 32)
+    settings = ServeSettings(checkpoint=str(tiny_checkpoint), workers_per_device=2)
+    assert settings.worker_threads(devices=1) == 16
+    assert settings.worker_threads(devices=8) == 2
+    assert settings.worker_threads(devices=32) == 1
+    assert ServeSettings(checkpoint=str(tiny_checkpoint), threads=3).worker_threads(devices=8) == 3
 
 
 # --------------------------------------------------------------------------- the real server
