@@ -4,6 +4,10 @@
 models). Training validation builds one from the in-memory model instead. Inputs are
 encoded, sorted by length into sub-batches of at most `decode.batch_tokens` padded source
 tokens, decoded (greedy for beam size 1, else beam search), and returned in input order.
+
+`Translator.info` (ModelInfo) says what the model is; `Translator.decode` holds the decoding
+defaults, once; `TranslateOptions` are one call's choices; `translate_chunks` is the loop
+that translates a file or a stream chunk by chunk.
 """
 
 from __future__ import annotations
