@@ -382,21 +382,19 @@ def run_evaluation(
 ) -> Evaluation:
     """Translate job.src with `translator` (or read job.hyp), score against job.ref as the
     model's ScoringPolicy asks, and write the JSON report."""
-    if (translator is None) == (job.hyp is None):
-        raise EvaluationError("score either a translator's output or a hypothesis file")
     refs = read_lines(job.ref)
     srcs = read_lines(job.src) if job.src else None
     decoding, info, policy = None, None, ScoringPolicy()
-    if translator is not None:
-        if srcs is None:
-            raise EvaluationError("translating needs the source file")
+    if translator is None and job.hyp is not None:
+        hyps = read_lines(job.hyp)
+    elif translator is not None and job.hyp is None and srcs is not None:
         hyps = _translate(translator, srcs, job, progress)
         decoding = decoding_settings(translator, job.beam_size, job.max_len)
         info, policy = translator.info, ScoringPolicy.of(translator.tokenizer)
         if job.output:
             write_lines(hyps, job.output)
     else:
-        hyps = read_lines(job.hyp)
+        raise EvaluationError("score a hypothesis file, or a translator's translations of src")
     tgt_lang = job.tgt_lang or (info.tgt_lang if info else None) or guess_lang(job.ref)
     scores = score_corpus(hyps, refs, tgt_lang, job.literature, job.tokenize_refs, srcs,
                           remove_spaces=job.remove_spaces or policy.remove_spaces,

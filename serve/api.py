@@ -32,7 +32,7 @@ from serve.schemas import (
 from serve.shared import SharedJSON
 
 if TYPE_CHECKING:  # torch stays out of the HTTP front end: workers import it in setup()
-    from nmt.translator import TranslateOptions
+    from nmt.translator import TranslateOptions, Translator
 
 logger = logging.getLogger("nmt.serve")
 
@@ -91,7 +91,7 @@ class TranslatorAPI(ls.LitAPI):
         self.model_board = model_board
         self.threads = threads
         self.precision = precision  # None = the checkpoint's decode.precision
-        self.translator = None
+        self.translator: Optional["Translator"] = None  # loaded by setup(), in the worker
         self.model_ref: Optional[ModelRef] = None
 
     # ------------------------------------------------------------------ worker start
@@ -110,18 +110,19 @@ class TranslatorAPI(ls.LitAPI):
         if self.threads:
             torch.set_num_threads(self.threads)
         prepare_device(torch.device(device))  # before any CUDA work of this worker; nothing on CPU
-        self.translator = Translator.load(self.checkpoint, device=device)
-        keep_freed_memory(self.translator.device.type)
+        translator = Translator.load(self.checkpoint, device=device)
+        keep_freed_memory(translator.device.type)
         if self.precision:
-            self.translator.decode = dataclasses.replace(self.translator.decode, precision=self.precision)
+            translator.decode = dataclasses.replace(translator.decode, precision=self.precision)
         # LitServe reports the worker ready when setup() returns: pay the one-time costs
         # (cuBLAS/cuDNN initialisation, first allocations) here, not in the first requests.
-        self.translator.translate([WARM_UP_TEXT], max_len=4)
-        info = self.translator.info
+        translator.translate([WARM_UP_TEXT], max_len=4)
+        self.translator = translator
+        info = translator.info
         version = (info.sha256 or "")[:12]  # Translator.load always hashes the file
         self.model_ref = ModelRef(name=info.name, version=version, src_lang=info.src_lang,
                                   tgt_lang=info.tgt_lang)
-        self.model_board.publish({"info": info.to_dict(self.translator.decode), "version": version,
+        self.model_board.publish({"info": info.to_dict(translator.decode), "version": version,
                                   "device": str(device), "worker_pid": os.getpid()})
         logger.info("worker %d loaded %s on %s", os.getpid(), self.checkpoint, device)
 
