@@ -20,7 +20,6 @@ data first (a few seconds).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import gzip
 import json
@@ -38,7 +37,6 @@ from nmt.allocator import keep_freed_memory
 from nmt.config import load_config
 from nmt.cpu import cpu_name, has_native_bf16
 from nmt.model import build_model, count_parameters
-from nmt.projection import projections_in
 from nmt.search import Hypothesis, beam_search, greedy_search
 from nmt.specials import PAD_ID
 from nmt.tokenizer import Tokenizer
@@ -61,7 +59,11 @@ class FullPrefixDecoder:
         return {"src": src, "src_mask": src_mask, "prefix": prefix}
 
     def decode_step(
-        self, state: DecoderState, prev_tokens: Tensor, with_attention: bool = True
+        self,
+        state: DecoderState,
+        prev_tokens: Tensor,
+        with_attention: bool = True,
+        logits_dtype: Optional[torch.dtype] = None,  # the baseline always decodes in fp32
     ) -> tuple[Tensor, Optional[Tensor], DecoderState]:
         prefix = torch.cat([state["prefix"], prev_tokens.unsqueeze(1)], dim=1)
         src, src_mask = state["src"], state["src_mask"]
@@ -70,8 +72,13 @@ class FullPrefixDecoder:
         last = None if attention is None else attention[:, -1].float()
         return log_probs, last, {"src": src, "src_mask": src_mask, "prefix": prefix}
 
-    def reorder(self, state: DecoderState, indices: Tensor) -> DecoderState:
-        return {key: value.index_select(0, indices) for key, value in state.items()}
+    def reorder(
+        self, state: DecoderState, rows: Tensor, sentences: Optional[Tensor] = None
+    ) -> DecoderState:
+        """Every tensor here is per row, so new row (n, w) copies row rows[n, w]; `sentences`
+        matters only to state kept per sentence, which this decoder has none of."""
+        flat = rows.reshape(-1)
+        return {key: value.index_select(0, flat) for key, value in state.items()}
 
 
 def read_gz(path: Path) -> list[str]:
@@ -119,7 +126,11 @@ def batches(ids: list[list[int]], size: int, device: str) -> list[tuple[Tensor, 
 
 
 def run(
-    step_model: Any, data: list[tuple[Tensor, Tensor]], beam: int, decode: dict[str, Any]
+    step_model: Any,
+    data: list[tuple[Tensor, Tensor]],
+    beam: int,
+    decode: dict[str, Any],
+    logits_dtype: Optional[torch.dtype],
 ) -> tuple[float, list[list[int]]]:
     """Seconds and best token lists for decoding all batches."""
     outputs: list[list[int]] = []
@@ -128,11 +139,13 @@ def run(
         for src, mask in data:
             if beam == 1:
                 hyps: list[list[Hypothesis]] = greedy_search(
-                    step_model, src, mask, decode["max_len_a"], decode["max_len_b"], decode["min_len"]
+                    step_model, src, mask, decode["max_len_a"], decode["max_len_b"],
+                    decode["min_len"], logits_dtype=logits_dtype,
                 )
             else:
                 hyps = beam_search(step_model, src, mask, beam, 1, decode["length_penalty"],
-                                   decode["max_len_a"], decode["max_len_b"], decode["min_len"])
+                                   decode["max_len_a"], decode["max_len_b"], decode["min_len"],
+                                   logits_dtype=logits_dtype)
             outputs.extend(h[0].tokens for h in hyps)
     return time.perf_counter() - start, outputs
 
@@ -174,22 +187,20 @@ def main() -> None:
     print(f"model: {label}; {count_parameters(model):,} parameters; {len(sources)} sentences, "
           f"batches of {args.batch_size}, device {args.device} ({cpu_name()}), "
           f"{torch.get_num_threads()} threads")
-    variants: list[tuple[str, Any, Any]] = [("cached", model, contextlib.nullcontext)]
+    variants: list[tuple[str, Any, Optional[torch.dtype]]] = [("cached", model, None)]
     if args.device == "cpu" and not has_native_bf16():
         print("this CPU has no native bf16: skipping the bf16-projection decoder (emulated, slow)")
     elif args.device == "cpu":  # what decode.precision bf16 does on a CPU
-        variants.append(("cached, bf16 projection", model,
-                         lambda: projections_in(model, torch.bfloat16)))
+        variants.append(("cached, bf16 projection", model, torch.bfloat16))
     if not args.skip_no_cache:
-        variants.append(("no cache (full forward)", FullPrefixDecoder(model), contextlib.nullcontext))
+        variants.append(("no cache (full forward)", FullPrefixDecoder(model), None))
     results = []
     header = f"{'decoder':<26}{'search':<10}{'seconds':>9}{'sent/s':>10}{'tgt tok/s':>11}"
     print(header + "  same output")
     for beam in args.beams:
         reference: Optional[list] = None
-        for name, step_model, precision in variants:
-            with precision():
-                seconds, outputs = run(step_model, data, beam, decode)
+        for name, step_model, logits_dtype in variants:
+            seconds, outputs = run(step_model, data, beam, decode, logits_dtype)
             tokens = sum(len(t) + 1 for t in outputs)  # + EOS
             same = "-" if reference is None else _agreement(outputs, reference)
             reference = reference if reference is not None else outputs
