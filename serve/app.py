@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import litserve as ls
 from fastapi import FastAPI, Request
@@ -37,12 +37,12 @@ class ServeSettings:
     batch_wait: float = 0.1  # under load, wait up to this fraction of the last batch's decode time
     workers_per_device: int = 1
     accelerator: str = "auto"  # auto | cpu | cuda
-    devices: Union[int, str] = "auto"
-    api_key: Optional[str] = None
+    devices: int | str = "auto"
+    api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
     request_timeout: float = 30.0  # seconds a request may wait in the queue (then 504)
-    threads: Optional[int] = None  # torch threads per worker; None = cores / workers
-    precision: Optional[str] = None  # fp32 | bf16 decoding; None = the checkpoint's
+    threads: int | None = None  # torch threads per worker; None = cores / workers
+    precision: str | None = None  # fp32 | bf16 decoding; None = the checkpoint's
     log_level: str = "info"
     shutdown_grace: float = 10.0  # seconds for LitServe's own shutdown before the group is killed
 

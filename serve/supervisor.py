@@ -24,9 +24,10 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import litserve as ls
 
@@ -146,7 +147,7 @@ def _stop_children(timeout: float = 3.0) -> None:
             child.join(1.0)
 
 
-def _alive(pid: Optional[int]) -> bool:
+def _alive(pid: int | None) -> bool:
     """Whether child `pid` still runs, without reaping it (its pid stays its group's id)."""
     if pid is None:
         return True  # not started yet
