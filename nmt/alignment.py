@@ -17,10 +17,11 @@ Conventions (kept everywhere: library, CLI, server):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -28,12 +29,32 @@ from torch import Tensor
 WORD_START = "\u2581"  # "▁"
 # Font families with CJK glyphs, in order of preference (file-name patterns as fallback).
 CJK_FAMILIES = (
-    "Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans JP", "Noto Serif CJK JP", "IPAGothic",
-    "IPAexGothic", "IPAPGothic", "TakaoGothic", "TakaoPGothic", "VL Gothic", "Source Han Sans JP",
-    "Droid Sans Fallback", "WenQuanYi Zen Hei", "Unifont",
+    "Noto Sans CJK JP",
+    "Noto Sans CJK SC",
+    "Noto Sans JP",
+    "Noto Serif CJK JP",
+    "IPAGothic",
+    "IPAexGothic",
+    "IPAPGothic",
+    "TakaoGothic",
+    "TakaoPGothic",
+    "VL Gothic",
+    "Source Han Sans JP",
+    "Droid Sans Fallback",
+    "WenQuanYi Zen Hei",
+    "Unifont",
 )
-CJK_FILE_PATTERNS = ("notosanscjk", "notoserifcjk", "ipag", "ipaexg", "takao", "vl-gothic",
-                     "droidsansfallback", "wqy", "sourcehansans")
+CJK_FILE_PATTERNS = (
+    "notosanscjk",
+    "notoserifcjk",
+    "ipag",
+    "ipaexg",
+    "takao",
+    "vl-gothic",
+    "droidsansfallback",
+    "wqy",
+    "sourcehansans",
+)
 
 Link = tuple[int, int]  # (source index, target index)
 
@@ -145,7 +166,7 @@ def _rounded(matrix: Tensor, digits: int = 6) -> list[list[float]]:
 
 
 @lru_cache(maxsize=1)
-def find_cjk_font() -> Optional[str]:
+def find_cjk_font() -> str | None:
     """Path of an installed font with CJK glyphs (Noto Sans CJK, IPA, Takao, ...), or None.
 
     Looks at matplotlib's font list first, then at the system font files (matplotlib's cache
@@ -175,7 +196,7 @@ def plot_attention(
     src_labels: Sequence[str],
     tgt_labels: Sequence[str],
     path: str | Path,
-    title: Optional[str] = None,
+    title: str | None = None,
 ) -> Path:
     """Write a PNG heatmap of a [T, S] attention matrix (source on x, target on y).
 
@@ -214,9 +235,11 @@ def plot_attention(
 
 
 def plot_alignment(
-    alignment: Alignment, path: str | Path, words: bool = True, title: Optional[str] = None
+    alignment: Alignment, path: str | Path, words: bool = True, title: str | None = None
 ) -> Path:
     """Heatmap of one alignment, word level (labels = words) or piece level."""
     if words:
-        return plot_attention(alignment.word_soft, alignment.src_words, alignment.tgt_words, path, title)
+        return plot_attention(
+            alignment.word_soft, alignment.src_words, alignment.tgt_words, path, title
+        )
     return plot_attention(alignment.soft, alignment.src_tokens, alignment.tgt_tokens, path, title)

@@ -36,8 +36,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from nmt.train import TrainingError
     from nmt.translator import TranslationError
 
-    return (ConfigError, CheckpointError, FileNotFoundError, DataError, EvaluationError,
-            TokenizerError, TrainingError, TranslationError)
+    return (
+        ConfigError,
+        CheckpointError,
+        FileNotFoundError,
+        DataError,
+        EvaluationError,
+        TokenizerError,
+        TrainingError,
+        TranslationError,
+    )
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -119,7 +127,10 @@ def _cmd_average(args: argparse.Namespace) -> None:
     else:
         raise ConfigError("give --checkpoints FILE..., or --run-dir with --last N or --best N")
     save_checkpoint(average_checkpoints(paths), args.output)
-    print(f"averaged {len(paths)} checkpoints ({', '.join(Path(p).name for p in paths)}) into {args.output}")
+    print(
+        f"averaged {len(paths)} checkpoints ({', '.join(Path(p).name for p in paths)}) "
+        f"into {args.output}"
+    )
 
 
 def _add_average(sub: argparse._SubParsersAction) -> None:
@@ -132,7 +143,9 @@ def _add_average(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoints", nargs="+", help="checkpoint files of one run")
     p.add_argument("--run-dir", help="a run folder, with --last N or --best N")
     p.add_argument("--last", type=int, help="the N newest snapshots of --run-dir")
-    p.add_argument("--best", type=int, help="the N snapshots of --run-dir with the best validation BLEU")
+    p.add_argument(
+        "--best", type=int, help="the N snapshots of --run-dir with the best validation BLEU"
+    )
     p.add_argument("--output", required=True, help="where to write the averaged checkpoint")
     p.set_defaults(func=_cmd_average)
 
@@ -143,17 +156,29 @@ def _add_average(sub: argparse._SubParsersAction) -> None:
 def _add_decoding_args(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that decodes with a checkpoint."""
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
-    parser.add_argument("--truncate", action="store_true",
-                        help="cut inputs longer than the model accepts instead of failing")
-    parser.add_argument("--batch-tokens", type=int,
-                        help="source tokens per decoding batch (default: decode.batch_tokens)")
-    parser.add_argument("--precision", choices=["fp32", "bf16"],
-                        help="decoding precision (default: decode.precision); bf16: the vocabulary "
-                        "projection in bf16 on CPU (autocast on GPUs), faster, outputs may "
-                        "differ slightly")
-    parser.add_argument("--length-penalty", type=float,
-                        help="GNMT length-penalty alpha of beam search, 0 = raw log-probability "
-                        "(default: decode.length_penalty)")
+    parser.add_argument(
+        "--truncate",
+        action="store_true",
+        help="cut inputs longer than the model accepts instead of failing",
+    )
+    parser.add_argument(
+        "--batch-tokens",
+        type=int,
+        help="source tokens per decoding batch (default: decode.batch_tokens)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        help="decoding precision (default: decode.precision); bf16: the vocabulary "
+        "projection in bf16 on CPU (autocast on GPUs), faster, outputs may "
+        "differ slightly",
+    )
+    parser.add_argument(
+        "--length-penalty",
+        type=float,
+        help="GNMT length-penalty alpha of beam search, 0 = raw log-probability "
+        "(default: decode.length_penalty)",
+    )
 
 
 def _load_translator(args: argparse.Namespace):
@@ -165,8 +190,11 @@ def _load_translator(args: argparse.Namespace):
         raise ConfigError(f"--length-penalty must be >= 0, got {args.length_penalty}")
     translator = Translator.load(args.checkpoint, device=args.device)
     keep_freed_memory(translator.device.type)
-    changes = {"batch_tokens": args.batch_tokens, "precision": args.precision,
-               "length_penalty": args.length_penalty}
+    changes = {
+        "batch_tokens": args.batch_tokens,
+        "precision": args.precision,
+        "length_penalty": args.length_penalty,
+    }
     changes = {k: v for k, v in changes.items() if v is not None}
     if changes:
         translator.decode = dataclasses.replace(translator.decode, **changes)
@@ -181,13 +209,22 @@ def _cmd_translate(args: argparse.Namespace) -> None:
     from nmt.alignment import plot_alignment
     from nmt.evaluate import read_lines
     from nmt.translator import (
-        TranslateOptions, Translation, file_chunks, read_chunks, translate_chunks,
+        TranslateOptions,
+        Translation,
+        file_chunks,
+        read_chunks,
+        translate_chunks,
     )
 
     translator = _load_translator(args)
     aligned = bool(args.alignments or args.plot_attention or args.with_alignment)
-    options = TranslateOptions(beam_size=args.beam, n_best=args.n_best, max_len=args.max_len,
-                               with_alignment=aligned, truncate=args.truncate)
+    options = TranslateOptions(
+        beam_size=args.beam,
+        n_best=args.n_best,
+        max_len=args.max_len,
+        with_alignment=aligned,
+        truncate=args.truncate,
+    )
     words = args.alignment_level == "word"
 
     def write(t: Translation, index: int, out, links) -> None:
@@ -224,8 +261,10 @@ def _cmd_translate(args: argparse.Namespace) -> None:
             if links is not None:
                 links.flush()
     if unaligned:
-        print(f"nmt translate: the model has no attention; {unaligned} sentences without alignment",
-              file=sys.stderr)
+        print(
+            f"nmt translate: the model has no attention; {unaligned} sentences without alignment",
+            file=sys.stderr,
+        )
 
 
 def _add_translate(sub: argparse._SubParsersAction) -> None:
@@ -242,19 +281,38 @@ def _add_translate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", help="where to write translations (default: stdout)")
     p.add_argument("--beam", type=int, help="beam size (1 = greedy; default: decode.beam_size)")
     p.add_argument("--n-best", type=int, help="hypotheses per sentence (at most the beam size)")
-    p.add_argument("--max-len", type=int, help="maximum output length in tokens (default: "
-                   "decode.max_len_a * source length + decode.max_len_b)")
-    p.add_argument("--format", choices=("text", "jsonl"), default="text",
-                   help="text: one translation per line; jsonl: one JSON object per line "
-                   "(text, score, tokens, n-best, alignment when asked)")
-    p.add_argument("--with-alignment", action="store_true",
-                   help="include alignments in the JSONL output")
-    p.add_argument("--alignments", metavar="FILE",
-                   help="write Pharaoh alignments (source-target index pairs), a line per sentence")
-    p.add_argument("--alignment-level", choices=("word", "piece"), default="word",
-                   help="align words (subword pieces merged at ▁) or pieces (default: word)")
-    p.add_argument("--plot-attention", metavar="DIR",
-                   help="write an attention heatmap PNG per sentence into DIR")
+    p.add_argument(
+        "--max-len",
+        type=int,
+        help="maximum output length in tokens (default: "
+        "decode.max_len_a * source length + decode.max_len_b)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("text", "jsonl"),
+        default="text",
+        help="text: one translation per line; jsonl: one JSON object per line "
+        "(text, score, tokens, n-best, alignment when asked)",
+    )
+    p.add_argument(
+        "--with-alignment", action="store_true", help="include alignments in the JSONL output"
+    )
+    p.add_argument(
+        "--alignments",
+        metavar="FILE",
+        help="write Pharaoh alignments (source-target index pairs), a line per sentence",
+    )
+    p.add_argument(
+        "--alignment-level",
+        choices=("word", "piece"),
+        default="word",
+        help="align words (subword pieces merged at ▁) or pieces (default: word)",
+    )
+    p.add_argument(
+        "--plot-attention",
+        metavar="DIR",
+        help="write an attention heatmap PNG per sentence into DIR",
+    )
     _add_decoding_args(p)
     p.set_defaults(func=_cmd_translate)
 
@@ -271,10 +329,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     if args.checkpoint and not args.src:
         raise ConfigError("--checkpoint needs --src (the source file to translate)")
     job = EvaluationJob(
-        ref=args.ref, src=args.src, hyp=args.hyp, output=args.output, report=args.report,
-        tgt_lang=args.tgt_lang, literature=args.literature, tokenize_refs=args.tokenize_refs,
-        remove_spaces=args.remove_spaces, lowercase=args.lowercase, beam_size=args.beam,
-        max_len=args.max_len, truncate=args.truncate,
+        ref=args.ref,
+        src=args.src,
+        hyp=args.hyp,
+        output=args.output,
+        report=args.report,
+        tgt_lang=args.tgt_lang,
+        literature=args.literature,
+        tokenize_refs=args.tokenize_refs,
+        remove_spaces=args.remove_spaces,
+        lowercase=args.lowercase,
+        beam_size=args.beam,
+        max_len=args.max_len,
+        truncate=args.truncate,
     )
     translator = _load_translator(args) if args.checkpoint else None
     evaluation = run_evaluation(job, translator, progress=True)
@@ -292,29 +359,48 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "checkpoint sha256). Files may be gzipped.",
     )
     p.add_argument("--checkpoint", help="checkpoint to translate --src with")
-    p.add_argument("--src", help="source file (needed with --checkpoint; also gives BLEU by "
-                   "source length)")
+    p.add_argument(
+        "--src", help="source file (needed with --checkpoint; also gives BLEU by source length)"
+    )
     p.add_argument("--hyp", help="translations to score instead of translating")
     p.add_argument("--ref", required=True, help="reference translations, one per line")
     p.add_argument("--output", help="where to write the translations of --src")
-    p.add_argument("--report", help="JSON report path (default: <output or hyp>.json, else "
-                   "<checkpoint stem>.<ref name>.json beside the checkpoint)")
-    p.add_argument("--tgt-lang", help="target language (default: the checkpoint's, else the "
-                   "--ref file's suffix); picks the tokenizer (ja: ja-mecab, else char)")
-    p.add_argument("--literature", action="store_true",
-                   help="score like the Multi30k literature instead: lowercased, Moses-normalised "
-                   "and -tokenized hypotheses against the official tokenized references "
-                   "(e.g. tok/test_2016_flickr.lc.norm.tok.de), sacreBLEU tokenize=none")
-    p.add_argument("--tokenize-refs", action="store_true",
-                   help="with --literature: references are raw text; process them the same way")
-    p.add_argument("--remove-spaces", action="store_true",
-                   help="remove all spaces from hypotheses and references before scoring, for "
-                   "pre-tokenized references in languages written without spaces, e.g. "
-                   "small_parallel_enja's Japanese (automatic with a --checkpoint whose "
-                   "tokenizer.detok_remove_spaces lists its target language)")
-    p.add_argument("--lowercase", action="store_true",
-                   help="score case-insensitively (automatic with a --checkpoint trained with "
-                   "tokenizer.lowercase)")
+    p.add_argument(
+        "--report",
+        help="JSON report path (default: <output or hyp>.json, else "
+        "<checkpoint stem>.<ref name>.json beside the checkpoint)",
+    )
+    p.add_argument(
+        "--tgt-lang",
+        help="target language (default: the checkpoint's, else the "
+        "--ref file's suffix); picks the tokenizer (ja: ja-mecab, else char)",
+    )
+    p.add_argument(
+        "--literature",
+        action="store_true",
+        help="score like the Multi30k literature instead: lowercased, Moses-normalised "
+        "and -tokenized hypotheses against the official tokenized references "
+        "(e.g. tok/test_2016_flickr.lc.norm.tok.de), sacreBLEU tokenize=none",
+    )
+    p.add_argument(
+        "--tokenize-refs",
+        action="store_true",
+        help="with --literature: references are raw text; process them the same way",
+    )
+    p.add_argument(
+        "--remove-spaces",
+        action="store_true",
+        help="remove all spaces from hypotheses and references before scoring, for "
+        "pre-tokenized references in languages written without spaces, e.g. "
+        "small_parallel_enja's Japanese (automatic with a --checkpoint whose "
+        "tokenizer.detok_remove_spaces lists its target language)",
+    )
+    p.add_argument(
+        "--lowercase",
+        action="store_true",
+        help="score case-insensitively (automatic with a --checkpoint trained with "
+        "tokenizer.lowercase)",
+    )
     p.add_argument("--beam", type=int, help="beam size (default: decode.beam_size)")
     p.add_argument("--max-len", type=int, help="maximum output length in tokens")
     _add_decoding_args(p)
@@ -335,14 +421,28 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         raise ConfigError(f"--devices must be a number or auto, got {args.devices!r}")
     devices = args.devices if args.devices == "auto" else int(args.devices)
     settings = ServeSettings(
-        checkpoint=args.checkpoint, host=args.host, port=args.port,
-        max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout, batch_wait=args.batch_wait,
-        workers_per_device=args.workers_per_device, accelerator=args.accelerator, devices=devices,
+        checkpoint=args.checkpoint,
+        host=args.host,
+        port=args.port,
+        max_batch_size=args.max_batch_size,
+        batch_timeout=args.batch_timeout,
+        batch_wait=args.batch_wait,
+        workers_per_device=args.workers_per_device,
+        accelerator=args.accelerator,
+        devices=devices,
         api_key=args.api_key or os.environ.get("NMT_API_KEY") or None,
-        limits=Limits(max_chars=args.max_chars, max_texts=args.max_texts, max_beam=args.max_beam,
-                      max_len=args.max_len, max_body_bytes=args.max_body_bytes),
-        request_timeout=args.request_timeout, threads=args.threads, precision=args.precision,
-        log_level="debug" if args.verbose else args.log_level, shutdown_grace=args.shutdown_grace,
+        limits=Limits(
+            max_chars=args.max_chars,
+            max_texts=args.max_texts,
+            max_beam=args.max_beam,
+            max_len=args.max_len,
+            max_body_bytes=args.max_body_bytes,
+        ),
+        request_timeout=args.request_timeout,
+        threads=args.threads,
+        precision=args.precision,
+        log_level="debug" if args.verbose else args.log_level,
+        shutdown_grace=args.shutdown_grace,
     )
     code = serve(settings)
     if code:
@@ -361,32 +461,61 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default), 0.0.0.0 or ::")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch-size", type=int, default=32, help="requests per batch (default 32)")
-    p.add_argument("--batch-timeout", type=float, default=0.01,
-                   help="seconds a worker waits for a batch to fill (default 0.01)")
-    p.add_argument("--batch-wait", type=float, default=0.1,
-                   help="under load (the last batch held several requests), wait up to this "
-                   "fraction of the last batch's decoding time instead, if longer (default 0.1; "
-                   "0 = always --batch-timeout)")
+    p.add_argument(
+        "--batch-timeout",
+        type=float,
+        default=0.01,
+        help="seconds a worker waits for a batch to fill (default 0.01)",
+    )
+    p.add_argument(
+        "--batch-wait",
+        type=float,
+        default=0.1,
+        help="under load (the last batch held several requests), wait up to this "
+        "fraction of the last batch's decoding time instead, if longer (default 0.1; "
+        "0 = always --batch-timeout)",
+    )
     p.add_argument("--workers-per-device", type=int, default=1)
     p.add_argument("--accelerator", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--devices", default="auto", help="number of devices, or auto (default)")
-    p.add_argument("--api-key", help="require this key (X-API-Key or Bearer); default: $NMT_API_KEY")
+    p.add_argument(
+        "--api-key", help="require this key (X-API-Key or Bearer); default: $NMT_API_KEY"
+    )
     p.add_argument("--max-chars", type=int, default=2000, help="characters per text (default 2000)")
     p.add_argument("--max-texts", type=int, default=64, help="texts per request (default 64)")
-    p.add_argument("--max-beam", type=int, default=10, help="largest beam_size allowed (default 10)")
+    p.add_argument(
+        "--max-beam", type=int, default=10, help="largest beam_size allowed (default 10)"
+    )
     p.add_argument("--max-len", type=int, default=512, help="largest max_len allowed (default 512)")
-    p.add_argument("--max-body-bytes", type=int, default=0,
-                   help="request body limit (default: derived from the limits above)")
-    p.add_argument("--request-timeout", type=float, default=30.0,
-                   help="seconds a request may wait for a worker before a 504 (default 30)")
-    p.add_argument("--threads", type=int, help="torch threads per worker (default: cores / workers)")
-    p.add_argument("--precision", choices=["fp32", "bf16"],
-                   help="decoding precision (default: the checkpoint's decode.precision); bf16: the "
-                   "vocabulary projection in bf16 on CPU (autocast on GPUs), faster, outputs "
-                   "may differ slightly")
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=0,
+        help="request body limit (default: derived from the limits above)",
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a request may wait for a worker before a 504 (default 30)",
+    )
+    p.add_argument(
+        "--threads", type=int, help="torch threads per worker (default: cores / workers)"
+    )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        help="decoding precision (default: the checkpoint's decode.precision); bf16: the "
+        "vocabulary projection in bf16 on CPU (autocast on GPUs), faster, outputs "
+        "may differ slightly",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--shutdown-grace", type=float, default=10.0,
-                   help="seconds for a graceful stop before worker processes are killed (default 10)")
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=10.0,
+        help="seconds for a graceful stop before worker processes are killed (default 10)",
+    )
     p.set_defaults(func=_cmd_serve)
 
 

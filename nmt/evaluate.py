@@ -25,10 +25,11 @@ import gzip
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sacrebleu.metrics import BLEU, CHRF, TER
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from nmt.translator import ModelInfo, Translator
 
 # Source-length buckets (in whitespace-separated source words) for the BLEU breakdown.
-LENGTH_BUCKETS: tuple[tuple[int, Optional[int]], ...] = ((1, 10), (11, 20), (21, 30), (31, None))
+LENGTH_BUCKETS: tuple[tuple[int, int | None], ...] = ((1, 10), (11, 20), (21, 30), (31, None))
 
 
 class EvaluationError(ValueError):
@@ -63,7 +64,7 @@ def write_lines(lines: Sequence[str], path: str | Path) -> None:
             f.write(line + "\n")
 
 
-def guess_lang(path: str | Path) -> Optional[str]:
+def guess_lang(path: str | Path) -> str | None:
     """Language code from a file name like `test.de`, `test.de.gz` or `x.lc.norm.tok.en`."""
     name = Path(path).name
     if name.endswith(".gz"):
@@ -87,7 +88,7 @@ def mecab_available() -> bool:
     return True
 
 
-def bleu_tokenizer(tgt_lang: Optional[str]) -> str:
+def bleu_tokenizer(tgt_lang: str | None) -> str:
     """sacreBLEU tokenizer name for detokenized text in `tgt_lang`."""
     if tgt_lang == "ja":
         return "ja-mecab" if mecab_available() else "char"
@@ -131,12 +132,14 @@ class ScoringPolicy:
 
     @classmethod
     def of(cls, tokenizer: Tokenizer) -> ScoringPolicy:
-        return cls(remove_spaces=tokenizer.tgt_lang in tokenizer.config.detok_remove_spaces,
-                   lowercase=tokenizer.config.lowercase)
+        return cls(
+            remove_spaces=tokenizer.tgt_lang in tokenizer.config.detok_remove_spaces,
+            lowercase=tokenizer.config.lowercase,
+        )
 
 
 def corpus_bleu(
-    hyps: Sequence[str], refs: Sequence[str], tgt_lang: Optional[str], policy: ScoringPolicy
+    hyps: Sequence[str], refs: Sequence[str], tgt_lang: str | None, policy: ScoringPolicy
 ) -> tuple[float, str]:
     """BLEU and its signature alone, under `policy` (validation: chrF and TER cost time)."""
     hyps, refs = list(hyps), list(refs)
@@ -146,7 +149,7 @@ def corpus_bleu(
     return metric.corpus_score(hyps, [refs]).score, str(metric.get_signature())
 
 
-def bleu_metric(tgt_lang: Optional[str], literature: bool = False, lowercase: bool = False) -> BLEU:
+def bleu_metric(tgt_lang: str | None, literature: bool = False, lowercase: bool = False) -> BLEU:
     """The BLEU metric object for `tgt_lang` (tokenize "none" in the literature setting).
 
     `lowercase` scores case-insensitively (signature case:lc), for models trained on
@@ -157,21 +160,24 @@ def bleu_metric(tgt_lang: Optional[str], literature: bool = False, lowercase: bo
     return BLEU(tokenize=bleu_tokenizer(tgt_lang), trg_lang=tgt_lang or "", lowercase=lowercase)
 
 
-def _metrics(tgt_lang: Optional[str], literature: bool, lowercase: bool) -> tuple[BLEU, CHRF, TER]:
+def _metrics(tgt_lang: str | None, literature: bool, lowercase: bool) -> tuple[BLEU, CHRF, TER]:
     asian = tgt_lang in ("ja", "zh", "ko")
     lowercase = lowercase and not literature
     # sacreBLEU's TER is case-insensitive by default already.
-    return (bleu_metric(tgt_lang, literature, lowercase), CHRF(lowercase=lowercase),
-            TER(asian_support=asian))
+    return (
+        bleu_metric(tgt_lang, literature, lowercase),
+        CHRF(lowercase=lowercase),
+        TER(asian_support=asian),
+    )
 
 
 def score_corpus(
     hyps: Sequence[str],
     refs: Sequence[str],
-    tgt_lang: Optional[str],
+    tgt_lang: str | None,
     literature: bool = False,
     tokenize_refs: bool = False,
-    srcs: Optional[Sequence[str]] = None,
+    srcs: Sequence[str] | None = None,
     remove_spaces: bool = False,
     lowercase: bool = False,
 ) -> dict[str, Any]:
@@ -230,7 +236,7 @@ def bleu_by_length(
     srcs: Sequence[str],
     hyps: Sequence[str],
     refs: Sequence[str],
-    tgt_lang: Optional[str],
+    tgt_lang: str | None,
     literature: bool = False,
     lowercase: bool = False,
 ) -> list[dict[str, Any]]:
@@ -257,7 +263,7 @@ def bleu_by_length(
 
 
 def decoding_settings(
-    translator: Translator, beam_size: Optional[int], max_len: Optional[int]
+    translator: Translator, beam_size: int | None, max_len: int | None
 ) -> dict[str, Any]:
     """The decoding settings actually used, for the report."""
     decode = translator.decode
@@ -300,9 +306,9 @@ def format_scores(result: dict[str, Any]) -> str:
 
 def build_report(
     result: dict[str, Any],
-    files: dict[str, Optional[str]],
-    decoding: Optional[dict[str, Any]] = None,
-    info: Optional[ModelInfo] = None,
+    files: dict[str, str | None],
+    decoding: dict[str, Any] | None = None,
+    info: ModelInfo | None = None,
 ) -> dict[str, Any]:
     """The JSON report: scores, signatures, inputs, decoding settings and checkpoint identity."""
     report: dict[str, Any] = {
@@ -318,8 +324,13 @@ def build_report(
         "checkpoint": None,
     }
     if info is not None:
-        report["checkpoint"] = {"path": info.checkpoint, "sha256": info.sha256, "name": info.name,
-                                "arch": info.arch, "valid_bleu": info.valid_bleu}
+        report["checkpoint"] = {
+            "path": info.checkpoint,
+            "sha256": info.sha256,
+            "name": info.name,
+            "arch": info.arch,
+            "valid_bleu": info.valid_bleu,
+        }
     return report
 
 
@@ -336,7 +347,7 @@ def write_report(report: dict[str, Any], path: str | Path) -> Path:
 
 
 def default_report_path(
-    hyp: Optional[str | Path], checkpoint: Optional[str | Path], ref: str | Path
+    hyp: str | Path | None, checkpoint: str | Path | None, ref: str | Path
 ) -> Path:
     """`<hyp>.json` beside the translations, else `<checkpoint stem>.<ref name>.json`."""
     if hyp:
@@ -357,17 +368,17 @@ class EvaluationJob:
     """What to score: `hyp`, or the translations of `src` (with a translator), against `ref`."""
 
     ref: str
-    src: Optional[str] = None  # also gives BLEU by source length
-    hyp: Optional[str] = None
-    output: Optional[str] = None  # where the translations of `src` go
-    report: Optional[str] = None  # default: see default_report_path
-    tgt_lang: Optional[str] = None  # default: the model's, else the suffix of `ref`
+    src: str | None = None  # also gives BLEU by source length
+    hyp: str | None = None
+    output: str | None = None  # where the translations of `src` go
+    report: str | None = None  # default: see default_report_path
+    tgt_lang: str | None = None  # default: the model's, else the suffix of `ref`
     literature: bool = False
     tokenize_refs: bool = False
     remove_spaces: bool = False  # on top of what the model's ScoringPolicy asks for
     lowercase: bool = False
-    beam_size: Optional[int] = None
-    max_len: Optional[int] = None
+    beam_size: int | None = None
+    max_len: int | None = None
     truncate: bool = False
 
 
@@ -378,7 +389,7 @@ class Evaluation:
 
 
 def run_evaluation(
-    job: EvaluationJob, translator: Optional[Translator] = None, progress: bool = False
+    job: EvaluationJob, translator: Translator | None = None, progress: bool = False
 ) -> Evaluation:
     """Translate job.src with `translator` (or read job.hyp), score against job.ref as the
     model's ScoringPolicy asks, and write the JSON report."""
@@ -396,9 +407,16 @@ def run_evaluation(
     else:
         raise EvaluationError("score a hypothesis file, or a translator's translations of src")
     tgt_lang = job.tgt_lang or (info.tgt_lang if info else None) or guess_lang(job.ref)
-    scores = score_corpus(hyps, refs, tgt_lang, job.literature, job.tokenize_refs, srcs,
-                          remove_spaces=job.remove_spaces or policy.remove_spaces,
-                          lowercase=job.lowercase or policy.lowercase)
+    scores = score_corpus(
+        hyps,
+        refs,
+        tgt_lang,
+        job.literature,
+        job.tokenize_refs,
+        srcs,
+        remove_spaces=job.remove_spaces or policy.remove_spaces,
+        lowercase=job.lowercase or policy.lowercase,
+    )
     files = {"src": job.src, "ref": job.ref, "hyp": job.hyp or job.output, "tgt_lang": tgt_lang}
     checkpoint = info.checkpoint if info else None
     path = job.report or default_report_path(job.output or job.hyp, checkpoint, job.ref)
@@ -411,8 +429,9 @@ def _translate(
 ) -> list[str]:
     from nmt.translator import TranslateOptions, file_chunks, translate_chunks
 
-    options = TranslateOptions(beam_size=job.beam_size, n_best=1, max_len=job.max_len,
-                               truncate=job.truncate)
+    options = TranslateOptions(
+        beam_size=job.beam_size, n_best=1, max_len=job.max_len, truncate=job.truncate
+    )
     total = len(lines) if progress else None
     chunks = translate_chunks(translator, file_chunks(lines), options, total)
     return [t.text for chunk in chunks for t in chunk]

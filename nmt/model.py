@@ -105,7 +105,7 @@ class Seq2Seq(nn.Module):
     def __init__(
         self,
         encoder: nn.Module,
-        decoder: nn.Module,
+        decoder: Decoder,
         arch: str,
         src_vocab_size: int,
         tgt_vocab_size: int,
@@ -190,6 +190,8 @@ def build_model(
 ) -> Seq2Seq:
     """The model `config` describes; raises ConfigError naming the offending field."""
     check_model_config(config, src_vocab_size, tgt_vocab_size, joint_vocab)
+    encoder: nn.Module
+    decoder: Decoder
     if config.arch == "transformer":
         encoder, decoder = _build_transformer(config, src_vocab_size, tgt_vocab_size, joint_vocab)
         max_target = None if config.positions == "sinusoidal" else config.max_positions
@@ -284,7 +286,7 @@ def _embedding_table(vocab_size: int, embed_dim: int) -> nn.Embedding:
 
 def _build_rnn(
     config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, joint_vocab: bool
-) -> tuple[RNNEncoder, nn.Module]:
+) -> tuple[RNNEncoder, Decoder]:
     hidden, dropout, cell = config.hidden_size, config.dropout, config.cell
     tgt_table = _embedding_table(tgt_vocab_size, config.embed_dim)
     share_src = config.tie_embeddings and joint_vocab
@@ -308,7 +310,7 @@ def _build_rnn(
     if config.attention == "none":
         context = memory_size if config.context_every_step else 0
         readout = hidden + context + config.embed_dim if context else hidden
-        decoder: nn.Module = SutskeverDecoder(
+        decoder: Decoder = SutskeverDecoder(
             tgt_table,
             cell,
             hidden,
@@ -333,7 +335,7 @@ def _build_rnn(
         )
     elif config.attention == "luong":
         if config.local_window > 0:
-            luong: nn.Module = LuongLocalAttention(
+            luong: LuongAttention | LuongLocalAttention = LuongLocalAttention(
                 hidden, memory_size, config.luong_score, config.local_window
             )
         else:

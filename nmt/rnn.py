@@ -20,7 +20,7 @@ Precision: under autocast the recurrent layers may run in float32 outside it
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # one part of a decoder state, dict[str, Tensor]; see nmt/mod
     from nmt.model import Tensors
 
 Recurrent = Tensor | tuple[Tensor, Tensor]  # torch layout: h [L,B,H] or (h, c)
+Sequence = TypeVar("Sequence", Tensor, PackedSequence)  # what an RNN returns: what it was given
 
 
 def make_rnn(
@@ -96,10 +97,10 @@ def recurrent_fp32(caps: DeviceCaps) -> bool:
 
 def run_rnn(
     rnn: nn.RNNBase,
-    inputs: Tensor | PackedSequence,
+    inputs: Sequence,
     hx: Recurrent | None = None,
     fp32: bool = False,
-) -> tuple[Tensor | PackedSequence, Recurrent]:
+) -> tuple[Sequence, Recurrent]:
     """Call a fused RNN; with `fp32` (see `recurrent_fp32`) outside autocast, in float32."""
     device_type = inputs.data.device.type
     if fp32 and torch.is_autocast_enabled(device_type):
@@ -109,8 +110,8 @@ def run_rnn(
 
 
 def _call_rnn(
-    rnn: nn.RNNBase, inputs: Tensor | PackedSequence, hx: Recurrent | None = None
-) -> tuple[Tensor | PackedSequence, Recurrent]:
+    rnn: nn.RNNBase, inputs: Sequence, hx: Recurrent | None = None
+) -> tuple[Sequence, Recurrent]:
     """`run_rnn` with the precision policy of the inputs' device (decided once per device)."""
     device = inputs.data.device
     fp32 = torch.is_autocast_enabled(device.type) and recurrent_fp32(device_caps(device))

@@ -15,7 +15,7 @@ counter).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +30,8 @@ if TYPE_CHECKING:  # one part of a decoder state, dict[str, Tensor]; see nmt/mod
 
 class SinusoidalPositions(nn.Module):
     """PE(p, 2i) = sin(p / 10000^(2i/d)), PE(p, 2i+1) = cos(p / 10000^(2i/d)); no limit."""
+
+    inv_freq: Tensor
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -266,7 +268,7 @@ class TransformerDecoder(nn.Module):
         source: Tensors = {"src_mask": src_mask}
         rows: Tensors = {}
         for i, layer in enumerate(self.layers):
-            k, v = layer.cross_attn.project_kv(memory)
+            k, v = cast(TransformerDecoderLayer, layer).cross_attn.project_kv(memory)
             source[f"cross_k.{i}"], source[f"cross_v.{i}"] = k, v
             empty = k[:, :, :0]
             rows[f"self_k.{i}"], rows[f"self_v.{i}"] = empty, empty

@@ -18,9 +18,10 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence, TextIO
+from typing import Any, TextIO
 
 import torch
 from torch import nn
@@ -28,13 +29,13 @@ from torch import nn
 from nmt.alignment import Alignment, build_alignment
 from nmt.checkpoint import file_sha256, load_checkpoint
 from nmt.config import DecodeConfig, ModelConfig
-from nmt.model import build_model, count_parameters
+from nmt.model import Seq2Seq, build_model, count_parameters
 from nmt.precision import decoding_precision, device_caps, prepare_device
 from nmt.search import Hypothesis, beam_search, greedy_search
 from nmt.specials import EOS_ID, PAD_ID
 from nmt.tokenizer import Tokenizer
 
-log = logging.getLogger("nmt.translator")
+log = logging.getLogger(__name__)
 
 
 class TranslationError(ValueError):
@@ -48,8 +49,8 @@ class Translation:
     score: float  # length-normalised log-probability of the best hypothesis
     tokens: list[str]  # target pieces (no EOS)
     src_tokens: list[str]  # source pieces (no EOS), after truncation if any
-    alignment: Optional[Alignment] = None  # when asked for and the model has attention
-    n_best: Optional[list[tuple[str, float]]] = None  # (text, score), best first, when n_best > 1
+    alignment: Alignment | None = None  # when asked for and the model has attention
+    n_best: list[tuple[str, float]] | None = None  # (text, score), best first, when n_best > 1
     truncated: bool = False  # the source was cut to the model's maximum length
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,11 +85,11 @@ class ModelInfo:
     tgt_lang: str
     lowercase: bool  # the model reads and writes lowercased text
     parameters: int
-    max_source_len: Optional[int]  # source tokens (with EOS) the model accepts; None = any
-    valid_bleu: Optional[float] = None  # the rest describe the checkpoint file, if any
-    step: Optional[int] = None
-    checkpoint: Optional[str] = None  # its path
-    sha256: Optional[str] = None
+    max_source_len: int | None  # source tokens (with EOS) the model accepts; None = any
+    valid_bleu: float | None = None  # the rest describe the checkpoint file, if any
+    step: int | None = None
+    checkpoint: str | None = None  # its path
+    sha256: str | None = None
 
     @classmethod
     def of(
@@ -96,9 +97,13 @@ class ModelInfo:
     ) -> ModelInfo:
         """The info of a model in memory (no checkpoint file: no BLEU, step or hash)."""
         return cls(
-            name=name, arch=config.arch, architecture=describe_model(config),
-            src_lang=tokenizer.src_lang, tgt_lang=tokenizer.tgt_lang,
-            lowercase=tokenizer.config.lowercase, parameters=count_parameters(model),
+            name=name,
+            arch=config.arch,
+            architecture=describe_model(config),
+            src_lang=tokenizer.src_lang,
+            tgt_lang=tokenizer.tgt_lang,
+            lowercase=tokenizer.config.lowercase,
+            parameters=count_parameters(model),
             max_source_len=_max_source_len(model),
         )
 
@@ -117,9 +122,9 @@ class TranslateOptions:
     Frozen and hashable, so that requests with equal options can be decoded together.
     """
 
-    beam_size: Optional[int] = None
-    n_best: Optional[int] = None
-    max_len: Optional[int] = None
+    beam_size: int | None = None
+    n_best: int | None = None
+    max_len: int | None = None
     with_alignment: bool = False
     truncate: bool = False
 
@@ -138,7 +143,7 @@ class _Request:
 class Translator:
     def __init__(
         self,
-        model: nn.Module,
+        model: Seq2Seq,
         tokenizer: Tokenizer,
         decode: DecodeConfig,
         device: str | torch.device = "cpu",
@@ -170,8 +175,10 @@ class Translator:
         model.to(device).eval()
         info = dataclasses.replace(
             ModelInfo.of(config.name, config.model, model, tokenizer),
-            valid_bleu=checkpoint.metrics.get("valid_bleu"), step=checkpoint.step,
-            checkpoint=str(path), sha256=file_sha256(path),
+            valid_bleu=checkpoint.metrics.get("valid_bleu"),
+            step=checkpoint.step,
+            checkpoint=str(path),
+            sha256=file_sha256(path),
         )
         return cls(model, tokenizer, config.decode, device, info=info)
 
@@ -180,9 +187,9 @@ class Translator:
     def translate(
         self,
         texts: Sequence[str],
-        beam_size: Optional[int] = None,
-        max_len: Optional[int] = None,
-        n_best: Optional[int] = None,
+        beam_size: int | None = None,
+        max_len: int | None = None,
+        n_best: int | None = None,
         with_alignment: bool = False,
         truncate: bool = False,
     ) -> list[Translation]:
@@ -194,7 +201,7 @@ class Translator:
         """
         request = self._request(beam_size, max_len, n_best, with_alignment)
         texts = list(texts)
-        results: list[Optional[Translation]] = [None] * len(texts)
+        results: list[Translation | None] = [None] * len(texts)
         encoded: dict[int, tuple[list[int], bool]] = {}
         for i, text in enumerate(texts):
             if not text.strip():
@@ -226,9 +233,9 @@ class Translator:
 
     def _request(
         self,
-        beam_size: Optional[int],
-        max_len: Optional[int],
-        n_best: Optional[int],
+        beam_size: int | None,
+        max_len: int | None,
+        n_best: int | None,
         with_alignment: bool,
     ) -> _Request:
         beam = self.decode.beam_size if beam_size is None else beam_size
@@ -266,15 +273,28 @@ class Translator:
         logits_dtype = torch.bfloat16 if cpu_bf16 else None
         if request.beam_size == 1:
             return greedy_search(
-                self.model, src, src_mask, request.max_len_a, request.max_len_b,
-                min_len=self.decode.min_len, with_attention=request.with_alignment,
-                length_penalty=self.decode.length_penalty, logits_dtype=logits_dtype,
+                self.model,
+                src,
+                src_mask,
+                request.max_len_a,
+                request.max_len_b,
+                min_len=self.decode.min_len,
+                with_attention=request.with_alignment,
+                length_penalty=self.decode.length_penalty,
+                logits_dtype=logits_dtype,
             )
         return beam_search(
-            self.model, src, src_mask, request.beam_size, n_best=request.n_best,
-            length_penalty=self.decode.length_penalty, max_len_a=request.max_len_a,
-            max_len_b=request.max_len_b, min_len=self.decode.min_len,
-            with_attention=request.with_alignment, logits_dtype=logits_dtype,
+            self.model,
+            src,
+            src_mask,
+            request.beam_size,
+            n_best=request.n_best,
+            length_penalty=self.decode.length_penalty,
+            max_len_a=request.max_len_a,
+            max_len_b=request.max_len_b,
+            min_len=self.decode.min_len,
+            with_attention=request.with_alignment,
+            logits_dtype=logits_dtype,
         )
 
     def _translation(
@@ -331,7 +351,7 @@ def describe_model(config: ModelConfig) -> str:
     return ", ".join(parts)
 
 
-def _max_source_len(model: nn.Module) -> Optional[int]:
+def _max_source_len(model: nn.Module) -> int | None:
     limit = getattr(model, "max_source_len", None)
     return int(limit) if limit else None
 
@@ -359,7 +379,7 @@ def translate_chunks(
     translator: Translator,
     chunks: Iterable[Sequence[str]],
     options: TranslateOptions,
-    total: Optional[int] = None,
+    total: int | None = None,
 ) -> Iterator[list[Translation]]:
     """The translations of each chunk of lines, as soon as it is done.
 
@@ -370,8 +390,11 @@ def translate_chunks(
     with tqdm(total=total, unit="sent", desc="translating", disable=total is None) as bar:
         for chunk in chunks:
             yield translator.translate(
-                chunk, beam_size=options.beam_size, max_len=options.max_len,
-                n_best=options.n_best, with_alignment=options.with_alignment,
+                chunk,
+                beam_size=options.beam_size,
+                max_len=options.max_len,
+                n_best=options.n_best,
+                with_alignment=options.with_alignment,
                 truncate=options.truncate,
             )
             bar.update(len(chunk))
@@ -391,7 +414,7 @@ def read_chunks(stream: TextIO, max_lines: int = 32, wait: float = 0.02) -> Iter
     translation gets it, while a fast producer still gets batched decoding. A reader thread
     does the blocking reads.
     """
-    lines: queue.Queue[Optional[str]] = queue.Queue(maxsize=4 * max_lines)
+    lines: queue.Queue[str | None] = queue.Queue(maxsize=4 * max_lines)
 
     def reader() -> None:
         try:

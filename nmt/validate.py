@@ -7,19 +7,21 @@ import math
 from typing import Any
 
 import torch
-from torch import nn
 
 from nmt.batching import SplitIds, TokenBatchSampler
 from nmt.config import Config
 from nmt.data import PreparedData
 from nmt.evaluate import ScoringPolicy, corpus_bleu
+from nmt.model import Seq2Seq
 from nmt.optim import label_smoothed_nll
 from nmt.precision import autocast_dtype, device_caps, training_precision
 from nmt.translator import ModelInfo, Translator
 
 
 @torch.inference_mode()
-def validation_loss(model: nn.Module, data: PreparedData, config: Config, device: torch.device) -> float:
+def validation_loss(
+    model: Seq2Seq, data: PreparedData, config: Config, device: torch.device
+) -> float:
     """Mean per-token NLL on the validation split (no label smoothing).
 
     In the training precision's autocast, and through the chunked loss, which under
@@ -41,7 +43,9 @@ def validation_loss(model: nn.Module, data: PreparedData, config: Config, device
     return float(nll) / max(tokens, 1)
 
 
-def validate(model: nn.Module, data: PreparedData, config: Config, device: torch.device) -> dict[str, Any]:
+def validate(
+    model: Seq2Seq, data: PreparedData, config: Config, device: torch.device
+) -> dict[str, Any]:
     """Loss, perplexity and BLEU on (a prefix of) the validation split, decoding as configured.
 
     BLEU follows the model's ScoringPolicy, as `nmt evaluate` of its checkpoint would.

@@ -27,7 +27,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -63,8 +63,8 @@ class FullPrefixDecoder:
         state: DecoderState,
         prev_tokens: Tensor,
         with_attention: bool = True,
-        logits_dtype: Optional[torch.dtype] = None,  # the baseline always decodes in fp32
-    ) -> tuple[Tensor, Optional[Tensor], DecoderState]:
+        logits_dtype: torch.dtype | None = None,  # the baseline always decodes in fp32
+    ) -> tuple[Tensor, Tensor | None, DecoderState]:
         prefix = torch.cat([state["prefix"], prev_tokens.unsqueeze(1)], dim=1)
         src, src_mask = state["src"], state["src_mask"]
         logits, attention = self.model(src, src_mask, prefix, with_attention=with_attention)
@@ -73,7 +73,7 @@ class FullPrefixDecoder:
         return log_probs, last, {"src": src, "src_mask": src_mask, "prefix": prefix}
 
     def reorder(
-        self, state: DecoderState, rows: Tensor, sentences: Optional[Tensor] = None
+        self, state: DecoderState, rows: Tensor, sentences: Tensor | None = None
     ) -> DecoderState:
         """Every tensor here is per row, so new row (n, w) copies row rows[n, w]; `sentences`
         matters only to state kept per sentence, which this decoder has none of."""
@@ -130,7 +130,7 @@ def run(
     data: list[tuple[Tensor, Tensor]],
     beam: int,
     decode: dict[str, Any],
-    logits_dtype: Optional[torch.dtype],
+    logits_dtype: torch.dtype | None,
 ) -> tuple[float, list[list[int]]]:
     """Seconds and best token lists for decoding all batches."""
     outputs: list[list[int]] = []
@@ -139,19 +139,33 @@ def run(
         for src, mask in data:
             if beam == 1:
                 hyps: list[list[Hypothesis]] = greedy_search(
-                    step_model, src, mask, decode["max_len_a"], decode["max_len_b"],
-                    decode["min_len"], logits_dtype=logits_dtype,
+                    step_model,
+                    src,
+                    mask,
+                    decode["max_len_a"],
+                    decode["max_len_b"],
+                    decode["min_len"],
+                    logits_dtype=logits_dtype,
                 )
             else:
-                hyps = beam_search(step_model, src, mask, beam, 1, decode["length_penalty"],
-                                   decode["max_len_a"], decode["max_len_b"], decode["min_len"],
-                                   logits_dtype=logits_dtype)
+                hyps = beam_search(
+                    step_model,
+                    src,
+                    mask,
+                    beam,
+                    1,
+                    decode["length_penalty"],
+                    decode["max_len_a"],
+                    decode["max_len_b"],
+                    decode["min_len"],
+                    logits_dtype=logits_dtype,
+                )
             outputs.extend(h[0].tokens for h in hyps)
     return time.perf_counter() - start, outputs
 
 
 def _agreement(outputs: list[list[int]], reference: list[list[int]]) -> str:
-    """"yes" when every output equals the reference decoder's, else the share that does."""
+    """ "yes" when every output equals the reference decoder's, else the share that does."""
     equal = sum(a == b for a, b in zip(outputs, reference))
     return "yes" if equal == len(reference) else f"{equal}/{len(reference)}"
 
@@ -160,17 +174,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("checkpoint", nargs="?",
-                        help="checkpoint (default: a random reference-sized model)")
-    parser.add_argument("--config", default=str(REPO / "configs" / "multi30k_de_en.yaml"),
-                        help="config of the random model when no checkpoint is given")
+    parser.add_argument(
+        "checkpoint", nargs="?", help="checkpoint (default: a random reference-sized model)"
+    )
+    parser.add_argument(
+        "--config",
+        default=str(REPO / "configs" / "multi30k_de_en.yaml"),
+        help="config of the random model when no checkpoint is given",
+    )
     default_data = os.environ.get("NMT_DATA_DIR", str(REPO.parent / "shared" / "data"))
     parser.add_argument("--data-dir", default=default_data, help="the shared corpora")
-    parser.add_argument("--limit", type=int, default=1000,
-                        help="sentences to decode (default: all 1,000)")
+    parser.add_argument(
+        "--limit", type=int, default=1000, help="sentences to decode (default: all 1,000)"
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
-    parser.add_argument("--beams", type=int, nargs="+", default=[1, 5],
-                        help="beam sizes (1 = greedy)")
+    parser.add_argument(
+        "--beams", type=int, nargs="+", default=[1, 5], help="beam sizes (1 = greedy)"
+    )
     parser.add_argument("--skip-no-cache", action="store_true", help="only the cached decoder")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
@@ -184,10 +204,12 @@ def main() -> None:
     test_file = data_dir / "multi30k" / f"test_2016_flickr.{tokenizer.src_lang}.gz"
     sources = read_gz(test_file)[: args.limit]
     data = batches(tokenizer.encode_src(sources), args.batch_size, args.device)
-    print(f"model: {label}; {count_parameters(model):,} parameters; {len(sources)} sentences, "
-          f"batches of {args.batch_size}, device {args.device} ({cpu_name()}), "
-          f"{torch.get_num_threads()} threads")
-    variants: list[tuple[str, Any, Optional[torch.dtype]]] = [("cached", model, None)]
+    print(
+        f"model: {label}; {count_parameters(model):,} parameters; {len(sources)} sentences, "
+        f"batches of {args.batch_size}, device {args.device} ({cpu_name()}), "
+        f"{torch.get_num_threads()} threads"
+    )
+    variants: list[tuple[str, Any, torch.dtype | None]] = [("cached", model, None)]
     if args.device == "cpu" and not has_native_bf16():
         print("this CPU has no native bf16: skipping the bf16-projection decoder (emulated, slow)")
     elif args.device == "cpu":  # what decode.precision bf16 does on a CPU
@@ -198,19 +220,26 @@ def main() -> None:
     header = f"{'decoder':<26}{'search':<10}{'seconds':>9}{'sent/s':>10}{'tgt tok/s':>11}"
     print(header + "  same output")
     for beam in args.beams:
-        reference: Optional[list] = None
+        reference: list | None = None
         for name, step_model, logits_dtype in variants:
             seconds, outputs = run(step_model, data, beam, decode, logits_dtype)
             tokens = sum(len(t) + 1 for t in outputs)  # + EOS
             same = "-" if reference is None else _agreement(outputs, reference)
             reference = reference if reference is not None else outputs
             search = "greedy" if beam == 1 else f"beam {beam}"
-            row = {"decoder": name, "search": search, "seconds": round(seconds, 3),
-                   "sentences_per_s": round(len(sources) / seconds, 2),
-                   "target_tokens_per_s": round(tokens / seconds, 1), "same_output": same}
+            row = {
+                "decoder": name,
+                "search": search,
+                "seconds": round(seconds, 3),
+                "sentences_per_s": round(len(sources) / seconds, 2),
+                "target_tokens_per_s": round(tokens / seconds, 1),
+                "same_output": same,
+            }
             results.append(row)
-            print(f"{name:<26}{search:<10}{seconds:>9.2f}{row['sentences_per_s']:>10.1f}"
-                  f"{row['target_tokens_per_s']:>11.0f}  {same}")
+            print(
+                f"{name:<26}{search:<10}{seconds:>9.2f}{row['sentences_per_s']:>10.1f}"
+                f"{row['target_tokens_per_s']:>11.0f}  {same}"
+            )
     if args.json:
         report = {"model": label, "sentences": len(sources), "results": results}
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

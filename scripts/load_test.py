@@ -34,10 +34,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
 from urllib.parse import urlparse
 
 import httpx
@@ -59,22 +59,38 @@ class Results:
     elapsed: float = 0.0
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--url", help="a running server on this machine, e.g. http://127.0.0.1:8000")
+    target.add_argument(
+        "--url", help="a running server on this machine, e.g. http://127.0.0.1:8000"
+    )
     target.add_argument("--checkpoint", help="start `nmt serve` on this checkpoint for the run")
-    p.add_argument("--max-batch-size", type=int, nargs="+", default=[32],
-                   help="for the started server; several values start one server each and compare them")
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        nargs="+",
+        default=[32],
+        help="for the started server; several values start one server each and compare them",
+    )
     p.add_argument("--batch-timeout", type=float, default=0.01, help="for the started server")
-    p.add_argument("--batch-wait", type=float,
-                   help="for the started server: fraction of a batch's decoding time it waits under load")
+    p.add_argument(
+        "--batch-wait",
+        type=float,
+        help="for the started server: fraction of a batch's decoding time it waits under load",
+    )
     p.add_argument("--threads", type=int, help="torch threads per worker of the started server")
     p.add_argument("--workers-per-device", type=int, help="worker processes of the started server")
-    p.add_argument("--precision", choices=["fp32", "bf16"], help="decoding precision of the started server")
+    p.add_argument(
+        "--precision", choices=["fp32", "bf16"], help="decoding precision of the started server"
+    )
     p.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     p.add_argument("--requests", type=int, default=200, help="total requests (default 200)")
-    p.add_argument("--texts-per-request", type=int, default=1, help="up to this many texts each (default 1)")
+    p.add_argument(
+        "--texts-per-request", type=int, default=1, help="up to this many texts each (default 1)"
+    )
     p.add_argument("--beam-size", type=int, help="beam size to ask for (default: the model's)")
     p.add_argument("--alignment", action="store_true", help="ask for alignments too")
     p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
@@ -91,7 +107,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     if args.url:
         host = urlparse(args.url).hostname or ""
         if not _is_loopback(host):
-            p.error(f"--url must point at this machine (127.0.0.0/8, ::1 or localhost), got {host!r}")
+            p.error(
+                f"--url must point at this machine (127.0.0.0/8, ::1 or localhost), got {host!r}"
+            )
     return args
 
 
@@ -105,7 +123,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def load_sentences(lang: str, count: int, seed: int) -> list[str]:
-    """`count` test sentences with lengths spread from short to long (sampled per length quartile)."""
+    """`count` test sentences with lengths from short to long (sampled per length quartile)."""
     data_dir = Path(os.environ.get("NMT_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
     path = data_dir / "multi30k" / f"test_2016_flickr.{lang}.gz"
     if not path.is_file():
@@ -113,7 +131,7 @@ def load_sentences(lang: str, count: int, seed: int) -> list[str]:
     with gzip.open(path, "rt", encoding="utf-8") as f:
         lines = sorted((line.strip() for line in f if line.strip()), key=len)
     rng = random.Random(seed)
-    quartiles = [lines[i * len(lines) // 4:(i + 1) * len(lines) // 4] for i in range(4)]
+    quartiles = [lines[i * len(lines) // 4 : (i + 1) * len(lines) // 4] for i in range(4)]
     return [rng.choice(quartiles[i % 4]) for i in range(count)]
 
 
@@ -129,10 +147,9 @@ class Connection:
         parsed = urlparse(url)
         self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 80
         extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        self.head = (f"Host: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
-                     f"{extra}")
-        self.reader: Optional[asyncio.StreamReader] = None
-        self.writer: Optional[asyncio.StreamWriter] = None
+        self.head = f"Host: {self.host}:{self.port}\r\nContent-Type: application/json\r\n{extra}"
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
 
     async def post(self, path: str, body: bytes) -> int:
         """Send one request and read the whole response; returns its status code."""
@@ -172,8 +189,9 @@ class Connection:
         self.reader = self.writer = None
 
 
-async def run_load(url: str, headers: dict[str, str], payloads: list[dict], clients: int,
-                   timeout: float) -> Results:
+async def run_load(
+    url: str, headers: dict[str, str], payloads: list[dict], clients: int, timeout: float
+) -> Results:
     results = Results()
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for payload in payloads:
@@ -236,11 +254,16 @@ def report(results: Results, before: str, after: str) -> float:
     batches = batch_sizes(before, after)
     ok = len(results.latencies)
     total = sum(results.statuses.values()) + sum(results.transport_errors.values())
-    print(f"requests: {total} in {results.elapsed:.2f}s = {total / results.elapsed:.1f} req/s ({ok} ok)")
+    print(
+        f"requests: {total} in {results.elapsed:.2f}s = {total / results.elapsed:.1f} req/s "
+        f"({ok} ok)"
+    )
     if ok:
         ms = [1000 * v for v in results.latencies]
-        print(f"latency ms: p50 {percentile(ms, 50):.1f}  p95 {percentile(ms, 95):.1f}  "
-              f"p99 {percentile(ms, 99):.1f}  max {max(ms):.1f}")
+        print(
+            f"latency ms: p50 {percentile(ms, 50):.1f}  p95 {percentile(ms, 95):.1f}  "
+            f"p99 {percentile(ms, 99):.1f}  max {max(ms):.1f}"
+        )
     errors = {str(k): v for k, v in results.statuses.items() if k != 200}
     errors.update(results.transport_errors)
     print(f"errors: {errors or 'none'}")
@@ -250,8 +273,10 @@ def report(results: Results, before: str, after: str) -> float:
         requests = _metric_sum(after, BATCH_HISTOGRAM) - _metric_sum(before, BATCH_HISTOGRAM)
         print(f"batches formed: {int(formed)}, mean {requests / formed:.2f} requests  ({sizes})")
         busy = _metric_sum(after, BATCH_SECONDS) - _metric_sum(before, BATCH_SECONDS)
-        print(f"workers translating: {busy:.2f}s of {results.elapsed:.2f}s "
-              f"({busy / results.elapsed:.0%} of wall time, summed over workers)")
+        print(
+            f"workers translating: {busy:.2f}s of {results.elapsed:.2f}s "
+            f"({busy / results.elapsed:.0%} of wall time, summed over workers)"
+        )
     return total / results.elapsed
 
 
@@ -268,14 +293,17 @@ async def measure(args: argparse.Namespace, url: str) -> float:
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=args.timeout) as client:
         info = (await client.get("/info")).raise_for_status().json()
         model = info["model"]
-        print(f"model: {model['name']} ({model['arch']}, {model['src_lang']}->{model['tgt_lang']}); "
-              f"batching: max {info['serving']['max_batch_size']}, timeout {info['serving']['batch_timeout']}s, "
-              f"wait under load {info['serving'].get('batch_wait', 0)}; "
-              f"{args.clients} clients, {args.requests} requests")
+        print(
+            f"model: {model['name']} ({model['arch']}, {model['src_lang']}->{model['tgt_lang']}); "
+            f"batching: max {info['serving']['max_batch_size']}, "
+            f"timeout {info['serving']['batch_timeout']}s, "
+            f"wait under load {info['serving'].get('batch_wait', 0)}; "
+            f"{args.clients} clients, {args.requests} requests"
+        )
         sentences = load_sentences(model["src_lang"], 4 * args.requests, args.seed)
         payloads = build_payloads(args, sentences)
         if args.warmup:
-            await run_load(url, headers, payloads[:args.warmup], args.clients, args.timeout)
+            await run_load(url, headers, payloads[: args.warmup], args.clients, args.timeout)
         before = (await client.get("/metrics")).text
         results = await run_load(url, headers, payloads, args.clients, args.timeout)
         after = (await client.get("/metrics")).text
@@ -288,9 +316,22 @@ def started_server(args: argparse.Namespace, max_batch_size: int) -> Iterator[st
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    command = [sys.executable, "-m", "nmt.cli", "serve", "--checkpoint", args.checkpoint, "--port", str(port),
-               "--max-batch-size", str(max_batch_size), "--batch-timeout", str(args.batch_timeout),
-               "--log-level", "warning"]
+    command = [
+        sys.executable,
+        "-m",
+        "nmt.cli",
+        "serve",
+        "--checkpoint",
+        args.checkpoint,
+        "--port",
+        str(port),
+        "--max-batch-size",
+        str(max_batch_size),
+        "--batch-timeout",
+        str(args.batch_timeout),
+        "--log-level",
+        "warning",
+    ]
     if args.batch_wait is not None:
         command += ["--batch-wait", str(args.batch_wait)]
     if args.threads:
@@ -329,7 +370,7 @@ def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 300.0) -
     raise SystemExit("load_test: the server did not become healthy")
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.url:
         asyncio.run(measure(args, args.url.rstrip("/")))
@@ -341,9 +382,13 @@ def main(argv: Optional[list[str]] = None) -> None:
             throughput[size] = asyncio.run(measure(args, url))
     if len(throughput) > 1:
         base = min(throughput)  # the smallest max_batch_size, usually 1 (batching off)
-        print("throughput: " + ", ".join(
-            f"max_batch_size {size}: {rps:.1f} req/s ({rps / throughput[base]:.2f}x)"
-            for size, rps in throughput.items()))
+        print(
+            "throughput: "
+            + ", ".join(
+                f"max_batch_size {size}: {rps:.1f} req/s ({rps / throughput[base]:.2f}x)"
+                for size, rps in throughput.items()
+            )
+        )
 
 
 if __name__ == "__main__":

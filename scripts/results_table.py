@@ -50,8 +50,9 @@ def training_minutes(run_dir: Path) -> float:
     return sum(g for g in gaps if g < 600) / 60  # a gap of >10 min is a pause between sessions
 
 
-def tune_length_penalty(translator: Translator, data_dir: Path, beam: int,
-                        alphas: list[float]) -> tuple[float, dict[str, float]]:
+def tune_length_penalty(
+    translator: Translator, data_dir: Path, beam: int, alphas: list[float]
+) -> tuple[float, dict[str, float]]:
     """The alpha with the best validation BLEU (literature setting), and every alpha's BLEU."""
     src, tgt = translator.info.src_lang, translator.info.tgt_lang
     sources = read_lines(data_dir / "multi30k" / f"val.{src}.gz")
@@ -61,14 +62,17 @@ def tune_length_penalty(translator: Translator, data_dir: Path, beam: int,
         translator.decode = dataclasses.replace(translator.decode, length_penalty=alpha)
         hyps = [t.text for t in translator.translate(sources, beam_size=beam)]
         scores[str(alpha)] = round(score_corpus(hyps, refs, tgt, literature=True)["bleu"], 2)
-        print(f"{translator.info.checkpoint}: valid BLEU (lit.) {scores[str(alpha)]:.2f} "
-              f"with length penalty {alpha}")
+        print(
+            f"{translator.info.checkpoint}: valid BLEU (lit.) {scores[str(alpha)]:.2f} "
+            f"with length penalty {alpha}"
+        )
     best = max(alphas, key=lambda a: scores[str(a)])
     return best, scores
 
 
-def score_run(run_dir: Path, data_dir: Path, beam: int, alphas: list[float] | None = None
-              ) -> dict[str, Any]:
+def score_run(
+    run_dir: Path, data_dir: Path, beam: int, alphas: list[float] | None = None
+) -> dict[str, Any]:
     checkpoint = pick_checkpoint(run_dir)
     translator = Translator.load(checkpoint)
     valid_by_alpha = None
@@ -82,43 +86,69 @@ def score_run(run_dir: Path, data_dir: Path, beam: int, alphas: list[float] | No
     raw_refs = read_lines(data_dir / "multi30k" / f"test_2016_flickr.{tgt}.gz")
     tok_refs = read_lines(data_dir / "multi30k" / "tok" / f"test_2016_flickr.lc.norm.tok.{tgt}")
     policy = ScoringPolicy.of(translator.tokenizer)
-    standard = score_corpus(hyps, raw_refs, tgt, srcs=sources, remove_spaces=policy.remove_spaces,
-                            lowercase=policy.lowercase)
+    standard = score_corpus(
+        hyps,
+        raw_refs,
+        tgt,
+        srcs=sources,
+        remove_spaces=policy.remove_spaces,
+        lowercase=policy.lowercase,
+    )
     literature = score_corpus(hyps, tok_refs, tgt, literature=True)
     result = {
-        "run": str(run_dir), "checkpoint": checkpoint.name, "direction": f"{src}-{tgt}",
-        "architecture": translator.info.architecture, "parameters": translator.info.parameters,
-        "train_minutes": round(training_minutes(run_dir), 1), "beam": beam,
-        "length_penalty": translator.decode.length_penalty, "valid_bleu_literature_by_length_penalty":
-            valid_by_alpha,
-        "bleu": round(standard["bleu"], 2), "chrf": round(standard["chrf"], 2),
+        "run": str(run_dir),
+        "checkpoint": checkpoint.name,
+        "direction": f"{src}-{tgt}",
+        "architecture": translator.info.architecture,
+        "parameters": translator.info.parameters,
+        "train_minutes": round(training_minutes(run_dir), 1),
+        "beam": beam,
+        "length_penalty": translator.decode.length_penalty,
+        "valid_bleu_literature_by_length_penalty": valid_by_alpha,
+        "bleu": round(standard["bleu"], 2),
+        "chrf": round(standard["chrf"], 2),
         "bleu_literature": round(literature["bleu"], 2),
-        "by_length": standard["by_length"], "signatures": {
-            "sacrebleu": standard["signatures"]["bleu"], "literature": literature["signatures"]["bleu"]},
+        "by_length": standard["by_length"],
+        "signatures": {
+            "sacrebleu": standard["signatures"]["bleu"],
+            "literature": literature["signatures"]["bleu"],
+        },
     }
     (run_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("runs", nargs="+", help="run folders")
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--data-dir", default=os.environ.get("NMT_DATA_DIR", "data"))
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--length-penalties", type=float, nargs="+", metavar="ALPHA",
-                        help="choose the length penalty among these on the validation split")
+    parser.add_argument(
+        "--length-penalties",
+        type=float,
+        nargs="+",
+        metavar="ALPHA",
+        help="choose the length penalty among these on the validation split",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print("| model | direction | params | train min | checkpoint | BLEU (lit.) | BLEU (sacreBLEU) | chrF |")
+    print(
+        "| model | direction | params | train min | checkpoint | BLEU (lit.) | BLEU (sacreBLEU) "
+        "| chrF |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for run in args.runs:
         r = score_run(Path(run), Path(args.data_dir), args.beam, args.length_penalties)
-        print(f"| {r['architecture']} | {r['direction']} | {r['parameters'] / 1e6:.1f}M | "
-              f"{r['train_minutes']:.0f} | {r['checkpoint']}, length penalty {r['length_penalty']} | "
-              f"{r['bleu_literature']:.1f} | "
-              f"{r['bleu']:.1f} | {r['chrf']:.1f} |")
+        print(
+            f"| {r['architecture']} | {r['direction']} | {r['parameters'] / 1e6:.1f}M | "
+            f"{r['train_minutes']:.0f} | {r['checkpoint']}, length penalty {r['length_penalty']} | "
+            f"{r['bleu_literature']:.1f} | "
+            f"{r['bleu']:.1f} | {r['chrf']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

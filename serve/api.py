@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any
 
 import litserve as ls
 from fastapi.responses import JSONResponse
@@ -26,15 +26,22 @@ from fastapi.responses import JSONResponse
 from serve.litserve_internals import set_batch_timeout
 from serve.metrics import ServerMetrics
 from serve.schemas import (
-    AlignmentOut, BatchInfo, HypothesisOut, ModelRef, Timing, TranslateRequest, TranslateResponse,
-    TranslationResult, WordAlignment,
+    AlignmentOut,
+    BatchInfo,
+    HypothesisOut,
+    ModelRef,
+    Timing,
+    TranslateRequest,
+    TranslateResponse,
+    TranslationResult,
+    WordAlignment,
 )
 from serve.shared import SharedJSON
 
 if TYPE_CHECKING:  # torch stays out of the HTTP front end: workers import it in setup()
     from nmt.translator import TranslateOptions, Translator
 
-logger = logging.getLogger("nmt.serve")
+log = logging.getLogger(__name__)
 
 SOFT_DECIMALS = 4
 WARM_UP_TEXT = "Hello."
@@ -55,8 +62,8 @@ class Outcome:
     """The result of one Job: translations, or an HTTP error for that request alone."""
 
     job: Job
-    translations: Optional[list[Any]] = None  # nmt.translator.Translation
-    error: Optional[tuple[int, str]] = None
+    translations: list[Any] | None = None  # nmt.translator.Translation
+    error: tuple[int, str] | None = None
     translate_ms: float = 0.0
     batch: tuple[int, int] = (1, 1)  # (requests, sentences) of the batch
 
@@ -79,11 +86,21 @@ def next_batch_timeout(base: float, wait: float, last_requests: int, last_second
 class TranslatorAPI(ls.LitAPI):
     """POST /translate on a checkpoint; see serve.schemas for the request and response."""
 
-    def __init__(self, checkpoint: str, metrics: ServerMetrics, model_board: SharedJSON,
-                 max_batch_size: int = 32, batch_timeout: float = 0.01, batch_wait: float = 0.0,
-                 threads: Optional[int] = None, precision: Optional[str] = None,
-                 api_path: str = "/translate") -> None:
-        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=api_path)
+    def __init__(
+        self,
+        checkpoint: str,
+        metrics: ServerMetrics,
+        model_board: SharedJSON,
+        max_batch_size: int = 32,
+        batch_timeout: float = 0.01,
+        batch_wait: float = 0.0,
+        threads: int | None = None,
+        precision: str | None = None,
+        api_path: str = "/translate",
+    ) -> None:
+        super().__init__(
+            max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=api_path
+        )
         self.base_batch_timeout = batch_timeout
         self.batch_wait = batch_wait  # fraction of the last batch's decoding time (see predict)
         self.checkpoint = checkpoint
@@ -91,8 +108,8 @@ class TranslatorAPI(ls.LitAPI):
         self.model_board = model_board
         self.threads = threads
         self.precision = precision  # None = the checkpoint's decode.precision
-        self.translator: Optional["Translator"] = None  # loaded by setup(), in the worker
-        self.model_ref: Optional[ModelRef] = None
+        self.translator: Translator | None = None  # loaded by setup(), in the worker
+        self.model_ref: ModelRef | None = None
 
     # ------------------------------------------------------------------ worker start
 
@@ -102,53 +119,68 @@ class TranslatorAPI(ls.LitAPI):
         import torch
 
         from nmt.allocator import keep_freed_memory
-        from nmt.precision import prepare_device
+        from nmt.precision import decoding_precision, device_caps, prepare_device
         from nmt.translator import Translator
 
         if not logging.getLogger().handlers:  # a spawned worker starts with no logging set up
-            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            logging.basicConfig(
+                level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+            )
         if self.threads:
             torch.set_num_threads(self.threads)
         prepare_device(torch.device(device))  # before any CUDA work of this worker; nothing on CPU
         translator = Translator.load(self.checkpoint, device=device)
         keep_freed_memory(translator.device.type)
         if self.precision:
-            translator.decode = dataclasses.replace(translator.decode, precision=self.precision)
+            precision = decoding_precision(self.precision, device_caps(translator.device))
+            translator.decode = dataclasses.replace(translator.decode, precision=precision)
         # LitServe reports the worker ready when setup() returns: pay the one-time costs
         # (cuBLAS/cuDNN initialisation, first allocations) here, not in the first requests.
         translator.translate([WARM_UP_TEXT], max_len=4)
         self.translator = translator
         info = translator.info
         version = (info.sha256 or "")[:12]  # Translator.load always hashes the file
-        self.model_ref = ModelRef(name=info.name, version=version, src_lang=info.src_lang,
-                                  tgt_lang=info.tgt_lang)
-        self.model_board.publish({"info": info.to_dict(translator.decode), "version": version,
-                                  "device": str(device), "worker_pid": os.getpid()})
-        logger.info("worker %d loaded %s on %s", os.getpid(), self.checkpoint, device)
+        self.model_ref = ModelRef(
+            name=info.name, version=version, src_lang=info.src_lang, tgt_lang=info.tgt_lang
+        )
+        self.model_board.publish(
+            {
+                "info": info.to_dict(translator.decode),
+                "version": version,
+                "device": str(device),
+                "worker_pid": os.getpid(),
+            }
+        )
+        log.info("worker %d loaded %s on %s", os.getpid(), self.checkpoint, device)
 
     # ------------------------------------------------------------------ request path
 
     def decode_request(self, request: TranslateRequest) -> Job:
         from nmt.translator import TranslateOptions  # already imported by setup()
 
-        options = TranslateOptions(beam_size=request.beam_size, n_best=request.n_best,
-                                   max_len=request.max_len, with_alignment=request.alignment,
-                                   truncate=request.truncate)
+        options = TranslateOptions(
+            beam_size=request.beam_size,
+            n_best=request.n_best,
+            max_len=request.max_len,
+            with_alignment=request.alignment,
+            truncate=request.truncate,
+        )
         return Job(texts=request.all_texts, options=options, received_at=request.received_at)
 
     def batch(self, inputs: list[Job]) -> list[Job]:
         return inputs
 
-    def predict(self, x: Union[Job, list[Job]]) -> Union[Outcome, list[Outcome]]:
+    def predict(self, x: Job | list[Job]) -> Outcome | list[Outcome]:
         jobs = x if isinstance(x, list) else [x]  # max_batch_size=1 runs LitServe's unbatched loop
         start = time.monotonic()
         groups: dict[TranslateOptions, list[int]] = {}
         for i, job in enumerate(jobs):
             groups.setdefault(job.options, []).append(i)
-        outcomes: list[Optional[Outcome]] = [None] * len(jobs)
+        placed: dict[int, Outcome] = {}
         for indices in groups.values():
             for i, outcome in zip(indices, self._translate_group([jobs[i] for i in indices])):
-                outcomes[i] = outcome
+                placed[i] = outcome
+        outcomes = [placed[i] for i in range(len(jobs))]
         sentences = sum(len(job.texts) for job in jobs)
         seconds = time.monotonic() - start
         self.metrics.observe_batch(len(jobs), sentences, seconds)
@@ -166,10 +198,14 @@ class TranslatorAPI(ls.LitAPI):
         options = jobs[0].options
         texts = [text for job in jobs for text in job.texts]
         start = time.monotonic()
+        assert self.translator is not None, "setup() loads the translator"
         try:
             results = self.translator.translate(
-                texts, beam_size=options.beam_size, max_len=options.max_len,
-                n_best=options.n_best, with_alignment=options.with_alignment,
+                texts,
+                beam_size=options.beam_size,
+                max_len=options.max_len,
+                n_best=options.n_best,
+                with_alignment=options.with_alignment,
                 truncate=options.truncate,
             )
         except Exception as e:  # noqa: BLE001 - every failure must become a response
@@ -179,7 +215,7 @@ class TranslatorAPI(ls.LitAPI):
         elapsed_ms = 1000.0 * (time.monotonic() - start)
         outcomes, offset = [], 0
         for job in jobs:
-            part = results[offset:offset + len(job.texts)]
+            part = results[offset : offset + len(job.texts)]
             offset += len(job.texts)
             outcomes.append(Outcome(job=job, translations=part, translate_ms=elapsed_ms))
         return outcomes
@@ -188,20 +224,25 @@ class TranslatorAPI(ls.LitAPI):
         if _is_input_error(error):
             self.metrics.observe_failure("invalid_input")
             return Outcome(job=job, error=(422, str(error)))
-        logger.exception("translation failed", exc_info=error)
+        log.exception("translation failed", exc_info=error)
         self.metrics.observe_failure("internal")
-        return Outcome(job=job, error=(500, f"internal error while translating: {type(error).__name__}"))
+        return Outcome(
+            job=job, error=(500, f"internal error while translating: {type(error).__name__}")
+        )
 
     def unbatch(self, output: list[Outcome]) -> list[Outcome]:
         return output
 
     def encode_response(self, output: Outcome) -> TranslateResponse:
+        # LitServe builds the OpenAPI response model from this annotation, so it names the
+        # success type only; a failed request returns its own JSON error response.
         if output.error is not None:
             status, detail = output.error
-            return JSONResponse({"detail": detail}, status_code=status)
+            return JSONResponse({"detail": detail}, status_code=status)  # type: ignore[return-value]
         now = time.monotonic()
         job = output.job
         requests, sentences = output.batch
+        assert output.translations is not None and self.model_ref is not None
         return TranslateResponse(
             translations=[to_result(t) for t in output.translations],
             model=self.model_ref,
@@ -233,7 +274,9 @@ def to_result(translation: Any) -> TranslationResult:
         score=float(translation.score),
         truncated=bool(getattr(translation, "truncated", False)),
         n_best=hypotheses,
-        alignment=to_alignment(translation.alignment) if translation.alignment is not None else None,
+        alignment=to_alignment(translation.alignment)
+        if translation.alignment is not None
+        else None,
     )
 
 

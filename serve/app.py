@@ -81,9 +81,14 @@ def build_server(settings: ServeSettings) -> ls.LitServer:
     metrics = ServerMetrics()
     model_board = SharedJSON()
     api = TranslatorAPI(
-        checkpoint=str(settings.checkpoint), metrics=metrics, model_board=model_board,
-        max_batch_size=settings.max_batch_size, batch_timeout=settings.batch_timeout,
-        batch_wait=settings.batch_wait, precision=settings.precision, api_path=TRANSLATE_PATH,
+        checkpoint=str(settings.checkpoint),
+        metrics=metrics,
+        model_board=model_board,
+        max_batch_size=settings.max_batch_size,
+        batch_timeout=settings.batch_timeout,
+        batch_wait=settings.batch_wait,
+        precision=settings.precision,
+        api_path=TRANSLATE_PATH,
     )
     # Registered innermost first: metrics see every answer, including 401 and 413.
     guard = {"path": TRANSLATE_PATH, "limits": settings.limits}
@@ -140,14 +145,22 @@ def _add_routes(
         """Prometheus text exposition: requests by status, errors, latency and batch sizes."""
         return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
 
-    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, RequestValidationError)
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         return JSONResponse({"detail": detail}, status_code=422)
 
-    app.add_api_route("/info", info, methods=["GET"], response_model=InfoResponse, tags=["service"],
-                      responses={503: {"model": ErrorResponse}})
-    app.add_api_route("/metrics", prometheus, methods=["GET"], response_class=PlainTextResponse,
-                      tags=["service"])
+    app.add_api_route(
+        "/info",
+        info,
+        methods=["GET"],
+        response_model=InfoResponse,
+        tags=["service"],
+        responses={503: {"model": ErrorResponse}},
+    )
+    app.add_api_route(
+        "/metrics", prometheus, methods=["GET"], response_class=PlainTextResponse, tags=["service"]
+    )
     app.add_exception_handler(RequestValidationError, validation_error)
 
 
@@ -159,16 +172,21 @@ def _document_translate_route(app: FastAPI) -> None:
         401: "Missing or wrong API key (when the server requires one).",
         413: "Request body larger than the server accepts.",
         422: "A field is missing, has the wrong type, is unknown, or exceeds a limit; or the model "
-             "cannot translate a text (e.g. too long without `truncate`).",
+        "cannot translate a text (e.g. too long without `truncate`).",
         504: "The request waited in the queue longer than the server's request timeout.",
     }
     app.add_api_route(
-        TRANSLATE_PATH, route.endpoint, methods=["POST"], dependencies=route.dependencies,
-        response_model=TranslateResponse, tags=["translation"], summary="Translate texts",
+        TRANSLATE_PATH,
+        route.endpoint,
+        methods=["POST"],
+        dependencies=route.dependencies,
+        response_model=TranslateResponse,
+        tags=["translation"],
+        summary="Translate texts",
         description="Translate one text or a list; concurrent requests are batched. With "
         "`alignment: true`, each result carries source/target pieces, the soft attention matrix "
         "and hard and word-level links (Pharaoh 'source-target' pairs).",
-        responses={code: {"model": ErrorResponse, "description": text}
-                   for code, text in errors.items()},
+        responses={
+            code: {"model": ErrorResponse, "description": text} for code, text in errors.items()
+        },
     )
-

@@ -36,10 +36,21 @@ class _Histogram:
 
 def _histograms(start: int) -> tuple[_Histogram, _Histogram, _Histogram, _Histogram]:
     specs = (
-        ("nmt_request_latency_seconds", "Time to answer POST /translate, as seen by the HTTP front end.",
-         LATENCY_BUCKETS),
-        ("nmt_batch_size_requests", "Requests per batch formed by the inference workers.", BATCH_BUCKETS),
-        ("nmt_batch_size_sentences", "Sentences per batch formed by the inference workers.", SENTENCE_BUCKETS),
+        (
+            "nmt_request_latency_seconds",
+            "Time to answer POST /translate, as seen by the HTTP front end.",
+            LATENCY_BUCKETS,
+        ),
+        (
+            "nmt_batch_size_requests",
+            "Requests per batch formed by the inference workers.",
+            BATCH_BUCKETS,
+        ),
+        (
+            "nmt_batch_size_sentences",
+            "Sentences per batch formed by the inference workers.",
+            SENTENCE_BUCKETS,
+        ),
         ("nmt_batch_seconds", "Time a worker spent translating one batch.", LATENCY_BUCKETS),
     )
     out = []
@@ -98,18 +109,20 @@ class ServerMetrics:
 
     def snapshot(self) -> list[float]:
         with self._values.get_lock():
-            return list(self._values)
+            return [float(v) for v in self._values[:]]
 
     def render(self) -> str:
         """The Prometheus text exposition format (version 0.0.4)."""
         values = self.snapshot()
         lines = _render_requests(values)
         lines += [
-            "# HELP nmt_worker_failures_total Requests that failed while being translated, by kind.",
+            "# HELP nmt_worker_failures_total Requests that failed in translation, by kind.",
             "# TYPE nmt_worker_failures_total counter",
         ]
         for i, kind in enumerate(FAILURE_KINDS):
-            lines.append(f'nmt_worker_failures_total{{kind="{kind}"}} {_num(values[self._failures_at + i])}')
+            lines.append(
+                f'nmt_worker_failures_total{{kind="{kind}"}} {_num(values[self._failures_at + i])}'
+            )
         lines += [
             "# HELP nmt_translated_sentences_total Sentences translated by the workers.",
             "# TYPE nmt_translated_sentences_total counter",
@@ -131,12 +144,17 @@ def _render_requests(values: list[float]) -> list[str]:
     ]
     width = len(STATUSES) + 1
     for e, endpoint in enumerate(ENDPOINTS):
-        row = values[e * width:(e + 1) * width]
+        row = values[e * width : (e + 1) * width]
         for s, status in enumerate(STATUSES):
             if row[s]:
-                requests.append(f'nmt_http_requests_total{{endpoint="{endpoint}",status="{status}"}} {_num(row[s])}')
+                requests.append(
+                    f'nmt_http_requests_total{{endpoint="{endpoint}",status="{status}"}} '
+                    f"{_num(row[s])}"
+                )
         if row[-1]:
-            requests.append(f'nmt_http_requests_total{{endpoint="{endpoint}",status="other"}} {_num(row[-1])}')
+            requests.append(
+                f'nmt_http_requests_total{{endpoint="{endpoint}",status="other"}} {_num(row[-1])}'
+            )
         client = sum(row[s] for s, status in enumerate(STATUSES) if 400 <= status < 500)
         server = sum(row[s] for s, status in enumerate(STATUSES) if status >= 500)
         errors.append(f'nmt_http_errors_total{{endpoint="{endpoint}",class="4xx"}} {_num(client)}')
@@ -167,6 +185,6 @@ def parse_histogram(text: str, name: str) -> dict[str, float]:
     buckets = {}
     for line in text.splitlines():
         if line.startswith(prefix):
-            le, _, count = line[len(prefix):].partition('"} ')
+            le, _, count = line[len(prefix) :].partition('"} ')
             buckets[le] = float(count)
     return buckets

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,14 +20,21 @@ from serve.metrics import ServerMetrics
 from serve.schemas import Limits, TranslateRequest, limit_violations
 
 
-async def send_json(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def send_json(
+    send: Send, status: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
     data = json.dumps(body, ensure_ascii=False).encode("utf-8")
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-                    *headers],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": data})
 
 
@@ -70,7 +78,9 @@ class MetricsMiddleware:
 class ApiKeyMiddleware:
     """Requires the key as `X-API-Key: KEY` or `Authorization: Bearer KEY` except on open paths."""
 
-    def __init__(self, app: ASGIApp, api_key: str, open_paths: tuple[str, ...] = ("/health",)) -> None:
+    def __init__(
+        self, app: ASGIApp, api_key: str, open_paths: tuple[str, ...] = ("/health",)
+    ) -> None:
         self.app = app
         self.api_key = api_key.encode("utf-8")
         self.open_paths = open_paths
@@ -80,8 +90,12 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         await send_json(
-            send, 401,
-            {"detail": "missing or invalid API key: send it as 'X-API-Key: KEY' or 'Authorization: Bearer KEY'"},
+            send,
+            401,
+            {
+                "detail": "missing or invalid API key: send it as 'X-API-Key: KEY' or "
+                "'Authorization: Bearer KEY'"
+            },
             [(b"www-authenticate", b'Bearer realm="nmt"')],
         )
 
@@ -95,7 +109,8 @@ class ApiKeyMiddleware:
 
 
 class RequestGuardMiddleware:
-    """Checks POST bodies of the translate path: size (413), UTF-8 and JSON (400), schema and limits (422).
+    """Checks POST bodies of the translate path: size (413), UTF-8 and JSON (400), schema and
+    limits (422).
 
     A request that passes is handed on with its body replayed and its content type set to JSON
     (so `curl -d` without a header works too).
@@ -112,7 +127,9 @@ class RequestGuardMiddleware:
             return
         body = await self._read_body(scope, receive)
         if body is None:
-            await send_json(send, 413, {"detail": f"request body exceeds {self.limits.body_bytes} bytes"})
+            await send_json(
+                send, 413, {"detail": f"request body exceeds {self.limits.body_bytes} bytes"}
+            )
             return
         problem = self._check(body)
         if problem is not None:
@@ -142,7 +159,7 @@ class RequestGuardMiddleware:
 
     def _check(self, body: bytes) -> tuple[int, dict[str, Any]] | None:
         if not body.strip():
-            return 400, {"detail": "empty request body: send a JSON object such as {\"text\": \"...\"}"}
+            return 400, {"detail": 'empty request body: send a JSON object such as {"text": "..."}'}
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as e:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
@@ -19,7 +19,9 @@ def _check_text(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise ValueError(f"text is not valid Unicode (unpaired surrogate at character {e.start})") from None
+        raise ValueError(
+            f"text is not valid Unicode (unpaired surrogate at character {e.start})"
+        ) from None
     return text
 
 
@@ -35,24 +37,37 @@ class TranslateRequest(BaseModel):
         json_schema_extra={
             "examples": [
                 {"text": "Ein Mann fährt Fahrrad."},
-                {"texts": ["Zwei Hunde spielen im Schnee.", "Ein Kind lacht."], "beam_size": 5,
-                 "alignment": True},
+                {
+                    "texts": ["Zwei Hunde spielen im Schnee.", "Ein Kind lacht."],
+                    "beam_size": 5,
+                    "alignment": True,
+                },
             ]
         },
     )
 
-    text: Optional[Text] = Field(None, description="A single text to translate (or use `texts`).")
-    texts: Optional[list[Text]] = Field(
-        None, min_length=1, description="Several texts, translated together (bounded by the server's max_texts)."
+    text: Text | None = Field(None, description="A single text to translate (or use `texts`).")
+    texts: list[Text] | None = Field(
+        None,
+        min_length=1,
+        description="Several texts, translated together (bounded by the server's max_texts).",
     )
-    beam_size: Optional[int] = Field(
-        None, ge=1, description="Beam width (1 = greedy); default: the checkpoint's decode.beam_size."
+    beam_size: int | None = Field(
+        None,
+        ge=1,
+        description="Beam width (1 = greedy); default: the checkpoint's decode.beam_size.",
     )
-    n_best: Optional[int] = Field(None, ge=1, description="Hypotheses returned per text (at most beam_size).")
-    max_len: Optional[int] = Field(
-        None, ge=1, description="Maximum output length in subword tokens; default: a*source length+b."
+    n_best: int | None = Field(
+        None, ge=1, description="Hypotheses returned per text (at most beam_size)."
     )
-    alignment: bool = Field(False, description="Return tokens, the soft attention matrix and hard/word links.")
+    max_len: int | None = Field(
+        None,
+        ge=1,
+        description="Maximum output length in subword tokens; default: a*source length+b.",
+    )
+    alignment: bool = Field(
+        False, description="Return tokens, the soft attention matrix and hard/word links."
+    )
     truncate: bool = Field(
         False, description="Cut sources longer than the model accepts instead of rejecting them."
     )
@@ -109,9 +124,13 @@ def limit_violations(request: TranslateRequest, limits: Limits) -> list[str]:
             where = field if request.text is not None else f"{field}.{i}"
             problems.append(f"{where}: {len(text)} characters, at most {limits.max_chars}")
     if request.beam_size is not None and request.beam_size > limits.max_beam:
-        problems.append(f"beam_size: {request.beam_size} exceeds the server's maximum {limits.max_beam}")
+        problems.append(
+            f"beam_size: {request.beam_size} exceeds the server's maximum {limits.max_beam}"
+        )
     if request.n_best is not None and request.n_best > limits.max_beam:
-        problems.append(f"n_best: {request.n_best} exceeds the server's maximum beam {limits.max_beam}")
+        problems.append(
+            f"n_best: {request.n_best} exceeds the server's maximum beam {limits.max_beam}"
+        )
     if request.max_len is not None and request.max_len > limits.max_len:
         problems.append(f"max_len: {request.max_len} exceeds the server's maximum {limits.max_len}")
     return problems
@@ -121,13 +140,18 @@ def limit_violations(request: TranslateRequest, limits: Limits) -> list[str]:
 
 
 class WordAlignment(BaseModel):
-    src_words: list[str] = Field(description="Source words (subword pieces joined at ▁ boundaries).")
+    src_words: list[str] = Field(
+        description="Source words (subword pieces joined at ▁ boundaries)."
+    )
     tgt_words: list[str] = Field(description="Target words.")
     matrix: list[list[float]] = Field(
-        description="Word-level soft alignment [target words][source words]; rows sum to 1; 4 decimals."
+        description="Word-level soft alignment [target words][source words]; rows sum to 1; "
+        "4 decimals."
     )
     links: list[tuple[int, int]] = Field(description="(source word, target word) index pairs.")
-    pharaoh: str = Field(description="The word links as 'i-j' pairs (source-target), space separated.")
+    pharaoh: str = Field(
+        description="The word links as 'i-j' pairs (source-target), space separated."
+    )
 
 
 # AlignmentOut and HypothesisOut: the response forms of nmt.alignment.Alignment and of the
@@ -141,9 +165,10 @@ class AlignmentOut(BaseModel):
     )
     hard: list[tuple[int, int]] = Field(description="(source token, target token) index pairs.")
     pharaoh: str = Field(
-        description="The hard links (argmax per target token) as 'i-j' pairs (source-target), space separated."
+        description="The hard links (argmax per target token) as 'i-j' pairs (source-target), "
+        "space separated."
     )
-    words: Optional[WordAlignment] = Field(None, description="Links between whole words.")
+    words: WordAlignment | None = Field(None, description="Links between whole words.")
 
 
 class HypothesisOut(BaseModel):
@@ -156,23 +181,29 @@ class TranslationResult(BaseModel):
     translation: str
     score: float = Field(description="Length-normalised log-probability of the best hypothesis.")
     truncated: bool = Field(False, description="The source was cut to the model's maximum length.")
-    n_best: Optional[list[HypothesisOut]] = Field(
+    n_best: list[HypothesisOut] | None = Field(
         None, description="All hypotheses, best first (when n_best > 1 was asked for)."
     )
-    alignment: Optional[AlignmentOut] = None
+    alignment: AlignmentOut | None = None
 
 
 class ModelRef(BaseModel):
     name: str
-    version: str = Field(description="Identifies the weights served: the first 12 hex digits of the "
-                         "checkpoint's SHA-256.")
+    version: str = Field(
+        description="Identifies the weights served: the first 12 hex digits of the "
+        "checkpoint's SHA-256."
+    )
     src_lang: str
     tgt_lang: str
 
 
 class Timing(BaseModel):
-    queue_ms: float = Field(description="From parsing the request to a worker taking it into a batch.")
-    translate_ms: float = Field(description="Decoding time of the group of the batch this request was in.")
+    queue_ms: float = Field(
+        description="From parsing the request to a worker taking it into a batch."
+    )
+    translate_ms: float = Field(
+        description="Decoding time of the group of the batch this request was in."
+    )
     total_ms: float = Field(description="From parsing the request to its response being encoded.")
 
 
@@ -182,7 +213,9 @@ class BatchInfo(BaseModel):
 
 
 class TranslateResponse(BaseModel):
-    translations: list[TranslationResult] = Field(description="One result per input text, in order.")
+    translations: list[TranslationResult] = Field(
+        description="One result per input text, in order."
+    )
     model: ModelRef
     timing: Timing
     batch: BatchInfo
@@ -190,12 +223,16 @@ class TranslateResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: str = Field(description="What is wrong, naming the field.")
-    errors: Optional[list[dict[str, Any]]] = Field(None, description="Each validation problem, when several.")
+    errors: list[dict[str, Any]] | None = Field(
+        None, description="Each validation problem, when several."
+    )
 
 
 class InfoResponse(BaseModel):
-    model: Optional[dict[str, Any]] = Field(
+    model: dict[str, Any] | None = Field(
         description="What the checkpoint says: name, architecture, languages, parameters, "
         "validation BLEU, decoding defaults (null until a worker has loaded it)."
     )
-    serving: dict[str, Any] = Field(description="Batching, workers, devices, timeouts and request limits.")
+    serving: dict[str, Any] = Field(
+        description="Batching, workers, devices, timeouts and request limits."
+    )

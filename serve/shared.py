@@ -25,7 +25,9 @@ class SharedJSON:
     def publish(self, document: dict[str, Any]) -> None:
         data = json.dumps(document, ensure_ascii=False, default=str).encode("utf-8")
         if len(data) > len(self._buffer):
-            raise ValueError(f"document of {len(data)} bytes exceeds the {len(self._buffer)}-byte buffer")
+            raise ValueError(
+                f"document of {len(data)} bytes exceeds the {len(self._buffer)}-byte buffer"
+            )
         with self._buffer.get_lock():
             self._buffer[: len(data)] = data
             self._length.value = len(data)
@@ -34,5 +36,5 @@ class SharedJSON:
         """The last published document, or None before any worker has published."""
         with self._buffer.get_lock():
             length = self._length.value
-            data = self._buffer[:length] if length else b""
+            data = bytes(self._buffer[:length]) if length else b""
         return json.loads(data) if data else None

@@ -35,7 +35,7 @@ from nmt.config import ConfigError
 from serve.app import ServeSettings, build_server
 from serve.litserve_internals import disable_worker_monitor, inference_workers
 
-logger = logging.getLogger("nmt.serve")
+log = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -47,7 +47,7 @@ def serve(settings: ServeSettings) -> int:
     """
     settings.check()
     _check_port_free(settings.host, settings.port)
-    logger.info("serving with %s", settings_summary(settings))
+    log.info("serving with %s", settings_summary(settings))
     stop = threading.Event()
     received: list[int] = []
 
@@ -63,8 +63,8 @@ def serve(settings: ServeSettings) -> int:
         child.start()
         while not stop.is_set() and _alive(child.pid):
             stop.wait(0.2)
-        if stop.is_set():
-            logger.info("received %s, shutting down", signal.Signals(received[0]).name)
+        if stop.is_set() and child.pid is not None:
+            log.info("received %s, shutting down", signal.Signals(received[0]).name)
             _stop_group(child.pid, settings.shutdown_grace, abort=lambda: len(received) > 1)
     finally:
         if child.pid is not None:
@@ -76,7 +76,7 @@ def serve(settings: ServeSettings) -> int:
             signal.signal(signum, handler)
     if stop.is_set():
         return 0
-    logger.error("server process exited with code %s", child.exitcode)
+    log.error("server process exited with code %s", child.exitcode)
     return 1 if not child.exitcode else abs(child.exitcode)
 
 
@@ -101,10 +101,18 @@ def _server_main(settings: ServeSettings, parent_pid: int) -> None:
         server = build_server(settings)
         # _watch does what LitServe's own monitor did, from local state only.
         disable_worker_monitor(server)
-        threading.Thread(target=_watch, args=(server, parent_pid, stopping, failures),
-                         name="nmt-serve-watch", daemon=True).start()
-        server.run(host=settings.host, port=settings.port, generate_client_file=False,
-                   log_level=settings.log_level)
+        threading.Thread(
+            target=_watch,
+            args=(server, parent_pid, stopping, failures),
+            name="nmt-serve-watch",
+            daemon=True,
+        ).start()
+        server.run(
+            host=settings.host,
+            port=settings.port,
+            generate_client_file=False,
+            log_level=settings.log_level,
+        )
     except KeyboardInterrupt:
         pass
     except RuntimeError as e:  # e.g. a worker could not load the checkpoint (logged above)
@@ -112,7 +120,7 @@ def _server_main(settings: ServeSettings, parent_pid: int) -> None:
     finally:
         _stop_children()
     if failures:
-        logger.error("%s", failures[0])
+        log.error("%s", failures[0])
         raise SystemExit(1)
 
 
@@ -171,7 +179,7 @@ def _stop_group(pid: int, grace: float, abort: Callable[[], bool]) -> None:
     _signal_pid(pid, signal.SIGINT)
     if _wait(lambda: not _alive(pid), grace, abort):
         return
-    logger.warning("server did not stop within %.0fs; terminating its processes", grace)
+    log.warning("server did not stop within %.0fs; terminating its processes", grace)
     _signal_group(pid, signal.SIGTERM)
     if _wait(lambda: not _alive(pid), 3.0, abort):
         return
@@ -209,7 +217,7 @@ def group_members(pgid: int) -> list[int]:
             stat = Path(entry.path, "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
         if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
             members.append(int(entry.name))
     return members

@@ -11,7 +11,12 @@ import torch
 from PIL import Image
 
 from nmt.alignment import (
-    Alignment, build_alignment, find_cjk_font, plot_alignment, plot_attention, word_groups,
+    Alignment,
+    build_alignment,
+    find_cjk_font,
+    plot_alignment,
+    plot_attention,
+    word_groups,
 )
 from nmt.translator import Translator
 
@@ -39,12 +44,14 @@ def test_soft_matrix_drops_eos_and_rows_sum_to_one() -> None:
 
 def test_word_level_sums_source_pieces_and_averages_target_pieces() -> None:
     src, tgt = ["▁ein", "▁Hund", "▁l", "äuft"], ["▁a", "▁dog", "▁run", "s"]
-    soft = torch.tensor([
-        [0.7, 0.1, 0.1, 0.1],
-        [0.1, 0.8, 0.0, 0.1],
-        [0.0, 0.2, 0.4, 0.4],
-        [0.0, 0.0, 0.6, 0.4],
-    ])
+    soft = torch.tensor(
+        [
+            [0.7, 0.1, 0.1, 0.1],
+            [0.1, 0.8, 0.0, 0.1],
+            [0.0, 0.2, 0.4, 0.4],
+            [0.0, 0.0, 0.6, 0.4],
+        ]
+    )
     a = build_alignment(soft, src, tgt)
     assert a.src_words == ["ein", "Hund", "läuft"]
     assert a.tgt_words == ["a", "dog", "runs"]
@@ -97,7 +104,9 @@ def _check_png(path: Path, min_width: int, min_height: int) -> None:
 def test_heatmap_png(tmp_path: Path) -> None:
     src, tgt = ["▁Ein", "▁Hund", "▁läuft", "."], ["▁A", "▁dog", "▁runs", "."]
     a = build_alignment(torch.softmax(torch.randn(5, 5), -1), src, tgt)
-    path = plot_attention(a.soft, a.src_tokens, a.tgt_tokens, tmp_path / "plots" / "a.png", title="t")
+    path = plot_attention(
+        a.soft, a.src_tokens, a.tgt_tokens, tmp_path / "plots" / "a.png", title="t"
+    )
     _check_png(path, 300, 250)
     _check_png(plot_alignment(a, tmp_path / "words.png", words=True), 300, 250)
 
@@ -109,7 +118,9 @@ def test_heatmap_renders_japanese_glyphs(tmp_path: Path) -> None:
     a = build_alignment(torch.softmax(torch.randn(5, 4), -1), src, tgt)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        path = plot_attention(a.soft, a.src_tokens, a.tgt_tokens, tmp_path / "ja.png", title="犬が走る")
+        path = plot_attention(
+            a.soft, a.src_tokens, a.tgt_tokens, tmp_path / "ja.png", title="犬が走る"
+        )
     missing = [w for w in caught if "missing from font" in str(w.message).lower()]
     assert not missing, [str(w.message) for w in missing]
     _check_png(path, 300, 250)

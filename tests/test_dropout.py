@@ -1,4 +1,4 @@
-"""Dropout: the right keep rate and scale, identity in eval mode, gradient only through survivors."""
+"""Dropout: the right keep rate and scale, identity in eval mode, gradients via survivors only."""
 
 from __future__ import annotations
 

@@ -14,9 +14,19 @@ import pytest
 
 from nmt.cli import main
 from nmt.evaluate import (
-    EvaluationError, EvaluationJob, ScoringPolicy, bleu_by_length, bleu_tokenizer, corpus_bleu,
-    literature_tokenize, mecab_available, read_lines, remove_word_spaces, run_evaluation,
-    score_corpus, write_lines,
+    EvaluationError,
+    EvaluationJob,
+    ScoringPolicy,
+    bleu_by_length,
+    bleu_tokenizer,
+    corpus_bleu,
+    literature_tokenize,
+    mecab_available,
+    read_lines,
+    remove_word_spaces,
+    run_evaluation,
+    score_corpus,
+    write_lines,
 )
 
 SACREBLEU = Path(sys.executable).parent / "sacrebleu"
@@ -54,9 +64,21 @@ def test_scores_equal_sacrebleu_cli(tmp_path: Path, refs: list[str]) -> None:
     write_lines(refs, tmp_path / "ref.en")
     write_lines(hyps, tmp_path / "hyp.en")
     cli = subprocess.run(
-        [str(SACREBLEU), str(tmp_path / "ref.en"), "-i", str(tmp_path / "hyp.en"),
-         "-m", "bleu", "chrf", "ter", "-w", "4"],
-        capture_output=True, text=True, check=True,
+        [
+            str(SACREBLEU),
+            str(tmp_path / "ref.en"),
+            "-i",
+            str(tmp_path / "hyp.en"),
+            "-m",
+            "bleu",
+            "chrf",
+            "ter",
+            "-w",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     expected = {m["name"]: m for m in json.loads(cli.stdout)}
     ours = score_corpus(hyps, refs, "en")
@@ -81,21 +103,34 @@ def test_lowercase_scoring_ignores_case_and_says_so(tmp_path: Path, refs: list[s
     assert "case:lc" in lowered["signatures"]["ter"]
     write_lines(refs, tmp_path / "ref.en")
     write_lines(hyps, tmp_path / "hyp.en")
-    assert main(["evaluate", "--hyp", str(tmp_path / "hyp.en"), "--ref", str(tmp_path / "ref.en"),
-                 "--lowercase"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--hyp",
+                str(tmp_path / "hyp.en"),
+                "--ref",
+                str(tmp_path / "ref.en"),
+                "--lowercase",
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "hyp.en.json").read_text(encoding="utf-8"))
     assert report["scores"]["bleu"] == pytest.approx(100.0)
 
 
-@pytest.mark.parametrize("policy", [ScoringPolicy(),
-                                    ScoringPolicy(remove_spaces=True, lowercase=True)])
+@pytest.mark.parametrize(
+    "policy", [ScoringPolicy(), ScoringPolicy(remove_spaces=True, lowercase=True)]
+)
 def test_validation_bleu_scores_as_nmt_evaluate_does(
     refs: list[str], policy: ScoringPolicy
 ) -> None:
     hyps = [h.upper() for h in _degrade(refs)]
     bleu, signature = corpus_bleu(hyps, refs, "en", policy)
-    full = score_corpus(hyps, refs, "en", remove_spaces=policy.remove_spaces,
-                        lowercase=policy.lowercase)
+    full = score_corpus(
+        hyps, refs, "en", remove_spaces=policy.remove_spaces, lowercase=policy.lowercase
+    )
     assert bleu == pytest.approx(full["bleu"]) and signature == full["signatures"]["bleu"]
 
 
@@ -127,14 +162,23 @@ def test_cli_hyp_equal_ref_scores_100_and_writes_report(
     assert data["files"]["tgt_lang"] == "en"
 
 
-def test_cli_default_report_beside_hypotheses_and_length_buckets(tmp_path: Path, data_dir: Path) -> None:
+def test_cli_default_report_beside_hypotheses_and_length_buckets(
+    tmp_path: Path, data_dir: Path
+) -> None:
     src = read_lines(data_dir / "multi30k" / "test_2016_flickr.de.gz")[:300]
     ref = read_lines(data_dir / "multi30k" / "test_2016_flickr.en.gz")[:300]
     write_lines(src, tmp_path / "src.de")
     write_lines(ref, tmp_path / "ref.en")
     write_lines(_degrade(ref), tmp_path / "hyp.en")
-    argv = ["evaluate", "--hyp", str(tmp_path / "hyp.en"), "--ref", str(tmp_path / "ref.en"),
-            "--src", str(tmp_path / "src.de")]
+    argv = [
+        "evaluate",
+        "--hyp",
+        str(tmp_path / "hyp.en"),
+        "--ref",
+        str(tmp_path / "ref.en"),
+        "--src",
+        str(tmp_path / "src.de"),
+    ]
     assert main(argv) == 0
     data = json.loads((tmp_path / "hyp.en.json").read_text(encoding="utf-8"))
     buckets = data["by_length"]
@@ -210,7 +254,10 @@ def dev_ja(data_dir: Path) -> list[str]:
 
 def test_remove_word_spaces_matches_what_the_decoder_outputs(dev_ja: list[str]) -> None:
     assert remove_word_spaces(["私 は テニス 部員 で す 。", "", " a  b\t"]) == [
-        "私はテニス部員です。", "", "ab"]
+        "私はテニス部員です。",
+        "",
+        "ab",
+    ]
     assert remove_word_spaces(dev_ja) == [line.replace(" ", "") for line in dev_ja]
 
 
@@ -244,8 +291,9 @@ def test_cli_remove_spaces_flag_and_report(
     assert fixed["files"]["tgt_lang"] == "ja"
 
 
-def _untrained_enja_checkpoint(data_dir: Path, out_dir: Path, remove: list[str],
-                               lowercase: bool = False) -> Path:
+def _untrained_enja_checkpoint(
+    data_dir: Path, out_dir: Path, remove: list[str], lowercase: bool = False
+) -> Path:
     """An en->ja checkpoint (tiny untrained Transformer) whose tokenizer lists `remove`."""
     import torch
 
@@ -255,24 +303,51 @@ def _untrained_enja_checkpoint(data_dir: Path, out_dir: Path, remove: list[str],
     from nmt.tokenizer import Tokenizer
 
     corpus = data_dir / "small_parallel_enja"
-    tok_config = TokenizerConfig(vocab_size=800, joint=False, character_coverage=0.98,
-                                 detok_remove_spaces=remove, lowercase=lowercase)
-    tokenizer = Tokenizer.train(tok_config, read_lines(corpus / "dev.en"),
-                                read_lines(corpus / "dev.ja"), "en", "ja", out_dir / "tok")
-    config = config_from_dict({
-        "name": "enja", "data": {"preset": "small_parallel_enja", "src_lang": "en", "tgt_lang": "ja"},
-        "tokenizer": dataclasses.asdict(tok_config),
-        "model": {"arch": "transformer", "embed_dim": 16, "hidden_size": 16, "encoder_layers": 1,
-                  "decoder_layers": 1, "heads": 2, "ffn_size": 32, "max_positions": 64},
-        "decode": {"beam_size": 1, "max_len_a": 0.0, "max_len_b": 4},
-    })
+    tok_config = TokenizerConfig(
+        vocab_size=800,
+        joint=False,
+        character_coverage=0.98,
+        detok_remove_spaces=remove,
+        lowercase=lowercase,
+    )
+    tokenizer = Tokenizer.train(
+        tok_config,
+        read_lines(corpus / "dev.en"),
+        read_lines(corpus / "dev.ja"),
+        "en",
+        "ja",
+        out_dir / "tok",
+    )
+    config = config_from_dict(
+        {
+            "name": "enja",
+            "data": {"preset": "small_parallel_enja", "src_lang": "en", "tgt_lang": "ja"},
+            "tokenizer": dataclasses.asdict(tok_config),
+            "model": {
+                "arch": "transformer",
+                "embed_dim": 16,
+                "hidden_size": 16,
+                "encoder_layers": 1,
+                "decoder_layers": 1,
+                "heads": 2,
+                "ffn_size": 32,
+                "max_positions": 64,
+            },
+            "decode": {"beam_size": 1, "max_len_a": 0.0, "max_len_b": 4},
+        }
+    )
     torch.manual_seed(0)
     model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
     path = out_dir / "enja.pt"
-    save_checkpoint(Checkpoint(model=model.state_dict(), config=config,
-                               tokenizer=tokenizer.to_state(),
-                               vocab=VocabSizes(tokenizer.src_vocab_size,
-                                                tokenizer.tgt_vocab_size)), path)
+    save_checkpoint(
+        Checkpoint(
+            model=model.state_dict(),
+            config=config,
+            tokenizer=tokenizer.to_state(),
+            vocab=VocabSizes(tokenizer.src_vocab_size, tokenizer.tgt_vocab_size),
+        ),
+        path,
+    )
     return path
 
 
@@ -289,8 +364,22 @@ def test_cli_checkpoint_normalises_references_as_its_tokenizer_does(
     corpus = data_dir / "small_parallel_enja"
     write_lines(read_lines(corpus / "dev.en")[:8], tmp_path / "src.en")
     write_lines(read_lines(corpus / "dev.ja")[:8], tmp_path / "ref.ja")
-    assert main(["evaluate", "--checkpoint", str(checkpoint), "--src", str(tmp_path / "src.en"),
-                 "--ref", str(tmp_path / "ref.ja"), "--output", str(tmp_path / "hyp.ja")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(checkpoint),
+                "--src",
+                str(tmp_path / "src.en"),
+                "--ref",
+                str(tmp_path / "ref.ja"),
+                "--output",
+                str(tmp_path / "hyp.ja"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "hyp.ja.json").read_text(encoding="utf-8"))
     assert report["normalisation"] == ("remove-spaces" if remove else None)
     assert report["sentences"] == 8
@@ -298,4 +387,3 @@ def test_cli_checkpoint_normalises_references_as_its_tokenizer_does(
     assert all(case in report["signatures"][m] for m in ("bleu", "chrf"))
     if remove:  # the decoder wrote no spaces: the references lost theirs too
         assert all(" " not in hyp for hyp in read_lines(tmp_path / "hyp.ja"))
-

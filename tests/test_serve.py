@@ -63,11 +63,19 @@ def _batches_over_one(metrics_text: str) -> float:
 def client(tiny_checkpoint: Path):
     """An in-process server with an API key, small limits and a 0.2 s batching window."""
     settings = ServeSettings(
-        checkpoint=str(tiny_checkpoint), max_batch_size=8, batch_timeout=0.2, accelerator="cpu",
-        api_key=API_KEY, limits=LIMITS, threads=1,
+        checkpoint=str(tiny_checkpoint),
+        max_batch_size=8,
+        batch_timeout=0.2,
+        accelerator="cpu",
+        api_key=API_KEY,
+        limits=LIMITS,
+        threads=1,
     )
     server = build_server(settings)
-    with wrap_litserve_start(server) as started, TestClient(started.app, headers={"X-API-Key": API_KEY}) as c:
+    with (
+        wrap_litserve_start(server) as started,
+        TestClient(started.app, headers={"X-API-Key": API_KEY}) as c,
+    ):
         _wait_healthy(c.get)
         yield c
 
@@ -85,7 +93,9 @@ def test_translate_single_and_list_with_alignment(client: TestClient) -> None:
     assert body["timing"]["total_ms"] >= body["timing"]["translate_ms"] > 0
 
     texts = ["Zwei Männer spielen Fußball.", "", "Eine Frau liest ein Buch im Park."]
-    many = client.post("/translate", json={"texts": texts, "alignment": True, "beam_size": 3, "n_best": 2})
+    many = client.post(
+        "/translate", json={"texts": texts, "alignment": True, "beam_size": 3, "n_best": 2}
+    )
     assert many.status_code == 200, many.text
     results = many.json()["translations"]
     assert [r["source"] for r in results] == texts
@@ -122,11 +132,21 @@ def test_info_health_metrics_and_docs(client: TestClient) -> None:
 
     schema = client.get("/openapi.json").json()
     components = schema["components"]["schemas"]
-    assert {"TranslateRequest", "TranslateResponse", "AlignmentOut", "HypothesisOut",
-            "ErrorResponse", "InfoResponse"} <= set(components)
+    assert {
+        "TranslateRequest",
+        "TranslateResponse",
+        "AlignmentOut",
+        "HypothesisOut",
+        "ErrorResponse",
+        "InfoResponse",
+    } <= set(components)
     route = schema["paths"]["/translate"]["post"]
-    assert route["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/TranslateRequest")
-    assert route["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/TranslateResponse")
+    assert route["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/TranslateRequest"
+    )
+    assert route["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/TranslateResponse"
+    )
     assert {"400", "413", "422", "504"} <= set(route["responses"])
     assert client.get("/docs").status_code == 200
 
@@ -160,7 +180,11 @@ BAD_INPUTS = {
     "max_len_over_max": (b'{"text": "Hallo", "max_len": 100}', 422, "max_len"),
     "body_too_large": (json.dumps({"text": "a" * 200_000}).encode(), 413, "exceeds"),
     # Passes the front end; the model rejects it (more tokens than it accepts): its own 422.
-    "too_long_for_model": (json.dumps({"text": " ".join(["Hund"] * 300)}).encode(), 422, "at most 128"),
+    "too_long_for_model": (
+        json.dumps({"text": " ".join(["Hund"] * 300)}).encode(),
+        422,
+        "at most 128",
+    ),
 }
 
 
@@ -169,7 +193,9 @@ def test_bad_input_gets_4xx_while_neighbour_succeeds(client: TestClient, case: s
     body, status, message = BAD_INPUTS[case]
     with ThreadPoolExecutor(2) as pool:
         good = pool.submit(client.post, "/translate", json=GOOD)
-        bad = pool.submit(client.post, "/translate", content=body, headers={"Content-Type": "application/json"})
+        bad = pool.submit(
+            client.post, "/translate", content=body, headers={"Content-Type": "application/json"}
+        )
         good_response, bad_response = good.result(), bad.result()
     assert bad_response.status_code == status, bad_response.text
     assert message in bad_response.json()["detail"]
@@ -182,10 +208,15 @@ def test_model_rejection_is_isolated_within_one_batch(client: TestClient) -> Non
     too_long = {"text": " ".join(["Hund"] * 300)}
     for _ in range(3):  # the 0.2 s window makes sharing a batch near certain; retry if not
         with ThreadPoolExecutor(3) as pool:
-            futures = [pool.submit(client.post, "/translate", json=p) for p in (GOOD, too_long, GOOD)]
+            futures = [
+                pool.submit(client.post, "/translate", json=p) for p in (GOOD, too_long, GOOD)
+            ]
             responses = [f.result() for f in futures]
         assert [r.status_code for r in responses] == [200, 422, 200]
-        if max(responses[0].json()["batch"]["requests"], responses[2].json()["batch"]["requests"]) == 3:
+        if (
+            max(responses[0].json()["batch"]["requests"], responses[2].json()["batch"]["requests"])
+            == 3
+        ):
             break
     else:
         pytest.fail("the three requests never shared a batch")
@@ -203,11 +234,15 @@ def test_concurrent_requests_are_batched(client: TestClient) -> None:
     assert _batches_over_one(client.get("/metrics").text) > before
 
 
-def test_served_translation_equals_translator(client: TestClient, tiny_checkpoint: Path, data_dir: Path) -> None:
+def test_served_translation_equals_translator(
+    client: TestClient, tiny_checkpoint: Path, data_dir: Path
+) -> None:
     from nmt.translator import Translator
 
     texts = _source_lines(data_dir, 4)
-    served = client.post("/translate", json={"texts": texts, "alignment": True}).json()["translations"]
+    served = client.post("/translate", json={"texts": texts, "alignment": True}).json()[
+        "translations"
+    ]
     expected = Translator.load(tiny_checkpoint).translate(texts, with_alignment=True)
     for s, e in zip(served, expected):
         assert s["translation"] == e.text
@@ -218,8 +253,14 @@ def test_served_translation_equals_translator(client: TestClient, tiny_checkpoin
 
 def test_request_waiting_too_long_gets_504_then_server_recovers(tiny_checkpoint: Path) -> None:
     """A request queued while the worker is still loading waits past the timeout: 504."""
-    settings = ServeSettings(checkpoint=str(tiny_checkpoint), max_batch_size=4, batch_timeout=0.01,
-                             request_timeout=0.5, accelerator="cpu", threads=1)
+    settings = ServeSettings(
+        checkpoint=str(tiny_checkpoint),
+        max_batch_size=4,
+        batch_timeout=0.01,
+        request_timeout=0.5,
+        accelerator="cpu",
+        threads=1,
+    )
     server = build_server(settings)
     with wrap_litserve_start(server) as started, TestClient(started.app) as c:
         assert c.get("/health").status_code == 503  # the worker is still starting
@@ -227,19 +268,29 @@ def test_request_waiting_too_long_gets_504_then_server_recovers(tiny_checkpoint:
         assert early.status_code == 504 and "timed out" in early.json()["detail"]
         _wait_healthy(c.get)
         assert c.post("/translate", json=GOOD).status_code == 200
-        assert 'nmt_http_requests_total{endpoint="/translate",status="504"} 1' in c.get("/metrics").text
+        assert (
+            'nmt_http_requests_total{endpoint="/translate",status="504"} 1'
+            in c.get("/metrics").text
+        )
 
 
 def test_precision_setting_reaches_the_worker_and_info(tiny_checkpoint: Path) -> None:
     """`nmt serve --precision bf16` decodes in bf16 and says so in /info."""
     board, metrics = SharedJSON(), ServerMetrics()
-    api = TranslatorAPI(checkpoint=str(tiny_checkpoint), metrics=metrics, model_board=board,
-                        threads=1, precision="bf16")
+    api = TranslatorAPI(
+        checkpoint=str(tiny_checkpoint),
+        metrics=metrics,
+        model_board=board,
+        threads=1,
+        precision="bf16",
+    )
     api.setup("cpu")
     assert api.translator.decode.precision == "bf16"
     assert board.read()["info"]["decode"]["precision"] == "bf16"
     assert "nmt_translated_sentences_total 0\n" in metrics.render()  # the warm-up is not counted
-    outcome = api.predict([api.decode_request(TranslateRequest(texts=["Ein Hund läuft.", "Zwei Männer."]))])[0]
+    outcome = api.predict(
+        [api.decode_request(TranslateRequest(texts=["Ein Hund läuft.", "Zwei Männer."]))]
+    )[0]
     assert outcome.error is None and len(outcome.translations) == 2
     with pytest.raises(Exception, match="--precision"):
         ServeSettings(checkpoint=str(tiny_checkpoint), precision="fp16").check()
@@ -253,10 +304,19 @@ def test_batch_wait_grows_with_load_and_never_delays_a_lone_request(tiny_checkpo
     assert next_batch_timeout(0.01, 0.1, last_requests=8, last_seconds=0.05) == 0.01
     assert next_batch_timeout(0.01, 0.0, last_requests=8, last_seconds=2.0) == 0.01
 
-    api = TranslatorAPI(checkpoint=str(tiny_checkpoint), metrics=ServerMetrics(), model_board=SharedJSON(),
-                        max_batch_size=8, batch_timeout=0.0, batch_wait=1.0, threads=1)
+    api = TranslatorAPI(
+        checkpoint=str(tiny_checkpoint),
+        metrics=ServerMetrics(),
+        model_board=SharedJSON(),
+        max_batch_size=8,
+        batch_timeout=0.0,
+        batch_wait=1.0,
+        threads=1,
+    )
     api.setup("cpu")
-    jobs = [api.decode_request(TranslateRequest(text=t)) for t in ("Ein Hund läuft.", "Zwei Männer.")]
+    jobs = [
+        api.decode_request(TranslateRequest(text=t)) for t in ("Ein Hund läuft.", "Zwei Männer.")
+    ]
     api.predict(jobs)
     assert api.batch_timeout > 0  # the whole last batch's time
     api.predict(jobs[:1])
@@ -268,11 +328,18 @@ def test_batch_wait_grows_with_load_and_never_delays_a_lone_request(tiny_checkpo
 def test_requests_with_equal_options_share_a_translate_call(tiny_checkpoint: Path) -> None:
     from nmt.translator import TranslateOptions
 
-    api = TranslatorAPI(checkpoint=str(tiny_checkpoint), metrics=ServerMetrics(),
-                        model_board=SharedJSON(), threads=1)
+    api = TranslatorAPI(
+        checkpoint=str(tiny_checkpoint),
+        metrics=ServerMetrics(),
+        model_board=SharedJSON(),
+        threads=1,
+    )
     api.setup("cpu")
-    requests = [TranslateRequest(text="Ein Hund.", beam_size=2), TranslateRequest(text="Ein Kind."),
-                TranslateRequest(texts=["Zwei Männer.", "Eine Frau."], beam_size=2)]
+    requests = [
+        TranslateRequest(text="Ein Hund.", beam_size=2),
+        TranslateRequest(text="Ein Kind."),
+        TranslateRequest(texts=["Zwei Männer.", "Eine Frau."], beam_size=2),
+    ]
     jobs = [api.decode_request(r) for r in requests]
     assert jobs[0].options == jobs[2].options == TranslateOptions(beam_size=2)
     calls: list[list[str]] = []
@@ -316,7 +383,7 @@ def _descendants(pid: int) -> set[int]:
                 stat = Path(entry.path, "stat").read_text()
             except OSError:
                 continue
-            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
             children.setdefault(ppid, []).append(int(entry.name))
     found, todo = set(), [pid]
     while todo:
@@ -339,9 +406,26 @@ def test_real_server_batches_matches_cli_and_stops_cleanly(
     tiny_checkpoint: Path, data_dir: Path, tmp_path: Path
 ) -> None:
     port = _free_port()
-    command = [sys.executable, "-m", "nmt.cli", "serve", "--checkpoint", str(tiny_checkpoint),
-               "--port", str(port), "--max-batch-size", "8", "--batch-timeout", "0.2",
-               "--accelerator", "cpu", "--threads", "1", "--log-level", "warning"]
+    command = [
+        sys.executable,
+        "-m",
+        "nmt.cli",
+        "serve",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--port",
+        str(port),
+        "--max-batch-size",
+        "8",
+        "--batch-timeout",
+        "0.2",
+        "--accelerator",
+        "cpu",
+        "--threads",
+        "1",
+        "--log-level",
+        "warning",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -353,7 +437,9 @@ def test_real_server_batches_matches_cli_and_stops_cleanly(
             served = response.json()["translations"]
             for r in served:
                 a = r["alignment"]
-                assert [len(row) for row in a["matrix"]] == [len(a["src_tokens"])] * len(a["tgt_tokens"])
+                assert [len(row) for row in a["matrix"]] == [len(a["src_tokens"])] * len(
+                    a["tgt_tokens"]
+                )
 
             before = _batches_over_one(http.get("/metrics").text)
             with ThreadPoolExecutor(6) as pool:
@@ -383,16 +469,33 @@ def test_real_server_batches_matches_cli_and_stops_cleanly(
             process.wait()
 
 
-def _assert_matches_cli(checkpoint: Path, texts: list[str], served: list[dict[str, Any]], tmp_path: Path) -> None:
+def _assert_matches_cli(
+    checkpoint: Path, texts: list[str], served: list[dict[str, Any]], tmp_path: Path
+) -> None:
     source = tmp_path / "input.de"
     source.write_text("\n".join(texts) + "\n", encoding="utf-8")
     run = subprocess.run(
-        [sys.executable, "-m", "nmt.cli", "translate", "--checkpoint", str(checkpoint), "--input", str(source),
-         "--format", "jsonl", "--with-alignment"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "nmt.cli",
+            "translate",
+            "--checkpoint",
+            str(checkpoint),
+            "--input",
+            str(source),
+            "--format",
+            "jsonl",
+            "--with-alignment",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stderr
     lines = [json.loads(line) for line in run.stdout.splitlines()]
     assert [line["text"] for line in lines] == [r["translation"] for r in served]
-    assert [line["score"] for line in lines] == pytest.approx([r["score"] for r in served], abs=1e-5)
+    assert [line["score"] for line in lines] == pytest.approx(
+        [r["score"] for r in served], abs=1e-5
+    )
     assert [line["alignment"]["hard"] for line in lines] == [r["alignment"]["hard"] for r in served]

@@ -38,7 +38,9 @@ def translator(tiny_checkpoint: Path) -> Translator:
 
 
 @pytest.fixture(scope="module")
-def no_attention_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def no_attention_checkpoint(
+    tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """The tiny checkpoint's tokenizer with an untrained LSTM encoder-decoder without attention."""
     checkpoint = load_checkpoint(tiny_checkpoint)
     config = checkpoint.config.to_dict()
@@ -47,8 +49,12 @@ def no_attention_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.Temp
     torch.manual_seed(0)
     model = build_model(config_from_dict(config).model, vocab.src, vocab.tgt, vocab.joint)
     path = tmp_path_factory.mktemp("no_attention") / "model.pt"
-    save_checkpoint(dataclasses.replace(checkpoint, model=model.state_dict(),
-                                        config=config_from_dict(config), metrics={}), path)
+    save_checkpoint(
+        dataclasses.replace(
+            checkpoint, model=model.state_dict(), config=config_from_dict(config), metrics={}
+        ),
+        path,
+    )
     return path
 
 
@@ -85,9 +91,13 @@ def test_translate_keeps_order_and_empty_lines(translator: Translator) -> None:
 
 def test_sub_batches_and_batch_composition_do_not_change_results(translator: Translator) -> None:
     wide = translator.translate(SOURCES, beam_size=3)
-    narrow = Translator(translator.model, translator.tokenizer,
-                        dataclasses.replace(translator.decode, batch_tokens=10), translator.device,
-                        info=translator.info)
+    narrow = Translator(
+        translator.model,
+        translator.tokenizer,
+        dataclasses.replace(translator.decode, batch_tokens=10),
+        translator.device,
+        info=translator.info,
+    )
     for i, result in enumerate(narrow.translate(SOURCES, beam_size=3)):
         assert result.tokens == wide[i].tokens
         assert result.score == pytest.approx(wide[i].score, abs=1e-4)
@@ -116,7 +126,9 @@ def test_too_long_input_is_rejected_or_truncated(translator: Translator) -> None
     assert len(cut.tokens) <= 5
 
 
-def test_in_memory_translator_restores_training_mode(tiny_checkpoint: Path, translator: Translator) -> None:
+def test_in_memory_translator_restores_training_mode(
+    tiny_checkpoint: Path, translator: Translator
+) -> None:
     checkpoint = load_checkpoint(tiny_checkpoint)
     config, vocab = checkpoint.config, checkpoint.vocab
     model = build_model(config.model, vocab.src, vocab.tgt, vocab.joint)
@@ -129,8 +141,12 @@ def test_in_memory_translator_restores_training_mode(tiny_checkpoint: Path, tran
     assert model.training
     assert [r.tokens for r in results] == [r.tokens for r in translator.translate(SOURCES)]
     assert info.name == "valid" and info.checkpoint is None and info.sha256 is None
-    assert dataclasses.replace(translator.info, name="valid", valid_bleu=None, step=None,
-                               checkpoint=None, sha256=None) == info
+    assert (
+        dataclasses.replace(
+            translator.info, name="valid", valid_bleu=None, step=None, checkpoint=None, sha256=None
+        )
+        == info
+    )
 
 
 def test_model_without_attention_has_no_alignment(no_attention_checkpoint: Path) -> None:
@@ -153,9 +169,25 @@ def test_cli_translate_file_jsonl_alignments_plots(
 ) -> None:
     write_lines(SOURCES, tmp_path / "in.de")
     out, links, plots = tmp_path / "out.jsonl", tmp_path / "links.txt", tmp_path / "plots"
-    code = main(["translate", "--checkpoint", str(tiny_checkpoint), "--input", str(tmp_path / "in.de"),
-                 "--output", str(out), "--format", "jsonl", "--beam", "2", "--alignments", str(links),
-                 "--plot-attention", str(plots)])
+    code = main(
+        [
+            "translate",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--input",
+            str(tmp_path / "in.de"),
+            "--output",
+            str(out),
+            "--format",
+            "jsonl",
+            "--beam",
+            "2",
+            "--alignments",
+            str(links),
+            "--plot-attention",
+            str(plots),
+        ]
+    )
     assert code == 0
     expected = translator.translate(SOURCES, beam_size=2, with_alignment=True)
     got = [Translation.from_dict(json.loads(line)) for line in read_lines(out)]
@@ -171,8 +203,19 @@ def test_cli_translate_file_jsonl_alignments_plots(
 def test_cli_translate_text_n_best(tmp_path: Path, tiny_checkpoint: Path) -> None:
     write_lines(SOURCES[:3], tmp_path / "in.de")
     out = tmp_path / "out.txt"
-    argv = ["translate", "--checkpoint", str(tiny_checkpoint), "--input", str(tmp_path / "in.de"),
-            "--output", str(out), "--beam", "3", "--n-best", "2"]
+    argv = [
+        "translate",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--input",
+        str(tmp_path / "in.de"),
+        "--output",
+        str(out),
+        "--beam",
+        "3",
+        "--n-best",
+        "2",
+    ]
     assert main(argv) == 0
     lines = read_lines(out)
     # The empty second input has a single (empty) entry.
@@ -184,8 +227,20 @@ def test_cli_translate_text_n_best(tmp_path: Path, tiny_checkpoint: Path) -> Non
 def test_cli_translate_streams_stdin(tiny_checkpoint: Path) -> None:
     """Each line piped in is answered before stdin is closed (no waiting for EOF)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nmt.cli", "translate", "--checkpoint", str(tiny_checkpoint), "--beam", "1"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "nmt.cli",
+            "translate",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--beam",
+            "1",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         answers = []
@@ -193,7 +248,9 @@ def test_cli_translate_streams_stdin(tiny_checkpoint: Path) -> None:
             proc.stdin.write(source + "\n")
             proc.stdin.flush()
             deadline = time.monotonic() + 120
-            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            ready, _, _ = select.select(
+                [proc.stdout], [], [], max(0.0, deadline - time.monotonic())
+            )
             assert ready, "no translation before stdin was closed"
             answers.append(proc.stdout.readline())
         proc.stdin.close()
@@ -207,8 +264,15 @@ def test_cli_translate_too_long_input_is_a_user_error(
     tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture
 ) -> None:
     write_lines([" ".join(["Hund"] * 300)], tmp_path / "in.de")
-    argv = ["translate", "--checkpoint", str(tiny_checkpoint), "--input", str(tmp_path / "in.de"),
-            "--output", str(tmp_path / "out.txt")]
+    argv = [
+        "translate",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--input",
+        str(tmp_path / "in.de"),
+        "--output",
+        str(tmp_path / "out.txt"),
+    ]
     assert main(argv) == 2
     assert "at most" in capsys.readouterr().err
 
@@ -219,8 +283,19 @@ def test_cli_evaluate_checkpoint(tmp_path: Path, tiny_checkpoint: Path, data_dir
     write_lines(src, tmp_path / "src.de")
     write_lines(ref, tmp_path / "ref.en")
     hyp = tmp_path / "hyp.en"
-    argv = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--src", str(tmp_path / "src.de"),
-            "--ref", str(tmp_path / "ref.en"), "--beam", "2", "--output", str(hyp)]
+    argv = [
+        "evaluate",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--src",
+        str(tmp_path / "src.de"),
+        "--ref",
+        str(tmp_path / "ref.en"),
+        "--beam",
+        "2",
+        "--output",
+        str(hyp),
+    ]
     assert main(argv) == 0
     assert len(read_lines(hyp)) == 12
     report = json.loads((tmp_path / "hyp.en.json").read_text(encoding="utf-8"))
@@ -237,9 +312,21 @@ def test_cli_length_penalty_reaches_the_decoder_and_report(
     src = read_lines(data_dir / "multi30k" / "val.de.gz")[:4]
     write_lines(src, tmp_path / "src.de")
     write_lines(read_lines(data_dir / "multi30k" / "val.en.gz")[:4], tmp_path / "ref.en")
-    argv = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--src", str(tmp_path / "src.de"),
-            "--ref", str(tmp_path / "ref.en"), "--beam", "2", "--output", str(tmp_path / "hyp.en"),
-            "--length-penalty", "0"]
+    argv = [
+        "evaluate",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--src",
+        str(tmp_path / "src.de"),
+        "--ref",
+        str(tmp_path / "ref.en"),
+        "--beam",
+        "2",
+        "--output",
+        str(tmp_path / "hyp.en"),
+        "--length-penalty",
+        "0",
+    ]
     assert main(argv) == 0
     report = json.loads((tmp_path / "hyp.en.json").read_text(encoding="utf-8"))
     assert report["decoding"]["length_penalty"] == 0.0
