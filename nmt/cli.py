@@ -207,7 +207,7 @@ def _cmd_translate(args: argparse.Namespace) -> None:
     import json
 
     from nmt.alignment import plot_alignment
-    from nmt.evaluate import read_lines
+    from nmt.files import read_lines
     from nmt.translator import (
         TranslateOptions,
         Translation,

@@ -21,10 +21,6 @@ whole of `nmt evaluate`: translate (or read) the hypotheses, score them, write t
 
 from __future__ import annotations
 
-import gzip
-import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -32,6 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sacrebleu.metrics import BLEU, CHRF, TER
+
+from nmt.files import read_lines, write_json_atomic, write_lines
 
 if TYPE_CHECKING:
     from nmt.tokenizer import Tokenizer
@@ -43,25 +41,6 @@ LENGTH_BUCKETS: tuple[tuple[int, int | None], ...] = ((1, 10), (11, 20), (21, 30
 
 class EvaluationError(ValueError):
     """Inputs that cannot be scored together (line counts differ, missing language, ...)."""
-
-
-def read_lines(path: str | Path) -> list[str]:
-    """Lines of a UTF-8 text file (plain or .gz) without their line endings."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"file not found: {path}")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", newline="\n") as f:
-        return [line.rstrip("\r\n") for line in f]
-
-
-def write_lines(lines: Sequence[str], path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "wt", encoding="utf-8", newline="\n") as f:
-        for line in lines:
-            f.write(line + "\n")
 
 
 def guess_lang(path: str | Path) -> str | None:
@@ -335,15 +314,9 @@ def build_report(
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> Path:
-    """Write the report as JSON atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    """Write the report as JSON, atomically."""
+    write_json_atomic(path, report)
+    return Path(path)
 
 
 def default_report_path(

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gzip
 import json
 import os
 import tempfile
@@ -36,6 +35,7 @@ from torch import Tensor, nn
 from nmt.allocator import keep_freed_memory
 from nmt.config import load_config
 from nmt.cpu import cpu_name, has_native_bf16
+from nmt.files import read_lines
 from nmt.model import build_model, count_parameters
 from nmt.search import Hypothesis, beam_search, greedy_search
 from nmt.specials import PAD_ID
@@ -81,11 +81,6 @@ class FullPrefixDecoder:
         return {key: value.index_select(0, flat) for key, value in state.items()}
 
 
-def read_gz(path: Path) -> list[str]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f]
-
-
 def load_model(
     args: argparse.Namespace, data_dir: Path
 ) -> tuple[nn.Module, Tokenizer, dict[str, Any], str]:
@@ -96,8 +91,8 @@ def load_model(
         return translator.model, translator.tokenizer, decode, f"checkpoint {args.checkpoint}"
     config = load_config(args.config)
     lang_src, lang_tgt = config.data.src_lang, config.data.tgt_lang
-    src_train = read_gz(data_dir / "multi30k" / f"train.{lang_src}.gz")
-    tgt_train = read_gz(data_dir / "multi30k" / f"train.{lang_tgt}.gz")
+    src_train = read_lines(data_dir / "multi30k" / f"train.{lang_src}.gz")
+    tgt_train = read_lines(data_dir / "multi30k" / f"train.{lang_tgt}.gz")
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = Tokenizer.train(
             config.tokenizer, src_train, tgt_train, lang_src, lang_tgt, Path(tmp)
@@ -202,7 +197,7 @@ def main() -> None:
     data_dir = Path(args.data_dir)
     model, tokenizer, decode, label = load_model(args, data_dir)
     test_file = data_dir / "multi30k" / f"test_2016_flickr.{tokenizer.src_lang}.gz"
-    sources = read_gz(test_file)[: args.limit]
+    sources = read_lines(test_file)[: args.limit]
     data = batches(tokenizer.encode_src(sources), args.batch_size, args.device)
     print(
         f"model: {label}; {count_parameters(model):,} parameters; {len(sources)} sentences, "

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gzip
 import ipaddress
 import json
 import os
@@ -45,6 +44,7 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from nmt.files import read_lines  # noqa: E402
 from serve.metrics import parse_histogram  # noqa: E402
 
 BATCH_HISTOGRAM = "nmt_batch_size_requests"
@@ -128,8 +128,7 @@ def load_sentences(lang: str, count: int, seed: int) -> list[str]:
     path = data_dir / "multi30k" / f"test_2016_flickr.{lang}.gz"
     if not path.is_file():
         raise SystemExit(f"load_test: {path} not found (set NMT_DATA_DIR)")
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        lines = sorted((line.strip() for line in f if line.strip()), key=len)
+    lines = sorted((line.strip() for line in read_lines(path) if line.strip()), key=len)
     rng = random.Random(seed)
     quartiles = [lines[i * len(lines) // 4 : (i + 1) * len(lines) // 4] for i in range(4)]
     return [rng.choice(quartiles[i % 4]) for i in range(count)]

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 
 from nmt.checkpoint import load_checkpoint
-from nmt.evaluate import ScoringPolicy, read_lines, score_corpus, write_lines
+from nmt.evaluate import ScoringPolicy, score_corpus
+from nmt.files import read_lines, write_lines
 from nmt.runlog import read_metrics
 from nmt.translator import Translator
 

@@ -22,12 +22,11 @@ from nmt.evaluate import (
     corpus_bleu,
     literature_tokenize,
     mecab_available,
-    read_lines,
     remove_word_spaces,
     run_evaluation,
     score_corpus,
-    write_lines,
 )
+from nmt.files import read_lines, write_lines
 
 SACREBLEU = Path(sys.executable).parent / "sacrebleu"
 

@@ -17,7 +17,7 @@ import torch
 from nmt.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from nmt.cli import main
 from nmt.config import config_from_dict
-from nmt.evaluate import read_lines, write_lines
+from nmt.files import read_lines, write_lines
 from nmt.model import build_model
 from nmt.tokenizer import Tokenizer
 from nmt.translator import ModelInfo, Translation, TranslationError, Translator
