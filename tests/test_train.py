@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from archs import ARCHS
 from conftest import tiny_config_dict
 
 from nmt.checkpoint import load_checkpoint
@@ -22,21 +23,23 @@ from nmt.train import resolve_precision, train
 
 REPO = Path(__file__).resolve().parents[1]
 
-RNN_VARIANTS = {
-    "lstm_none": {"cell": "lstm", "attention": "none"},
-    "gru_none": {"cell": "gru", "attention": "none"},
-    "rnn_none": {"cell": "rnn", "attention": "none"},
-    "lstm_bahdanau": {"cell": "lstm", "attention": "bahdanau"},
-    "lstm_luong_dot": {"cell": "lstm", "attention": "luong", "luong_score": "dot"},
-    "lstm_luong_general": {"cell": "lstm", "attention": "luong", "luong_score": "general"},
-    "lstm_luong_concat": {"cell": "lstm", "attention": "luong", "luong_score": "concat"},
-    "lstm_luong_local": {"cell": "lstm", "attention": "luong", "local_window": 3},
-}
+# Trained end to end here: one architecture per cell and attention kind (tests/archs.py).
+TRAINED = [
+    "transformer-pre",
+    "lstm-none",
+    "gru-none",
+    "rnn-none",
+    "lstm-bi-bahdanau",
+    "luong-dot-feed",
+    "luong-general-feed",
+    "luong-concat-feed",
+    "luong-local-feed",
+]
 
 
-def _config(data_dir: Path, run_dir: Path, arch: str = "transformer", **train_overrides):
-    raw = tiny_config_dict(data_dir, run_dir, "rnn" if arch != "transformer" else "transformer")
-    raw["model"].update(RNN_VARIANTS.get(arch, {}))
+def _config(data_dir: Path, run_dir: Path, arch: str = "transformer-pre", **train_overrides):
+    raw = tiny_config_dict(data_dir, run_dir, ARCHS[arch]["arch"])
+    raw["model"].update(ARCHS[arch])
     raw["train"].update(train_overrides)
     return config_from_dict(raw)
 
@@ -45,7 +48,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "nmt.cli", *args]
 
 
-@pytest.mark.parametrize("arch", ["transformer", *RNN_VARIANTS])
+@pytest.mark.parametrize("arch", TRAINED)
 def test_every_architecture_trains_and_loss_falls(
     data_dir: Path, tmp_path: Path, arch: str
 ) -> None:
