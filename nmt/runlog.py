@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from nmt.cpu import cpu_name, has_native_bf16
+from nmt.cpu import cpu_name
+from nmt.precision import device_caps
 
 
 def environment_info(device: torch.device, precision: str, world_size: int) -> dict[str, Any]:
@@ -36,7 +37,7 @@ def environment_info(device: torch.device, precision: str, world_size: int) -> d
         "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "cpu": cpu_name(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_native_bf16": has_native_bf16(),
+        "cpu_native_bf16": device_caps(torch.device("cpu")).native_bf16,
         "threads": torch.get_num_threads(),
         "precision": precision,
         "world_size": world_size,
