@@ -103,6 +103,17 @@ def _warn_emulated_decoding(device_type: str) -> None:
     )
 
 
+def recurrent_fp32(caps: DeviceCaps) -> bool:
+    """Whether recurrent layers leave autocast and run in float32 on this device.
+
+    CUDA: PyTorch's autocast wrapper of the cuDNN RNN casts to fp16 even under bf16 autocast
+    (fp16 range without the loss scaling a bf16 run does not do), so there they run in fp32.
+    CPU: oneDNN's bf16 RNN kernels need native bf16 instructions (on AVX2-only CPUs they fail
+    to build their primitive), so only CPUs with them run the recurrent layers in bf16.
+    """
+    return caps.device_type == "cuda" or (caps.device_type == "cpu" and not caps.native_bf16)
+
+
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a training precision; None for fp32 (no autocast)."""
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)

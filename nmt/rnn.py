@@ -33,7 +33,7 @@ from nmt.attention import (
     group_by_sentence,
 )
 from nmt.dropout import Dropout
-from nmt.precision import DeviceCaps, device_caps
+from nmt.precision import device_caps, recurrent_fp32
 from nmt.projection import VocabularyProjection
 
 if TYPE_CHECKING:  # one part of a decoder state, dict[str, Tensor]; see nmt/model.py
@@ -82,17 +82,6 @@ def make_rnn(
             bidirectional=bidirectional,
         )
     raise ValueError(f"unknown RNN cell {cell!r}")
-
-
-def recurrent_fp32(caps: DeviceCaps) -> bool:
-    """Whether recurrent layers leave autocast and run in float32 on this device.
-
-    CUDA: PyTorch's autocast wrapper of the cuDNN RNN casts to fp16 even under bf16 autocast
-    (fp16 range without the loss scaling a bf16 run does not do), so there they run in fp32.
-    CPU: oneDNN's bf16 RNN kernels need native bf16 instructions (on AVX2-only CPUs they fail
-    to build their primitive), so only CPUs with them run the recurrent layers in bf16.
-    """
-    return caps.device_type == "cuda" or (caps.device_type == "cpu" and not caps.native_bf16)
 
 
 def run_rnn(

@@ -9,8 +9,8 @@ import torch
 
 from nmt.config import ModelConfig
 from nmt.model import build_model
-from nmt.precision import DeviceCaps, device_caps
-from nmt.rnn import Bridge, RNNEncoder, make_rnn, recurrent_fp32, run_rnn
+from nmt.precision import DeviceCaps, device_caps, recurrent_fp32
+from nmt.rnn import Bridge, RNNEncoder, make_rnn, run_rnn
 from nmt.specials import BOS_ID
 
 VOCAB = 20
