@@ -345,14 +345,7 @@ class Trainer:
         cfg = self.config.train
         self._started = time.monotonic()
         handlers = self._install_signal_handlers()
-        bar = tqdm(
-            total=cfg.max_steps,
-            initial=self.progress.step,
-            disable=not self.dist.is_main,
-            unit="step",
-            dynamic_ncols=True,
-            desc=self.config.name,
-        )
+        bar = self._progress_bar()
         window_tokens, window_nll, window_start = (
             0,
             torch.zeros((), device=self.device),
@@ -380,7 +373,7 @@ class Trainer:
                 result = self._update(micro, stop_requested=self._stop_request() is not None)
                 if result.applied:
                     self.progress.step += 1
-                    bar.update(1)
+                    self._advance(bar)
                 window_tokens += result.tokens
                 window_nll += result.nll
                 if result.applied and self.progress.step % cfg.log_every == 0:
@@ -406,6 +399,37 @@ class Trainer:
             self._restore_signal_handlers(handlers)
         return self._finish(time.monotonic() - self._started)
 
+    def _progress_bar(self) -> tqdm:
+        """Steps towards train.max_steps, or, for a run bounded by time (train.max_minutes),
+        minutes of its budget, so the bar and its ETA show when the run will really end."""
+        cfg = self.config.train
+        show = self.dist.is_main
+        if cfg.max_minutes:
+            form = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:g} min [{elapsed}{postfix}]"
+            return tqdm(
+                total=cfg.max_minutes,
+                bar_format=form,
+                disable=not show,
+                dynamic_ncols=True,
+                desc=self.config.name,
+            )
+        return tqdm(
+            total=cfg.max_steps,
+            initial=self.progress.step,
+            unit="step",
+            disable=not show,
+            dynamic_ncols=True,
+            desc=self.config.name,
+        )
+
+    def _advance(self, bar: tqdm) -> None:
+        """One more step on the bar: a step, or the minutes spent so far."""
+        if not self.config.train.max_minutes:
+            bar.update(1)
+            return
+        minutes = min((time.monotonic() - self._started) / 60, float(self.config.train.max_minutes))
+        bar.update(minutes - bar.n)
+
     def _stop_request(self) -> str | None:
         """Why this rank wants to stop (a signal, the time budget), if it does."""
         if self._signal:
@@ -427,7 +451,12 @@ class Trainer:
             "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
             "epoch": self.progress.epoch,
         }
-        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{values['tokens_per_s']:.0f}")
+        bar.set_postfix(
+            step=self.progress.step,
+            loss=f"{loss:.3f}",
+            lr=f"{lr:.2e}",
+            tok_s=f"{values['tokens_per_s']:.0f}",
+        )
         if self.metrics:
             self.metrics.write("train", self.progress.step, values)
 
