@@ -31,6 +31,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     Imported here, not at the top, so that `nmt --help` does not pay for torch and datasets.
     """
     from nmt.data import DataError
+    from nmt.ensemble import EnsembleError
     from nmt.evaluate import EvaluationError
     from nmt.tokenizer import TokenizerError
     from nmt.train import TrainingError
@@ -42,6 +43,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         FileNotFoundError,
         DataError,
         EvaluationError,
+        EnsembleError,
         TokenizerError,
         TrainingError,
         TranslationError,
@@ -157,6 +159,13 @@ def _add_decoding_args(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that decodes with a checkpoint."""
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
     parser.add_argument(
+        "--alignment-from",
+        type=int,
+        metavar="N",
+        help="with several --checkpoint files (an ensemble): alignments of member N (0-based); "
+        "default: the mean over the members that have attention",
+    )
+    parser.add_argument(
         "--truncate",
         action="store_true",
         help="cut inputs longer than the model accepts instead of failing",
@@ -188,7 +197,9 @@ def _load_translator(args: argparse.Namespace):
 
     if args.length_penalty is not None and args.length_penalty < 0:
         raise ConfigError(f"--length-penalty must be >= 0, got {args.length_penalty}")
-    translator = Translator.load(args.checkpoint, device=args.device)
+    translator = Translator.load_ensemble(
+        args.checkpoint, device=args.device, alignment_member=args.alignment_from
+    )
     keep_freed_memory(translator.device.type)
     changes = {
         "batch_tokens": args.batch_tokens,
@@ -276,7 +287,12 @@ def _add_translate(sub: argparse._SubParsersAction) -> None:
         "give empty translations. With --n-best N the text format prints Moses-style "
         "`i ||| text ||| score` lines.",
     )
-    p.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        nargs="+",
+        help="checkpoint file (.pt); several: decode with their ensemble",
+    )
     p.add_argument("--input", help="source file, one sentence per line (.gz ok; default: stdin)")
     p.add_argument("--output", help="where to write translations (default: stdout)")
     p.add_argument("--beam", type=int, help="beam size (1 = greedy; default: decode.beam_size)")
@@ -358,7 +374,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "write a JSON report (scores, signatures, BLEU by source length, decoding settings, "
         "checkpoint sha256). Files may be gzipped.",
     )
-    p.add_argument("--checkpoint", help="checkpoint to translate --src with")
+    p.add_argument(
+        "--checkpoint",
+        nargs="+",
+        help="checkpoint to translate --src with; several: their ensemble",
+    )
     p.add_argument(
         "--src", help="source file (needed with --checkpoint; also gives BLEU by source length)"
     )

@@ -305,6 +305,7 @@ def build_report(
     if info is not None:
         report["checkpoint"] = {
             "path": info.checkpoint,
+            "members": list(info.members),
             "sha256": info.sha256,
             "name": info.name,
             "arch": info.arch,
@@ -327,7 +328,7 @@ def default_report_path(
         hyp = Path(hyp)
         return hyp.with_name(hyp.name + ".json")
     if not checkpoint:
-        raise EvaluationError("no place for the report: give --report")
+        raise EvaluationError("no place for the report: give --report (or --output)")
     checkpoint, ref_name = Path(checkpoint), Path(ref).name
     ref_name = ref_name[:-3] if ref_name.endswith(".gz") else ref_name
     return checkpoint.with_name(f"{checkpoint.stem}.{ref_name}.json")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import queue
 import threading
@@ -29,6 +30,7 @@ from torch import nn
 from nmt.alignment import Alignment, build_alignment
 from nmt.checkpoint import file_sha256, load_checkpoint
 from nmt.config import DecodeConfig, ModelConfig
+from nmt.ensemble import Ensemble, EnsembleError
 from nmt.model import Seq2Seq, build_model, count_parameters
 from nmt.precision import decoding_precision, device_caps, prepare_device
 from nmt.search import Hypothesis, beam_search, greedy_search
@@ -89,7 +91,8 @@ class ModelInfo:
     valid_bleu: float | None = None  # the rest describe the checkpoint file, if any
     step: int | None = None
     checkpoint: str | None = None  # its path
-    sha256: str | None = None
+    sha256: str | None = None  # an ensemble's: of its members' hashes, in order
+    members: tuple[str, ...] = ()  # an ensemble's member checkpoints
 
     @classmethod
     def of(
@@ -111,6 +114,7 @@ class ModelInfo:
         """The JSON form (the server's /info "model"), with the decoding settings in use."""
         data = dataclasses.asdict(self)
         data["checkpoint_sha256"] = data.pop("sha256")
+        data["members"] = list(self.members)
         data["decode"] = dataclasses.asdict(decode)
         return data
 
@@ -143,7 +147,7 @@ class _Request:
 class Translator:
     def __init__(
         self,
-        model: Seq2Seq,
+        model: Seq2Seq | Ensemble,
         tokenizer: Tokenizer,
         decode: DecodeConfig,
         device: str | torch.device = "cpu",
@@ -181,6 +185,45 @@ class Translator:
             sha256=file_sha256(path),
         )
         return cls(model, tokenizer, config.decode, device, info=info)
+
+    @classmethod
+    def load_ensemble(
+        cls,
+        checkpoint_paths: Sequence[str | Path],
+        device: str | torch.device = "cpu",
+        alignment_member: int | None = None,
+    ) -> Translator:
+        """An ensemble of checkpoints (one checkpoint: that model alone), decoding with the
+        first one's settings. Members must share their SentencePiece models: the source is
+        encoded once, and log-probabilities are averaged over one target vocabulary."""
+        members = [cls.load(path, device) for path in checkpoint_paths]
+        if len(members) == 1:
+            return members[0]
+        first = members[0]
+        for path, member in zip(checkpoint_paths[1:], members[1:]):
+            if member.tokenizer.to_state() != first.tokenizer.to_state():
+                raise EnsembleError(
+                    f"{path} has other SentencePiece models than {checkpoint_paths[0]}: "
+                    "ensemble members must share their vocabularies"
+                )
+        model = Ensemble(
+            [m.model for m in members if isinstance(m.model, Seq2Seq)], alignment_member
+        )
+        infos = [m.info for m in members]
+        digest = hashlib.sha256("\n".join(str(i.sha256) for i in infos).encode()).hexdigest()
+        info = ModelInfo(
+            name="+".join(i.name for i in infos),
+            arch="ensemble",
+            architecture=f"ensemble of {len(infos)}: " + "; ".join(i.architecture for i in infos),
+            src_lang=first.info.src_lang,
+            tgt_lang=first.info.tgt_lang,
+            lowercase=first.info.lowercase,
+            parameters=sum(i.parameters for i in infos),
+            max_source_len=model.max_source_len,
+            sha256=digest,
+            members=tuple(str(p) for p in checkpoint_paths),
+        )
+        return cls(model, first.tokenizer, first.decode, device, info=info)
 
     # ------------------------------------------------------------------ translate
 
