@@ -441,7 +441,9 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         raise ConfigError(f"--devices must be a number or auto, got {args.devices!r}")
     devices = args.devices if args.devices == "auto" else int(args.devices)
     settings = ServeSettings(
-        checkpoint=args.checkpoint,
+        checkpoint=args.checkpoint[0],
+        ensemble=tuple(args.checkpoint[1:]),
+        alignment_from=args.alignment_from,
         host=args.host,
         port=args.port,
         max_batch_size=args.max_batch_size,
@@ -477,7 +479,18 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "/health, /info, /metrics (Prometheus), /docs (OpenAPI). SIGINT or SIGTERM stops "
         "the server and all its worker processes.",
     )
-    p.add_argument("--checkpoint", required=True, help="checkpoint file (e.g. runs/NAME/best.pt)")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        nargs="+",
+        help="checkpoint file (e.g. runs/NAME/best.pt); several: serve their ensemble",
+    )
+    p.add_argument(
+        "--alignment-from",
+        type=int,
+        metavar="N",
+        help="an ensemble's alignments from member N (default: the members' mean)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default), 0.0.0.0 or ::")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch-size", type=int, default=32, help="requests per batch (default 32)")

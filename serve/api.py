@@ -17,6 +17,7 @@ model, response model), so they must be real classes.
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +98,8 @@ class TranslatorAPI(ls.LitAPI):
         threads: int | None = None,
         precision: str | None = None,
         api_path: str = "/translate",
+        ensemble: Sequence[str] = (),
+        alignment_from: int | None = None,
     ) -> None:
         super().__init__(
             max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=api_path
@@ -104,6 +107,8 @@ class TranslatorAPI(ls.LitAPI):
         self.base_batch_timeout = batch_timeout
         self.batch_wait = batch_wait  # fraction of the last batch's decoding time (see predict)
         self.checkpoint = checkpoint
+        self.ensemble = tuple(ensemble)  # further members decoded with `checkpoint`
+        self.alignment_from = alignment_from
         self.metrics = metrics
         self.model_board = model_board
         self.threads = threads
@@ -129,7 +134,9 @@ class TranslatorAPI(ls.LitAPI):
         if self.threads:
             torch.set_num_threads(self.threads)
         prepare_device(torch.device(device))  # before any CUDA work of this worker; nothing on CPU
-        translator = Translator.load(self.checkpoint, device=device)
+        translator = Translator.load_ensemble(
+            [self.checkpoint, *self.ensemble], device=device, alignment_member=self.alignment_from
+        )
         keep_freed_memory(translator.device.type)
         if self.precision:
             precision = decoding_precision(self.precision, device_caps(translator.device))

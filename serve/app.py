@@ -30,6 +30,8 @@ HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServer.run accepts
 @dataclass(frozen=True)
 class ServeSettings:
     checkpoint: str
+    ensemble: tuple[str, ...] = ()  # more checkpoints, decoded with `checkpoint` as one model
+    alignment_from: int | None = None  # an ensemble's alignments: this member's, else the mean
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch_size: int = 32
@@ -48,8 +50,9 @@ class ServeSettings:
 
     def check(self) -> None:
         """Reject unusable settings with a message naming the option."""
-        if not Path(self.checkpoint).is_file():
-            raise FileNotFoundError(f"checkpoint not found: {self.checkpoint}")
+        for checkpoint in (self.checkpoint, *self.ensemble):
+            if not Path(checkpoint).is_file():
+                raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
         if self.host not in HOSTS:
             raise ConfigError(f"--host must be one of {', '.join(HOSTS)}, got {self.host!r}")
         if not 1024 <= self.port <= 65535:
@@ -82,6 +85,8 @@ def build_server(settings: ServeSettings) -> ls.LitServer:
     model_board = SharedJSON()
     api = TranslatorAPI(
         checkpoint=str(settings.checkpoint),
+        ensemble=settings.ensemble,
+        alignment_from=settings.alignment_from,
         metrics=metrics,
         model_board=model_board,
         max_batch_size=settings.max_batch_size,

@@ -499,3 +499,27 @@ def _assert_matches_cli(
         [r["score"] for r in served], abs=1e-5
     )
     assert [line["alignment"]["hard"] for line in lines] == [r["alignment"]["hard"] for r in served]
+
+
+@pytest.mark.slow
+def test_an_ensemble_is_served_as_one_model(tiny_checkpoint: Path, client: TestClient) -> None:
+    """`nmt serve --checkpoint A B`: /info names the members; the checkpoint twice translates
+    as the checkpoint alone."""
+    settings = ServeSettings(
+        checkpoint=str(tiny_checkpoint),
+        ensemble=(str(tiny_checkpoint),),
+        alignment_from=1,
+        max_batch_size=4,
+        accelerator="cpu",
+        threads=1,
+    )
+    server = build_server(settings)
+    request = {"text": GOOD["text"], "beam_size": 2, "alignment": True}
+    with wrap_litserve_start(server) as started, TestClient(started.app) as ensemble:
+        _wait_healthy(ensemble.get)
+        model = ensemble.get("/info").json()["model"]
+        assert model["arch"] == "ensemble" and model["members"] == [str(tiny_checkpoint)] * 2
+        both = ensemble.post("/translate", json=request).json()["translations"][0]
+    alone = client.post("/translate", json=request).json()["translations"][0]
+    assert both["translation"] == alone["translation"]
+    assert both["alignment"]["hard"] == alone["alignment"]["hard"]
