@@ -44,41 +44,6 @@ class Batch:
         return dataclasses.replace(self, **pinned)
 
 
-def collate(rows: list[dict[str, Any]], indices: list[int]) -> Batch:
-    """Pad rows holding "src_ids" (pieces + EOS) and "tgt_ids" (pieces) into a Batch."""
-    src, src_mask = _pad([list(r["src_ids"]) for r in rows])
-    tgt_in, tgt_mask = _pad([[BOS_ID] + list(r["tgt_ids"]) for r in rows])
-    tgt_out, _ = _pad([list(r["tgt_ids"]) + [EOS_ID] for r in rows])
-    return Batch(
-        src=src,
-        src_mask=src_mask,
-        tgt_in=tgt_in,
-        tgt_out=tgt_out,
-        tgt_mask=tgt_mask,
-        indices=list(indices),
-        num_src_tokens=int(src_mask.sum()),
-        num_tgt_tokens=int(tgt_mask.sum()),
-    )
-
-
-def _pad(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, L] long tensor padded with PAD_ID and its bool mask (True = token)."""
-    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-    out = torch.full((len(seqs), int(lengths.max()) if seqs else 0), PAD_ID, dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        out[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    mask = torch.arange(out.size(1))[None, :] < lengths[:, None]
-    return out, mask
-
-
-def batch_lengths(split: datasets.Dataset) -> tuple[list[int], list[int]]:
-    """Padded lengths per row as collate makes them: S = len(src_ids), T = len(tgt_ids) + 1."""
-    table = split.with_format("arrow")[:]
-    src = pyarrow.compute.list_value_length(table["src_ids"]).to_pylist()
-    tgt = pyarrow.compute.list_value_length(table["tgt_ids"]).to_pylist()
-    return src, [t + 1 for t in tgt]
-
-
 class FlatIds:
     """Token ids of one side of a split as one flat int32 array plus row offsets.
 
@@ -139,7 +104,7 @@ class SplitIds:
         return self.src.lengths, self.tgt.lengths + 1
 
     def batch(self, indices: Sequence[int]) -> Batch:
-        """The same Batch as `collate` of these rows, built without a loop over rows."""
+        """The padded batch of these rows (in this order), built without a loop over rows."""
         rows = np.asarray(indices, dtype=np.int64)
         src, src_mask = self.src.padded(rows)
         tgt_in, tgt_mask = self.tgt.padded(rows, prefix=BOS_ID)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
 
-from nmt.batching import Batch, TokenBatchSampler, batch_lengths, collate
+from nmt.batching import Batch, SplitIds, TokenBatchSampler
 from nmt.config import config_from_dict
 from nmt.data import prepare_data
 from nmt.specials import BOS_ID, EOS_ID, PAD_ID
@@ -80,13 +81,14 @@ def test_sampler_rejects_bad_arguments() -> None:
         TokenBatchSampler([1, 2], [1], 10)
 
 
-def test_collate_pads_and_shifts() -> None:
-    rows = [
-        {"src_ids": [5, 6, EOS_ID], "tgt_ids": [7, 8, 9]},
-        {"src_ids": [5, EOS_ID], "tgt_ids": [7]},
-    ]
-    batch = collate(rows, [10, 4])
-    assert isinstance(batch, Batch) and batch.indices == [10, 4]
+def _split(src: list[list[int]], tgt: list[list[int]]) -> SplitIds:
+    return SplitIds.of(datasets.Dataset.from_dict({"src_ids": src, "tgt_ids": tgt}))
+
+
+def test_batch_pads_and_shifts() -> None:
+    ids = _split([[9, 9], [5, 6, EOS_ID], [5, EOS_ID]], [[9], [7, 8, 9], [7]])
+    batch = ids.batch([1, 2])
+    assert isinstance(batch, Batch) and batch.indices == [1, 2]
     assert batch.src.tolist() == [[5, 6, EOS_ID], [5, EOS_ID, PAD_ID]]
     assert batch.src_mask.tolist() == [[True, True, True], [True, True, False]]
     assert batch.tgt_in.tolist() == [[BOS_ID, 7, 8, 9], [BOS_ID, 7, PAD_ID, PAD_ID]]
@@ -98,43 +100,45 @@ def test_collate_pads_and_shifts() -> None:
     assert torch.equal(moved.tgt_out, batch.tgt_out) and moved.indices == batch.indices
 
 
-def test_sampler_and_collate_on_prepared_data(
+def test_sampler_and_batches_on_prepared_data(
     tiny_corpus_files: dict[str, list[str]], tmp_path: Path
 ) -> None:
     config = config_from_dict(
         {"data": {"preset": None, "files": tiny_corpus_files}, "tokenizer": {"vocab_size": 300}}
     )
     split = prepare_data(config, tmp_path).splits["train"]
-    src_lengths, tgt_lengths = batch_lengths(split)
+    ids = SplitIds.of(split)
+    src_lengths, tgt_lengths = ids.batch_lengths()
     assert src_lengths[0] == len(split[0]["src_ids"])
     assert tgt_lengths[0] == len(split[0]["tgt_ids"]) + 1
     for indices in TokenBatchSampler(src_lengths, tgt_lengths, 400, seed=1):
-        batch = collate([split[i] for i in indices], indices)
+        batch = ids.batch(indices)
         assert batch.src.numel() <= 400 and batch.tgt_out.numel() <= 400
+        assert batch.src[0, : src_lengths[indices[0]]].tolist() == split[indices[0]]["src_ids"]
 
 
-def _ids(n: int, seed: int = 0):
-    import datasets
-
-    from nmt.batching import SplitIds
-
+def _ids(n: int, seed: int = 0) -> tuple[list[list[int]], list[list[int]], SplitIds]:
     rng = np.random.default_rng(seed)
     src = [rng.integers(4, 50, rng.integers(1, 12)).tolist() + [2] for _ in range(n)]
     tgt = [rng.integers(4, 50, rng.integers(0, 12)).tolist() for _ in range(n)]
-    return src, tgt, SplitIds.of(datasets.Dataset.from_dict({"src_ids": src, "tgt_ids": tgt}))
+    return src, tgt, _split(src, tgt)
 
 
-def test_flat_id_batches_equal_collate() -> None:
+def _padded(seqs: list[list[int]]) -> list[list[int]]:
+    """The reference: each row padded with PAD_ID to the longest."""
+    width = max(map(len, seqs))
+    return [seq + [PAD_ID] * (width - len(seq)) for seq in seqs]
+
+
+def test_batches_of_any_rows_pad_as_the_reference() -> None:
     src, tgt, ids = _ids(40)
     for rows in ([0, 1, 2], [39, 5, 17, 3], [7]):
-        flat = ids.batch(rows)
-        listed = collate([{"src_ids": src[i], "tgt_ids": tgt[i]} for i in rows], rows)
-        for name in ("src", "src_mask", "tgt_in", "tgt_out", "tgt_mask"):
-            assert torch.equal(getattr(flat, name), getattr(listed, name)), name
-        assert (flat.num_src_tokens, flat.num_tgt_tokens) == (
-            listed.num_src_tokens,
-            listed.num_tgt_tokens,
-        )
+        batch = ids.batch(rows)
+        assert batch.src.tolist() == _padded([src[i] for i in rows])
+        assert batch.tgt_in.tolist() == _padded([[BOS_ID, *tgt[i]] for i in rows])
+        assert batch.tgt_out.tolist() == _padded([[*tgt[i], EOS_ID] for i in rows])
+        assert batch.src_mask.sum().item() == batch.num_src_tokens == sum(len(src[i]) for i in rows)
+        assert batch.tgt_mask.sum().item() == batch.num_tgt_tokens
 
 
 def test_dataloader_workers_build_the_same_batches() -> None:

@@ -1,4 +1,4 @@
-"""Corpus loading, cleaning, the tokenized cache, batching and collate."""
+"""Corpus loading, cleaning and the tokenized cache."""
 
 from __future__ import annotations
 
