@@ -111,6 +111,11 @@ class ModelConfig:
     max_positions: int = 512
     # Sliding-window self-attention: each position sees +/- this many others (0 = full).
     self_attention_window: int = 0
+    # Encoder and decoder self-attention: softmax, or linear (Katharopoulos et al. 2020,
+    # elu+1 features: linear cost in length, O(1) per decoded token). Cross-attention is
+    # separate and stays softmax by default (see nmt/transformer.py).
+    self_attention: Literal["softmax", "linear"] = "softmax"
+    cross_attention: Literal["softmax", "linear"] = "softmax"
     # Decoder layer whose head-averaged cross-attention is reported as the alignment.
     alignment_layer: int = -2
 
@@ -391,6 +396,11 @@ def check_model(m: ModelConfig) -> None:
     _probability("model.attention_dropout", m.attention_dropout)
     _probability("model.activation_dropout", m.activation_dropout)
     _non_negative("model.self_attention_window", m.self_attention_window)
+    if m.self_attention == "linear" and m.self_attention_window > 0:
+        raise ConfigError(
+            "model.self_attention_window needs softmax self-attention (model.self_attention: "
+            "linear has no sliding window)"
+        )
     if m.embed_dim % m.heads != 0:
         raise ConfigError(f"model.heads ({m.heads}) must divide model.embed_dim ({m.embed_dim})")
     # -2 (the default) means the second-to-last layer, or the only one.

@@ -257,15 +257,20 @@ def _build_transformer(
         pre_norm,
     )
     window = config.self_attention_window
+    linear_self = config.self_attention == "linear"
+    linear_cross = config.cross_attention == "linear"
     encoder = TransformerEncoder(
         TransformerEmbedding(src_table, positions(), config.dropout),
-        [TransformerEncoderLayer(*sizes) for _ in range(config.encoder_layers)],
+        [TransformerEncoderLayer(*sizes, linear_self) for _ in range(config.encoder_layers)],
         pre_norm,
         window,
     )
     decoder = TransformerDecoder(
         TransformerEmbedding(tgt_table, positions(), config.dropout),
-        [TransformerDecoderLayer(*sizes, window) for _ in range(config.decoder_layers)],
+        [
+            TransformerDecoderLayer(*sizes, window, linear_self, linear_cross)
+            for _ in range(config.decoder_layers)
+        ],
         pre_norm,
         window,
         alignment_index(config.alignment_layer, config.decoder_layers),

@@ -2,14 +2,23 @@
 
 d_model is `embed_dim` (the RNN-only `hidden_size` is not used here). Options: pre-norm or
 post-norm residual blocks (pre-norm adds a final LayerNorm to each stack), sinusoidal or
-learned positions, sliding-window (local) self-attention, and reporting one decoder layer's
-head-averaged cross-attention as the alignment.
+learned positions, sliding-window (local) self-attention, linear (kernel) self- and/or
+cross-attention (nmt/linear_attention.py), and reporting one decoder layer's head-averaged
+cross-attention as the alignment.
+
+Cross-attention stays softmax by default even when self-attention is linear: its cost per
+step is O(S) with S fixed by the source, so linearising it saves nothing as the output grows,
+while softmax's sharp weights are what aligns a target word with a source word (and what the
+alignments report); linear attention's weights phi(q).phi(k) / normaliser are much flatter.
 
 Decoder state (see nmt/model.py: N sentences, R = N*W rows): `source` holds src_mask [N,S]
 bool and cross_k.{i}, cross_v.{i} [N,heads,S,dh] (the encoder output projected once by layer
 i's cross-attention, shared by the sentence's beams); `rows` holds self_k.{i}, self_v.{i}
 [R,heads,t,dh] (the keys/values of the t target positions decoded so far; t is the step
-counter).
+counter). With linear self-attention `rows` holds instead the fixed-size recurrent state
+self_kv.{i} [R,heads,dh,dh] and self_ksum.{i} [R,heads,dh] (float32 sums of phi(k) v^T and
+phi(k) over the positions decoded so far), and `position` [R,t,0]: no data, its size(1) is t,
+so a step knows its position without reading a tensor and `reorder` handles it like any row.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from torch import Tensor, nn
 
 from nmt.attention import MultiHeadAttention, group_by_sentence
 from nmt.dropout import Dropout
+from nmt.linear_attention import LinearAttention
 from nmt.projection import VocabularyProjection
 
 if TYPE_CHECKING:  # one part of a decoder state, dict[str, Tensor]; see nmt/model.py
@@ -98,6 +108,15 @@ class FeedForward(nn.Module):
         return self.outer(self.dropout(torch.relu(self.inner(x))))
 
 
+def _attention(
+    embed_dim: int, heads: int, attention_dropout: float, linear: bool
+) -> MultiHeadAttention | LinearAttention:
+    """Softmax or linear multi-head attention (chosen once, when the model is built)."""
+    if linear:
+        return LinearAttention(embed_dim, heads)
+    return MultiHeadAttention(embed_dim, heads, attention_dropout)
+
+
 class TransformerEncoderLayer(nn.Module):
     """Self-attention and FFN blocks, each wrapped as residual + LayerNorm (pre or post)."""
 
@@ -110,9 +129,10 @@ class TransformerEncoderLayer(nn.Module):
         attention_dropout: float,
         activation_dropout: float,
         pre_norm: bool,
+        linear_self: bool = False,
     ) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(embed_dim, heads, attention_dropout)
+        self.self_attn = _attention(embed_dim, heads, attention_dropout, linear_self)
         self.ffn = FeedForward(embed_dim, ffn_size, activation_dropout)
         self.attn_norm = nn.LayerNorm(embed_dim)
         self.ffn_norm = nn.LayerNorm(embed_dim)
@@ -179,11 +199,13 @@ class TransformerDecoderLayer(nn.Module):
         activation_dropout: float,
         pre_norm: bool,
         window: int,
+        linear_self: bool = False,
+        linear_cross: bool = False,
     ) -> None:
         super().__init__()
         self.window = window
-        self.self_attn = MultiHeadAttention(embed_dim, heads, attention_dropout)
-        self.cross_attn = MultiHeadAttention(embed_dim, heads, attention_dropout)
+        self.self_attn = _attention(embed_dim, heads, attention_dropout, linear_self)
+        self.cross_attn = _attention(embed_dim, heads, attention_dropout, linear_cross)
         self.ffn = FeedForward(embed_dim, ffn_size, activation_dropout)
         self.self_norm = nn.LayerNorm(embed_dim)
         self.cross_norm = nn.LayerNorm(embed_dim)
@@ -204,13 +226,16 @@ class TransformerDecoderLayer(nn.Module):
 
         Full sequence (cache None): causal self-attention, `self_mask` = the causal window
         mask [T,T] or None. One step (cache = keys/values of earlier positions): attends to the
-        last `window`+1 positions (all when window is 0); `self_mask` is unused.
+        last `window`+1 positions (all when window is 0); `self_mask` is unused. Linear
+        self-attention: the cache is the recurrent state (sum phi(k) v^T, sum phi(k)).
         Returns x [B,T,E], cross-attention [B,T,S] or None, and this layer's self-attention
-        keys/values including the new positions.
+        keys/values (linear: state) including the new positions.
         """
         h = self.self_norm(x) if self.pre_norm else x
         q, k, v = self.self_attn.project_qkv(h)
-        if cache is not None:
+        if cache is not None and isinstance(self.self_attn, LinearAttention):
+            h, (k, v) = self.self_attn.step(q, k, v, cache)
+        elif cache is not None:
             k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)
             keep = k.size(2) if self.window == 0 else self.window + 1  # sliding window
             h, _ = self.self_attn.attend(q, k[:, :, -keep:], v[:, :, -keep:])
@@ -260,18 +285,28 @@ class TransformerDecoder(nn.Module):
             nn.init.normal_(self.output.weight, std=dim**-0.5)
         self.window = window
         self.alignment_layer = alignment_layer  # non-negative index
+        # Linear self-attention decodes with a fixed-size recurrent state (module docstring).
+        self.recurrent = isinstance(layers[0].self_attn, LinearAttention)
+        self.state_names = ("self_kv", "self_ksum") if self.recurrent else ("self_k", "self_v")
 
     def init_state(
         self, memory: Tensor, final: tuple[Tensor, ...], src_mask: Tensor
     ) -> tuple[Tensors, Tensors]:
-        """Project the encoder output once per layer for cross-attention; empty self caches."""
+        """Project the encoder output once per layer for cross-attention; empty self caches
+        (linear self-attention: zero states)."""
         source: Tensors = {"src_mask": src_mask}
         rows: Tensors = {}
+        first, second = self.state_names
         for i, layer in enumerate(self.layers):
             k, v = cast(TransformerDecoderLayer, layer).cross_attn.project_kv(memory)
             source[f"cross_k.{i}"], source[f"cross_v.{i}"] = k, v
-            empty = k[:, :, :0]
-            rows[f"self_k.{i}"], rows[f"self_v.{i}"] = empty, empty
+            if isinstance(layer.self_attn, LinearAttention):
+                state = layer.self_attn.initial_state(memory.size(0), memory.device)
+            else:
+                state = (k[:, :, :0], k[:, :, :0])
+            rows[f"{first}.{i}"], rows[f"{second}.{i}"] = state
+        if self.recurrent:
+            rows["position"] = memory.new_empty(memory.size(0), 0, 0)
         return source, rows
 
     def forward(
@@ -302,17 +337,23 @@ class TransformerDecoder(nn.Module):
         logits_dtype: torch.dtype | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensors]:
         """One position: prev_tokens [B] -> logits [B,V], attention [B,S] or None, new rows."""
-        t = rows["self_k.0"].size(2)
+        first, second = self.state_names
+        new_rows: Tensors = {}
+        if self.recurrent:
+            position = rows["position"]
+            t = position.size(1)
+            new_rows["position"] = position.new_empty(position.size(0), t + 1, 0)
+        else:
+            t = rows["self_k.0"].size(2)
         x = self.embed(prev_tokens.unsqueeze(1), start=t)
         src_mask = source["src_mask"][:, None, None, :]
-        new_rows: Tensors = {}
         attention = None
         for i, layer in enumerate(self.layers):
             need = with_attention and i == self.alignment_layer
             cross_kv = (source[f"cross_k.{i}"], source[f"cross_v.{i}"])
-            cache = (rows[f"self_k.{i}"], rows[f"self_v.{i}"])
+            cache = (rows[f"{first}.{i}"], rows[f"{second}.{i}"])
             x, weights, (k, v) = layer(x, cross_kv, src_mask, None, cache, need)
-            new_rows[f"self_k.{i}"], new_rows[f"self_v.{i}"] = k, v
+            new_rows[f"{first}.{i}"], new_rows[f"{second}.{i}"] = k, v
             attention = weights.squeeze(1) if need else attention
         logits = self.output(self.final_norm(x), logits_dtype).squeeze(1)
         return logits, attention, new_rows

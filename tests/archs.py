@@ -54,6 +54,10 @@ ARCHS: dict[str, dict] = {
     "transformer-learned": dict(arch="transformer", positions="learned", norm="post"),
     "transformer-window": dict(arch="transformer", self_attention_window=2, norm="post"),
     "transformer-untied": dict(arch="transformer", tie_embeddings=False, decoder_layers=1),
+    "transformer-linear": dict(arch="transformer", self_attention="linear"),
+    "transformer-linear-post": dict(
+        arch="transformer", self_attention="linear", cross_attention="linear", norm="post"
+    ),
 }
 NO_ATTENTION = {name for name, kw in ARCHS.items() if kw.get("attention") == "none"}
 

@@ -320,6 +320,12 @@ def test_interface_attributes() -> None:
         (dict(arch="transformer", embed_dim=30, heads=4), (16, 16), "model.heads"),
         (dict(arch="rnn", attention="luong", local_window=-1), (16, 16), "model.local_window"),
         (dict(self_attention_window=-2), (16, 16), "model.self_attention_window"),
+        (
+            dict(self_attention="linear", self_attention_window=2),
+            (16, 16),
+            "model.self_attention_window needs softmax",
+        ),
+        (dict(cross_attention="sparse"), (16, 16), "model.cross_attention"),
         (dict(arch="rnn", cell="lstmx"), (16, 16), "model.cell"),
         (dict(arch="rnn", attention="global"), (16, 16), "model.attention"),
         (dict(arch="rnn", luong_score="bilinear"), (16, 16), "model.luong_score"),

@@ -1,4 +1,5 @@
-"""Transformer specifics: causal and sliding-window masks, positions, the cache, alignment."""
+"""Transformer specifics: causal and sliding-window masks, positions, the cache, alignment,
+linear attention (prefix sums, the recurrent decoding state, padding, float32 sums)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from nmt.attention import MultiHeadAttention
 from nmt.config import ModelConfig
+from nmt.linear_attention import CHUNK, LinearAttention, causal_linear_attention
 from nmt.model import build_model
 from nmt.specials import BOS_ID
 from nmt.transformer import LearnedPositions, SinusoidalPositions
@@ -180,3 +182,99 @@ def test_local_window_encoder_has_no_fully_masked_rows(monkeypatch: pytest.Monke
     assert masks and all(mask.expand(1, 1, 10, 10).any(-1).all() for mask in masks)
     assert torch.isfinite(memory).all()
     torch.testing.assert_close(memory[:, :2], alone, atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- linear attention
+
+
+def quadratic_linear_attention(phi_q, phi_k, v, causal: bool):
+    """The definition, O(T^2): weights phi(q).phi(k) over the allowed keys, normalised."""
+    scores = phi_q @ phi_k.transpose(-1, -2)
+    if causal:
+        scores = scores.tril()
+    return (scores @ v) / (scores.sum(-1, keepdim=True) + 1e-6)
+
+
+@pytest.mark.parametrize("length", [1, 5, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 7])
+def test_causal_prefix_sums_equal_the_quadratic_form(length: int) -> None:
+    gen = torch.Generator().manual_seed(length)
+    phi_q, phi_k, v = (torch.rand(2, 3, length, 4, generator=gen) for _ in range(3))
+    got = causal_linear_attention(phi_q, phi_k, v)
+    want = quadratic_linear_attention(phi_q, phi_k, v, causal=True)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_linear_attention_ignores_padded_keys_and_weights_sum_to_one() -> None:
+    torch.manual_seed(0)
+    attention = LinearAttention(16, 2).eval()
+    q, k, v = (torch.randn(2, 2, 5, 8) for _ in range(3))
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])[:, None, None, :]
+    out, weights = attention.attend(q, k, v, mask=mask, need_weights=True)
+    garbage_k, garbage_v = k.clone(), v.clone()
+    garbage_k[1, :, 3:], garbage_v[1, :, 3:] = 100.0, -100.0  # padded keys and values
+    out2, weights2 = attention.attend(q, garbage_k, garbage_v, mask=mask, need_weights=True)
+    torch.testing.assert_close(out2, out, atol=0, rtol=0)
+    assert weights2 is not None and weights is not None
+    assert torch.all(weights[1, :, 3:] == 0)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 5))
+    with pytest.raises(ValueError, match="key mask"):
+        attention.attend(q, k, v, mask=torch.ones(5, 5, dtype=torch.bool))
+
+
+def test_linear_decoding_state_is_fixed_size_and_matches_a_long_forward_pass() -> None:
+    """Several chunks of prefix sums in the forward pass against the step recurrence; the
+    state of every layer keeps its size however long the output gets."""
+    model = make(self_attention="linear", max_positions=256)
+    src = tokens(10, (2, 7))
+    src_mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
+    tgt = tokens(11, (2, 2 * CHUNK + 9))
+    with torch.no_grad():
+        logits, _ = model(src, src_mask, tgt)
+        state = model.encode(src, src_mask)
+        sizes = {k: v.shape for k, v in state.rows.items() if k != "position"}
+        assert set(sizes) == {f"self_{n}.{i}" for n in ("kv", "ksum") for i in range(2)}
+        steps = []
+        for t in range(tgt.size(1)):
+            log_probs, _, state = model.decode_step(state, tgt[:, t])
+            steps.append(log_probs)
+            assert {k: v.shape for k, v in state.rows.items() if k != "position"} == sizes
+        assert state.rows["position"].shape == (2, tgt.size(1), 0)
+    expected = torch.log_softmax(logits.float(), -1)
+    torch.testing.assert_close(torch.stack(steps, 1), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_linear_sums_stay_float32_under_bf16_autocast() -> None:
+    model = make(self_attention="linear", cross_attention="linear")
+    src = tokens(12, (2, 6))
+    src_mask = torch.ones_like(src, dtype=torch.bool)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        state = model.encode(src, src_mask)
+        for _ in range(3):
+            log_probs, attention, state = model.decode_step(state, torch.full((2,), BOS_ID))
+    assert state.rows["self_kv.0"].dtype == torch.float32
+    assert state.rows["self_ksum.1"].dtype == torch.float32
+    assert torch.isfinite(log_probs).all() and attention is not None
+    torch.testing.assert_close(attention.sum(-1), torch.ones(2))
+
+
+def test_linear_cross_attention_alignment_is_the_normalised_kernel() -> None:
+    model = make(self_attention="linear", cross_attention="linear", decoder_layers=1)
+    src = tokens(13, (2, 5))
+    src_mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    tgt = tokens(14, (2, 4))
+    with torch.no_grad():
+        _, attention = model(src, src_mask, tgt, with_attention=True)
+        memory, _ = model.encoder(src, src_mask)
+        layer = model.decoder.layers[0]
+        x = model.decoder.embed(tgt)
+        a, _ = layer.self_attn.attend(
+            *layer.self_attn.project_qkv(layer.self_norm(x)), is_causal=True
+        )
+        x = x + a
+        q = layer.cross_attn.project_q(layer.cross_norm(x))
+        k, _ = layer.cross_attn.project_kv(memory)
+        phi_q = torch.nn.functional.elu(q) + 1
+        phi_k = (torch.nn.functional.elu(k) + 1) * src_mask[:, None, :, None]
+        scores = phi_q @ phi_k.transpose(-1, -2)
+        weights = scores / (scores.sum(-1, keepdim=True) + 1e-6)
+    torch.testing.assert_close(attention, weights.mean(1), atol=1e-6, rtol=1e-5)
