@@ -8,7 +8,10 @@ A decoding step adds the new position to S and z and reads them with phi(q): O(1
 memory per token, whatever the prefix length.
 
 - Non-causal (encoder self-attention, cross-attention): padded keys get phi(k) = 0, so they
-  add nothing to S or z and get a weight of exactly 0.
+  add nothing to S or z and get a weight of exactly 0. Cross-attention keys and values are
+  fixed per sentence, so `summarise` computes phi(K) and phi(K)^T [V 1] (S and z in one
+  tensor) once, and each decoding step reads them in O(dh^2) per head, whatever the source
+  length (`attend_summary`).
 - Causal, whole sequence (training): prefix sums of phi(k) v^T, computed per chunk of
   `CHUNK` positions: within a chunk the masked quadratic form (phi(Q_c) phi(K_c)^T, lower
   triangle) V_c, across chunks the prefix sums of the chunks' phi(K_c)^T V_c. Both are exact;
@@ -103,6 +106,31 @@ class LinearAttention(nn.Module):
                 context = (phi_q @ s) / normaliser
                 if need_weights:
                     weights = ((phi_q @ phi_k.transpose(-1, -2)) / normaliser).mean(dim=1)
+        return self._merge(context.to(dtype)), weights
+
+    def summarise(self, k: Tensor, v: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys/values that do not change (cross-attention): k/v [N,h,S,dh], mask [N,S] ->
+        phi(k) with padded keys 0 [N,h,S,dh] (for alignments) and phi(K)^T [V 1]
+        [N,h,dh,dh+1] (S and z side by side), both float32."""
+        with torch.autocast(k.device.type, enabled=False):
+            phi_k = elu_feature_map(k.float()) * mask[:, None, :, None]
+            ones = torch.ones_like(v[..., :1], dtype=torch.float32)
+            return phi_k, phi_k.transpose(-1, -2) @ torch.cat((v.float(), ones), dim=-1)
+
+    def attend_summary(
+        self, q: Tensor, phi_k: Tensor, summary: Tensor, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """`attend` on summarised keys/values: q [N,h,T,dh], phi_k and summary from
+        `summarise` -> output [N,T,E], weights [N,T,S] float32 head mean (or None)."""
+        dtype = q.dtype
+        weights = None
+        with torch.autocast(q.device.type, enabled=False):
+            phi_q = elu_feature_map(q.float())
+            both = phi_q @ summary  # [N,h,T,dh+1]: numerator and normaliser
+            normaliser = both[..., -1:] + EPS
+            context = both[..., :-1] / normaliser
+            if need_weights:
+                weights = ((phi_q @ phi_k.transpose(-1, -2)) / normaliser).mean(dim=1)
         return self._merge(context.to(dtype)), weights
 
     def step(

@@ -9,16 +9,20 @@ cross-attention as the alignment.
 Cross-attention stays softmax by default even when self-attention is linear: its cost per
 step is O(S) with S fixed by the source, so linearising it saves nothing as the output grows,
 while softmax's sharp weights are what aligns a target word with a source word (and what the
-alignments report); linear attention's weights phi(q).phi(k) / normaliser are much flatter.
+alignments report); elu+1 features cannot let one key dominate the way exp does, so linear
+weights phi(q).phi(k) / normaliser tend to be flatter. `model.cross_attention` chooses.
 
 Decoder state (see nmt/model.py: N sentences, R = N*W rows): `source` holds src_mask [N,S]
 bool and cross_k.{i}, cross_v.{i} [N,heads,S,dh] (the encoder output projected once by layer
 i's cross-attention, shared by the sentence's beams); `rows` holds self_k.{i}, self_v.{i}
 [R,heads,t,dh] (the keys/values of the t target positions decoded so far; t is the step
-counter). With linear self-attention `rows` holds instead the fixed-size recurrent state
-self_kv.{i} [R,heads,dh,dh] and self_ksum.{i} [R,heads,dh] (float32 sums of phi(k) v^T and
-phi(k) over the positions decoded so far), and `position` [R,t,0]: no data, its size(1) is t,
-so a step knows its position without reading a tensor and `reorder` handles it like any row.
+counter).
+With linear cross-attention cross_k.{i} is phi(K) and cross_v.{i} the sums phi(K)^T [V 1]
+[N,heads,dh,dh+1] (see nmt/linear_attention.py). With linear self-attention `rows` holds
+instead the fixed-size recurrent state self_kv.{i} [R,heads,dh,dh] and self_ksum.{i}
+[R,heads,dh] (float32 sums of phi(k) v^T and phi(k) over the positions decoded so far), and
+`position` [R,t,0]: no data, its size(1) is t, so a step knows its position without reading
+a tensor, and `reorder` selects it like any other row entry.
 """
 
 from __future__ import annotations
@@ -246,12 +250,13 @@ class TransformerDecoderLayer(nn.Module):
         x = _residual(x, self.dropout(h), self.self_norm, self.pre_norm)
         h = self.cross_norm(x) if self.pre_norm else x
         rows, length, _ = x.shape
-        h, weights = self.cross_attn.attend(
-            self.cross_attn.project_q(group_by_sentence(h, cross_kv[0].size(0))),
-            *cross_kv,
-            mask=src_mask,
-            need_weights=need_weights,
-        )
+        q = self.cross_attn.project_q(group_by_sentence(h, cross_kv[0].size(0)))
+        if isinstance(self.cross_attn, LinearAttention):  # sums precomputed per sentence
+            h, weights = self.cross_attn.attend_summary(q, *cross_kv, need_weights)
+        else:
+            h, weights = self.cross_attn.attend(
+                q, *cross_kv, mask=src_mask, need_weights=need_weights
+            )
         h = h.reshape(rows, length, -1)
         weights = None if weights is None else weights.reshape(rows, length, -1)
         x = _residual(x, self.dropout(h), self.cross_norm, self.pre_norm)
@@ -297,9 +302,15 @@ class TransformerDecoder(nn.Module):
         source: Tensors = {"src_mask": src_mask}
         rows: Tensors = {}
         first, second = self.state_names
-        for i, layer in enumerate(self.layers):
-            k, v = cast(TransformerDecoderLayer, layer).cross_attn.project_kv(memory)
-            source[f"cross_k.{i}"], source[f"cross_v.{i}"] = k, v
+        for i, module in enumerate(self.layers):
+            layer = cast(TransformerDecoderLayer, module)
+            k, v = layer.cross_attn.project_kv(memory)
+            if isinstance(layer.cross_attn, LinearAttention):
+                source[f"cross_k.{i}"], source[f"cross_v.{i}"] = layer.cross_attn.summarise(
+                    k, v, src_mask
+                )
+            else:
+                source[f"cross_k.{i}"], source[f"cross_v.{i}"] = k, v
             if isinstance(layer.self_attn, LinearAttention):
                 state = layer.self_attn.initial_state(memory.size(0), memory.device)
             else:

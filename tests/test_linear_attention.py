@@ -40,3 +40,19 @@ def test_linear_attention_ignores_padded_keys_and_weights_sum_to_one() -> None:
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 5))
     with pytest.raises(ValueError, match="key mask"):
         attention.attend(q, k, v, mask=torch.ones(5, 5, dtype=torch.bool))
+
+
+def test_summarised_keys_and_values_give_the_same_attention() -> None:
+    """Cross-attention reads phi(K)^T [V 1], computed once per sentence, instead of K and V."""
+    torch.manual_seed(0)
+    attention = LinearAttention(16, 2).eval()
+    q, k, v = torch.randn(2, 2, 3, 8), torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)
+    src_mask = torch.tensor([[True] * 5, [True] * 2 + [False] * 3])
+    want, want_weights = attention.attend(
+        q, k, v, mask=src_mask[:, None, None, :], need_weights=True
+    )
+    phi_k, summary = attention.summarise(k, v, src_mask)
+    assert summary.shape == (2, 2, 8, 9) and summary.dtype == torch.float32
+    got, got_weights = attention.attend_summary(q, phi_k, summary, need_weights=True)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_weights, want_weights, atol=1e-6, rtol=1e-5)
