@@ -380,7 +380,14 @@ def describe_model(config: ModelConfig) -> str:
     "rnn lstm 2+2 layers, h=256, bidirectional, attention luong-general (local D=5)"."""
     layers = f"{config.encoder_layers}+{config.decoder_layers} layers"
     if config.arch == "transformer":
-        return f"transformer {layers}, d={config.embed_dim}, {config.heads} heads"
+        parts = [f"transformer {layers}, d={config.embed_dim}, {config.heads} heads"]
+        if config.self_attention_window:
+            parts.append(f"self-attention window {config.self_attention_window}")
+        if config.self_attention == "linear":
+            parts.append("linear self-attention")
+        if config.cross_attention == "linear":
+            parts.append("linear cross-attention")
+        return ", ".join(parts)
     parts = [f"rnn {config.cell} {layers}, h={config.hidden_size}"]
     if config.bidirectional:
         parts.append("bidirectional")

@@ -351,3 +351,14 @@ def test_bf16_decoding_translates_every_sentence(tiny_checkpoint: Path) -> None:
         assert abs(a.score - b.score) < 0.5 or a.text != b.text
     bf16.decode = dataclasses.replace(bf16.decode, precision="fp32")  # nothing left in bf16:
     assert [t.text for t in bf16.translate(texts, beam_size=2)] == [t.text for t in slow]
+
+
+def test_model_descriptions_name_the_attention_variant() -> None:
+    from nmt.config import ModelConfig
+    from nmt.translator import describe_model
+
+    plain = describe_model(ModelConfig(arch="transformer"))
+    linear = describe_model(ModelConfig(arch="transformer", self_attention="linear"))
+    window = describe_model(ModelConfig(arch="transformer", self_attention_window=8))
+    assert "linear" not in plain and "window" not in plain
+    assert linear.endswith("linear self-attention") and window.endswith("window 8")
