@@ -1,11 +1,98 @@
-"""What the host CPU does fast: bf16 matmuls are a speed-up only with native bf16 instructions."""
+"""The host CPU: what it does fast (native bf16), its name, and how many cores this process
+may really use (affinity mask and cgroup quota), from which thread counts are chosen.
+
+A core count from `os.cpu_count()` is the machine's: it ignores `taskset`/`sched_setaffinity`
+and a container's CPU quota (`docker run --cpus 2` on a 64-core host still reports 64), and
+more compute threads than usable cores make OpenMP's thread pool wait on descheduled threads.
+"""
 
 from __future__ import annotations
 
 import functools
+import math
+import os
 import platform
+from collections.abc import Callable
+from pathlib import Path
 
-import torch
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# libgomp (PyTorch's OpenMP on Linux) reads these once, when it is loaded with torch.
+PASSIVE_WAIT = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def usable_cpus(
+    affinity: Callable[[], set[int]] | None = None, cgroup_root: Path = CGROUP_ROOT
+) -> int:
+    """Cores this process may run on: its affinity mask, capped by the cgroup CPU quota.
+
+    A fractional quota (1.5 CPUs) rounds down: threads beyond it are throttled. Never below 1.
+    """
+    get_affinity = affinity or _affinity
+    cores = len(get_affinity())
+    quota = cgroup_cpu_quota(cgroup_root)
+    if quota is not None:
+        cores = min(cores, max(1, math.floor(quota)))
+    return max(1, cores)
+
+
+def _affinity() -> set[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return os.sched_getaffinity(0)
+    return set(range(os.cpu_count() or 1))  # macOS, Windows: no affinity masks
+
+
+def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
+    """CPUs' worth of time the cgroup may use (quota / period), or None when unlimited.
+
+    cgroup v2: `cpu.max` ("max 100000" or "200000 100000"); cgroup v1: `cpu.cfs_quota_us`
+    (-1 when unlimited) and `cpu.cfs_period_us` under the `cpu` (or `cpu,cpuacct`)
+    controller. Inside a container these files at `root` are the container's own.
+    """
+    v2 = root / "cpu.max"
+    if v2.is_file():
+        fields = _read(v2).split()
+        if len(fields) == 2 and fields[0] != "max":
+            return _ratio(fields[0], fields[1])
+        return None
+    for controller in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+        folder = root / controller
+        quota, period = folder / "cpu.cfs_quota_us", folder / "cpu.cfs_period_us"
+        if quota.is_file() and period.is_file():
+            return _ratio(_read(quota), _read(period))
+    return None
+
+
+def _ratio(quota: str, period: str) -> float | None:
+    try:
+        q, p = int(quota), int(period)
+    except ValueError:
+        return None
+    return q / p if q > 0 and p > 0 else None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except OSError:
+        return ""
+
+
+def default_threads(processes: int = 1, usable: int | None = None) -> int:
+    """Compute threads per process when `processes` share the usable cores (at least 1)."""
+    cores = usable if usable is not None else usable_cpus()
+    return max(1, cores // max(1, processes))
+
+
+def prefer_passive_wait(environ: dict[str, str] | None = None) -> None:
+    """Make OpenMP threads sleep, not spin, while they wait (unless the user chose a policy).
+
+    Must run before torch is imported in the process (or in the environment of processes
+    it spawns): a spinning thread that waits for a descheduled one burns the time that one
+    needs, which on a shared CPU collapses throughput (see the README's Speed section).
+    """
+    env = os.environ if environ is None else environ
+    for name, value in PASSIVE_WAIT.items():
+        env.setdefault(name, value)
 
 
 @functools.cache
@@ -18,6 +105,8 @@ def has_native_bf16() -> bool:
     """
     if platform.machine().lower() in ("aarch64", "arm64"):
         return _arm_bf16()
+    import torch  # not at module level: prefer_passive_wait must run before torch loads
+
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ from nmt.checkpoint import (
     save_checkpoint,
 )
 from nmt.config import Config, ConfigError, save_config
+from nmt.cpu import default_threads
 from nmt.data import PreparedData, prepare_data
 from nmt.distributed import (
     close_distributed,
@@ -137,8 +139,9 @@ class Trainer:
         self.precision = resolve_precision(config.train.precision, self.device)
         if not self.dist.is_main:  # one voice in the logs: rank 0's
             logging.getLogger("nmt").setLevel(logging.WARNING)
-        if config.train.threads:
-            torch.set_num_threads(config.train.threads)
+        if self.device.type == "cpu":  # the usable cores, shared by this machine's ranks
+            local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            torch.set_num_threads(config.train.threads or default_threads(local_ranks))
         keep_freed_memory(self.device.type)
         self.run_dir = default_run_dir(config)
         self.run_folder = RunFolder(self.run_dir)

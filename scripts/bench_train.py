@@ -13,11 +13,14 @@ sees, plus two things it cannot see on CPU:
   analytically from the number of time positions each RNN processed.
 
   python scripts/bench_train.py configs/multi30k_de_en.yaml configs/multi30k/lstm_bahdanau.yaml
+  # sharing the CPU: each config idle, then while a busy process occupies one core
+  python scripts/bench_train.py configs/multi30k_de_en.yaml --cpu-hog
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from cpu_hog import cpu_hog
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 from torch.utils.flop_counter import FlopCounterMode
@@ -32,7 +36,7 @@ from torch.utils.hooks import RemovableHandle
 
 from nmt.batching import Batch
 from nmt.config import load_config
-from nmt.cpu import cpu_name, has_native_bf16
+from nmt.cpu import cpu_name, has_native_bf16, usable_cpus
 from nmt.model import count_parameters
 from nmt.train import Trainer
 
@@ -182,10 +186,19 @@ def bench(
         "params": count_parameters(trainer.model),
         "precision": trainer.precision,
         "device": trainer.device,
+        "threads": torch.get_num_threads(),
         "tokens_per_s": tokens / seconds,
         "flops_per_token": flops_per_token,
         "flops_per_s": flops_per_token * tokens / seconds,
     }
+
+
+def print_row(r: dict, peak: float) -> None:
+    print(
+        f"{r['name']:28} {r['params']:>10,} {r['precision']:>5} {r['threads']:>7} "
+        f"{r['tokens_per_s']:>10,.0f} {r['flops_per_token'] / 1e6:>10.2f} "
+        f"{r['flops_per_s'] / 1e9:>8.1f} {peak / 1e9:>6.1f} {r['flops_per_s'] / peak:>6.1%}"
+    )
 
 
 def main() -> None:
@@ -197,35 +210,44 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: the trainer's, from the usable cores)",
+    )
+    parser.add_argument(
+        "--cpu-hog",
+        action="store_true",
+        help="run each config twice: idle, then while a busy process occupies one core",
     )
     parser.add_argument("--work-dir", default=None, help="where prepared data is cached")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    overrides = list(args.set) + ([f"train.threads={args.threads}"] if args.threads else [])
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="nmt-bench-"))
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(
         f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}, native bf16: "
-        f"{'yes' if has_native_bf16() else 'no'}); threads {torch.get_num_threads()}"
+        f"{'yes' if has_native_bf16() else 'no'}); {usable_cpus()} usable cores; "
+        f"load average {load}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
     )
     print(
-        f"{'config':28} {'params':>10} {'prec':>5} {'tgt tok/s':>10} {'MFLOP/tok':>10} "
-        f"{'GFLOP/s':>8} {'peak':>6} {'MFU':>6}"
+        f"{'config':28} {'params':>10} {'prec':>5} {'threads':>7} {'tgt tok/s':>10} "
+        f"{'MFLOP/tok':>10} {'GFLOP/s':>8} {'peak':>6} {'MFU':>6}"
     )
-    peaks: dict[
-        tuple[str, str], float
-    ] = {}  # per device and precision in use (emulated bf16 takes minutes)
+    peaks: dict[tuple[str, str], float] = {}  # per device and precision (emulated bf16: minutes)
     for path in args.configs:
-        r = bench(path, list(args.set), args.steps, args.warmup, work)
+        r = bench(path, overrides, args.steps, args.warmup, work)
         key = (str(r["device"]), r["precision"])
         if key not in peaks:
             peaks[key] = matmul_peak(DTYPES[r["precision"]], r["device"])
-        peak = peaks[key]
-        print(
-            f"{r['name']:28} {r['params']:>10,} {r['precision']:>5} {r['tokens_per_s']:>10,.0f} "
-            f"{r['flops_per_token'] / 1e6:>10.2f} {r['flops_per_s'] / 1e9:>8.1f} "
-            f"{peak / 1e9:>6.1f} {r['flops_per_s'] / peak:>6.1%}"
-        )
+        print_row(r, peaks[key])
+        if args.cpu_hog:
+            with cpu_hog() as core:
+                busy = bench(path, overrides, args.steps, args.warmup, work)
+            busy["name"] += f" (core {core} busy)"
+            print_row(busy, peaks[key])
+            ratio = busy["tokens_per_s"] / r["tokens_per_s"]
+            print(f"{'':28} with a busy core: {ratio:.0%} of the idle tokens/s")
     print("peak: GFLOP/s of a 2048x2048 matmul on the run's device, in its precision")
 
 

@@ -11,6 +11,8 @@ server formed (from /metrics, before and after). Traffic goes to loopback addres
     python scripts/load_test.py --checkpoint runs/multi30k_de_en_de-en/best.pt --max-batch-size 16
     # batching on and off against the same load: one server per setting, then the speed-up
     python scripts/load_test.py --checkpoint CKPT --clients 32 --requests 400 --max-batch-size 32 1
+    # sharing the CPU: idle, then while a busy process occupies one core, against one server
+    python scripts/load_test.py --checkpoint CKPT --clients 32 --requests 400 --cpu-hog
 
 Before measuring, `--warmup` requests (default: one per client) let the server finish its
 one-time work (first allocations, lazy initialisation); they are not counted.
@@ -44,6 +46,9 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from cpu_hog import cpu_hog  # noqa: E402
+
+from nmt.cpu import cpu_name, usable_cpus  # noqa: E402
 from nmt.files import read_lines  # noqa: E402
 from serve.metrics import parse_histogram  # noqa: E402
 
@@ -97,6 +102,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--api-key", default=os.environ.get("NMT_API_KEY"), help="default: $NMT_API_KEY")
     p.add_argument("--warmup", type=int, help="uncounted requests sent first (default: --clients)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--cpu-hog",
+        action="store_true",
+        help="measure twice: idle, then while a busy process occupies one core (started and "
+        "stopped here); prints the ratio",
+    )
     args = p.parse_args(argv)
     if args.clients < 1 or args.requests < 1 or args.texts_per_request < 1:
         p.error("--clients, --requests and --texts-per-request must be at least 1")
@@ -369,16 +380,29 @@ def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 300.0) -
     raise SystemExit("load_test: the server did not become healthy")
 
 
+def measure_shared(args: argparse.Namespace, url: str) -> float:
+    """One load run, or with --cpu-hog two (idle, then with a busy core); returns idle req/s."""
+    idle = asyncio.run(measure(args, url))
+    if args.cpu_hog:
+        with cpu_hog() as core:
+            print(f"--- while a busy process occupies core {core}")
+            busy = asyncio.run(measure(args, url))
+        print(f"with a busy core: {busy:.1f} req/s = {busy / idle:.0%} of idle ({idle:.1f})")
+    return idle
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"CPU: {cpu_name()}, {usable_cpus()} usable cores; load average {load}")
     if args.url:
-        asyncio.run(measure(args, args.url.rstrip("/")))
+        measure_shared(args, args.url.rstrip("/"))
         return
     throughput = {}
     for size in args.max_batch_size:
         print(f"--- max_batch_size {size}")
         with started_server(args, size) as url:
-            throughput[size] = asyncio.run(measure(args, url))
+            throughput[size] = measure_shared(args, url)
     if len(throughput) > 1:
         base = min(throughput)  # the smallest max_batch_size, usually 1 (batching off)
         print(
