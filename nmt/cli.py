@@ -539,7 +539,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="seconds a request may wait for a worker before a 504 (default 30)",
     )
     p.add_argument(
-        "--threads", type=int, help="torch threads per worker (default: cores / workers)"
+        "--threads", type=int, help="torch threads per worker (default: usable cores / workers)"
     )
     p.add_argument(
         "--precision",

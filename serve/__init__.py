@@ -5,12 +5,14 @@
          -d '{"texts": ["Ein Hund rennt."], "beam_size": 5, "alignment": true}'
 
 Endpoints: POST /translate (schemas.TranslateRequest -> schemas.TranslateResponse), GET /health
-(200 once every worker has loaded the model, 503 before), GET /info (model and serving
-settings), GET /metrics (Prometheus text), /docs and /openapi.json (the schemas).
+(200 once every worker has loaded the model, 503 before and while a dead worker is replaced),
+GET /info (model and serving settings), GET /metrics (Prometheus text), /docs and /openapi.json
+(the schemas).
 
 Modules: schemas.py (request/response models, limits), middleware.py (API key, body and
-input checks before queueing, request metrics), api.py (the LitAPI: batching and decoding),
-metrics.py and shared.py (state shared across server processes), app.py (building the
-LitServer), supervisor.py (running it so that SIGINT/SIGTERM stop every process), and
-litserve_internals.py (every use of LitServe beyond its documented API, next to the pin).
+input checks before queueing, request metrics, answers for a dead worker's requests), api.py
+(the LitAPI: batching and decoding), metrics.py and shared.py (state shared across server
+processes), app.py (building the LitServer), supervisor.py (running it so that SIGINT/SIGTERM
+stop every process, and replacing workers that die), and litserve_internals.py (every use of
+LitServe beyond its documented API, next to the pin).
 """

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-import os
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,12 +16,23 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from nmt.config import ConfigError
+from nmt.cpu import default_threads
 from serve.api import TranslatorAPI
-from serve.litserve_internals import server_devices, set_graceful_timeout, take_route
+from serve.litserve_internals import (
+    fail_requests_of_worker,
+    server_devices,
+    set_graceful_timeout,
+    take_route,
+)
 from serve.metrics import CONTENT_TYPE, ServerMetrics
-from serve.middleware import ApiKeyMiddleware, MetricsMiddleware, RequestGuardMiddleware
+from serve.middleware import (
+    ApiKeyMiddleware,
+    MetricsMiddleware,
+    RequestGuardMiddleware,
+    WorkerLossMiddleware,
+)
 from serve.schemas import ErrorResponse, InfoResponse, Limits, TranslateResponse
-from serve.shared import SharedJSON
+from serve.shared import SharedJSON, WorkerDeaths
 
 TRANSLATE_PATH = "/translate"
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServer.run accepts
@@ -43,7 +54,7 @@ class ServeSettings:
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
     request_timeout: float = 30.0  # seconds a request may wait in the queue (then 504)
-    threads: int | None = None  # torch threads per worker; None = cores / workers
+    threads: int | None = None  # torch threads per worker; None = usable cores / workers
     precision: str | None = None  # fp32 | bf16 decoding; None = the checkpoint's
     log_level: str = "info"
     shutdown_grace: float = 10.0  # seconds for LitServe's own shutdown before the group is killed
@@ -73,14 +84,18 @@ class ServeSettings:
                 "--max-chars, --max-texts, --max-beam and --max-len must be at least 1"
             )
 
-    def worker_threads(self, devices: int) -> int:
-        """Torch threads per worker: the cores shared by every worker on every device."""
-        workers = devices * self.workers_per_device
-        return self.threads or max(1, (os.cpu_count() or 1) // workers)
+    def worker_threads(self, devices: int, usable: int | None = None) -> int:
+        """Torch threads per worker: the usable cores (affinity, cgroup quota; `usable` for
+        tests) shared by every worker on every device."""
+        return self.threads or default_threads(devices * self.workers_per_device, usable)
 
 
-def build_server(settings: ServeSettings) -> ls.LitServer:
-    """A LitServer for the checkpoint with /translate, /health, /info, /metrics and the guards."""
+def build_server(settings: ServeSettings, deaths: WorkerDeaths | None = None) -> ls.LitServer:
+    """A LitServer for the checkpoint with /translate, /health, /info, /metrics and the guards.
+
+    `deaths`: where the process running the server counts dead workers (serve.supervisor), so
+    that the HTTP front ends answer the requests those workers held with 503.
+    """
     metrics = ServerMetrics()
     model_board = SharedJSON()
     api = TranslatorAPI(
@@ -109,7 +124,18 @@ def build_server(settings: ServeSettings) -> ls.LitServer:
         timeout=settings.request_timeout,
         info_path="/litserve/info",  # /info is ours (model and serving details)
         middlewares=middlewares,
+        # Workers then tell the front end which of them took each request (and LitServe's
+        # own restart logic stays off: serve.supervisor restarts them; see litserve_internals).
+        restart_workers=True,
     )
+    lost = functools.partial(
+        fail_requests_of_worker,
+        server,
+        status=503,
+        detail="the inference worker translating this request died; it is being replaced, "
+        "retry shortly",
+    )
+    server.app.add_middleware(WorkerLossMiddleware, deaths=deaths or WorkerDeaths(), fail=lost)
     set_graceful_timeout(server, max(1.0, settings.shutdown_grace / 2))
     devices = server_devices(server)
     # Only LitServer knows how many devices `auto` means; its workers start later, in run().
@@ -144,7 +170,11 @@ def _add_routes(
         model = model_board.read()
         if model is None:
             return JSONResponse({"detail": "model not loaded yet"}, status_code=503)
-        return InfoResponse(model=dict(model["info"], version=model["version"]), serving=serving)
+        return InfoResponse(
+            model=dict(model["info"], version=model["version"]),
+            serving=serving,
+            worker_pid=model.get("worker_pid"),
+        )
 
     async def prometheus() -> PlainTextResponse:
         """Prometheus text exposition: requests by status, errors, latency and batch sizes."""

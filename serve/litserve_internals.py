@@ -11,8 +11,9 @@ import multiprocessing as mp
 from typing import Any
 
 import litserve as ls
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from fastapi.routing import APIRoute
+from litserve.utils import LitAPIStatus
 
 
 def set_batch_timeout(api: ls.LitAPI, seconds: float) -> None:
@@ -34,13 +35,49 @@ def set_graceful_timeout(server: ls.LitServer, seconds: float) -> None:
 
 def disable_worker_monitor(server: ls.LitServer) -> None:
     """Turn off LitServe's worker monitor thread, which polls manager-backed state and crashes
-    (logging a traceback) once the manager is shut down."""
+    (logging a traceback) once the manager is shut down, and whose restart path answers the
+    requests of a dead worker only in its own process's `response_buffer`, which is empty when
+    the API servers are forked processes: they would wait forever. serve.supervisor restarts
+    workers instead (`restart_worker`, `fail_requests_of_worker`)."""
     server._monitor_workers = False
 
 
 def inference_workers(server: ls.LitServer) -> list[mp.Process]:
     """The worker processes of a running server (none before `run` has started them)."""
     return list(getattr(server, "inference_workers", []))
+
+
+def restart_worker(server: ls.LitServer, index: int) -> mp.Process:
+    """Start a new inference worker in place of worker `index` (of the server's only API).
+
+    Relies on `LitServer.launch_single_inference_worker(lit_api, worker_id)`, which marks the
+    worker STARTING in `workers_setup_status` (so /health says 503 until its `setup()` has
+    returned) and spawns it on the same device and request queue, and on `inference_workers`
+    being the list `run` polls and terminates at shutdown, indexed by worker id.
+    """
+    lit_api = server.litapi_connector.lit_apis[0]
+    process = server.launch_single_inference_worker(lit_api, index)
+    server.inference_workers[index] = process
+    return process
+
+
+def fail_requests_of_worker(server: ls.LitServer, worker: int, status: int, detail: str) -> int:
+    """Answer every request that worker `worker` had taken with an HTTP error; returns how many.
+
+    Call it in an HTTP front-end process, on its event loop. Relies on the server having been
+    built with `restart_workers=True`: a worker then sends a START message for each request it
+    takes from the queue, and the front end records that worker's id in the request's
+    `response_buffer` item (litserve.utils.ResponseBufferItem: event, worker_id, response).
+    Setting `response` to (HTTPException, ERROR) and the event makes LitServe's request handler
+    raise that exception, which FastAPI answers as JSON `{"detail": ...}`.
+    """
+    failed = 0
+    for item in list(server.response_buffer.values()):
+        if item.worker_id == worker and not item.event.is_set():
+            item.response = (HTTPException(status_code=status, detail=detail), LitAPIStatus.ERROR)
+            item.event.set()
+            failed += 1
+    return failed
 
 
 def take_route(app: FastAPI, path: str) -> APIRoute:

@@ -1,4 +1,5 @@
-"""ASGI middlewares of the front end: metrics, API key, and the request guard.
+"""ASGI middlewares of the front end: metrics, API key, the request guard, and the watch
+that answers the requests of a dead inference worker.
 
 They run in the HTTP process, before a request is put on the workers' queue: a request that
 is refused here costs no worker time and cannot fail the batch it would have joined.
@@ -7,10 +8,12 @@ Plain ASGI (not BaseHTTPMiddleware) so bodies are not buffered twice and errors 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,6 +21,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve.metrics import ServerMetrics
 from serve.schemas import Limits, TranslateRequest, limit_violations
+from serve.shared import WorkerDeaths
+
+log = logging.getLogger(__name__)
 
 
 async def send_json(
@@ -197,3 +203,44 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()  # later calls wait for the disconnect, as usual
 
     return replay
+
+
+class WorkerLossMiddleware:
+    """Answers the requests a dead inference worker had taken with 503, instead of letting
+    them wait forever for a response that will never come.
+
+    The server process counts worker deaths in shared memory (serve.supervisor); each HTTP
+    front-end process polls the counts from a task started with its first ASGI event
+    (lifespan startup) and calls `fail(worker)`, which answers that worker's pending requests.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        deaths: WorkerDeaths,
+        fail: Callable[[int], int],
+        interval: float = 0.1,
+    ) -> None:
+        self.app = app
+        self.deaths = deaths
+        self.fail = fail
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._watch(), name="worker-loss")
+        await self.app(scope, receive, send)
+
+    async def _watch(self) -> None:
+        seen = self.deaths.counts()
+        while True:
+            await asyncio.sleep(self.interval)
+            counts = self.deaths.counts()
+            for worker, (before, now) in enumerate(zip(seen, counts)):
+                if now != before:
+                    failed = self.fail(worker)
+                    log.warning(
+                        "inference worker %d died; %d request(s) answered 503", worker, failed
+                    )
+            seen = counts

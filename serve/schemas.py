@@ -236,3 +236,8 @@ class InfoResponse(BaseModel):
     serving: dict[str, Any] = Field(
         description="Batching, workers, devices, timeouts and request limits."
     )
+    worker_pid: int | None = Field(
+        None,
+        description="Process id of the inference worker that loaded the model last (a new one "
+        "when a dead worker has been replaced).",
+    )

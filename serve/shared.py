@@ -38,3 +38,19 @@ class SharedJSON:
             length = self._length.value
             data = bytes(self._buffer[:length]) if length else b""
         return json.loads(data) if data else None
+
+
+class WorkerDeaths:
+    """How many times each inference worker (by LitServe worker id) has died: the server
+    process counts, every HTTP front end reads and answers the requests a dead worker held
+    (see serve.supervisor and serve.middleware.WorkerLossMiddleware)."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        # One writer (the server process's watcher), so no lock: a reader sees old or new.
+        self._counts = mp.get_context("spawn").RawArray("q", capacity)
+
+    def record(self, worker: int) -> None:
+        self._counts[worker] += 1
+
+    def counts(self) -> list[int]:
+        return list(self._counts)

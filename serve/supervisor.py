@@ -8,6 +8,11 @@ Process tree of `nmt serve`:
         ├── inference workers (spawned; each loads the Translator once)
         └── HTTP API servers (forked uvicorn processes sharing the listening socket)
 
+An inference worker that dies (killed by the OOM killer, a crash in native code) is replaced,
+as gunicorn replaces its workers: the requests it held are answered 503, /health says 503
+until the replacement has loaded the model, and queued requests wait for it. Only a crash
+loop (`CRASH_LOOP_DEATHS` deaths within `CRASH_LOOP_SECONDS`) stops the server, exit code 1.
+
 LitServe shuts down gracefully on Ctrl-C (KeyboardInterrupt in its main process), but a plain
 SIGTERM kills its main process alone and leaves the workers and API servers running, still
 holding the port. So the supervisor turns SIGINT and SIGTERM into a SIGINT for the server
@@ -24,20 +29,41 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import litserve as ls
 
 from nmt.config import ConfigError
+from nmt.cpu import prefer_passive_wait
 from serve.app import ServeSettings, build_server
-from serve.litserve_internals import disable_worker_monitor, inference_workers
+from serve.litserve_internals import disable_worker_monitor, inference_workers, restart_worker
+from serve.shared import WorkerDeaths
 
 log = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+CRASH_LOOP_DEATHS = 3  # worker deaths within CRASH_LOOP_SECONDS that stop the server
+CRASH_LOOP_SECONDS = 60.0
+WATCH_INTERVAL = 0.2  # seconds between checks of the workers
+
+
+@dataclass
+class CrashLoop:
+    """Remembers recent worker deaths; `died()` says whether they now form a crash loop."""
+
+    deaths: int = CRASH_LOOP_DEATHS
+    seconds: float = CRASH_LOOP_SECONDS
+    times: deque[float] = field(default_factory=deque)
+
+    def died(self, now: float) -> bool:
+        self.times.append(now)
+        while self.times and now - self.times[0] > self.seconds:
+            self.times.popleft()
+        return len(self.times) >= self.deaths
 
 
 def serve(settings: ServeSettings) -> int:
@@ -89,6 +115,7 @@ def _server_main(settings: ServeSettings, parent_pid: int) -> None:
     """
     os.setsid()
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT, datefmt="%H:%M:%S")
+    prefer_passive_wait()  # inherited by the workers spawned from here, before torch loads
     stopping = threading.Event()
     failures: list[str] = []
 
@@ -98,12 +125,13 @@ def _server_main(settings: ServeSettings, parent_pid: int) -> None:
 
     signal.signal(signal.SIGINT, on_sigint)
     try:
-        server = build_server(settings)
+        deaths = WorkerDeaths()
+        server = build_server(settings, deaths)
         # _watch does what LitServe's own monitor did, from local state only.
         disable_worker_monitor(server)
         threading.Thread(
             target=_watch,
-            args=(server, parent_pid, stopping, failures),
+            args=(server, parent_pid, stopping, failures, deaths),
             name="nmt-serve-watch",
             daemon=True,
         ).start()
@@ -118,6 +146,7 @@ def _server_main(settings: ServeSettings, parent_pid: int) -> None:
     except RuntimeError as e:  # e.g. a worker could not load the checkpoint (logged above)
         failures.append(f"server failed: {e}")
     finally:
+        stopping.set()  # no replacement workers while shutting down
         _stop_children()
     if failures:
         log.error("%s", failures[0])
@@ -125,21 +154,58 @@ def _server_main(settings: ServeSettings, parent_pid: int) -> None:
 
 
 def _watch(
-    server: ls.LitServer, parent_pid: int, stopping: threading.Event, failures: list[str]
+    server: ls.LitServer,
+    parent_pid: int,
+    stopping: threading.Event,
+    failures: list[str],
+    deaths: WorkerDeaths,
+    crash_loop: CrashLoop | None = None,
 ) -> None:
-    """Stop the server (SIGINT to itself) when an inference worker dies or the supervisor is gone.
+    """Replace inference workers that die; stop the server (SIGINT to itself) on a crash loop
+    or when the supervisor is gone.
 
-    A dead worker would leave its requests waiting forever; a missing supervisor (killed with
-    SIGKILL) could no longer stop the server.
+    A dead worker's requests would wait forever: counting its death in `deaths` makes every
+    HTTP front end answer them 503 (serve.middleware.WorkerLossMiddleware). A missing
+    supervisor (killed with SIGKILL) could no longer stop the server.
     """
-    while not stopping.wait(1.0):
-        dead = [w for w in inference_workers(server) if not w.is_alive()]
-        if dead:
-            failures.append(f"inference worker {dead[0].pid} exited with code {dead[0].exitcode}")
-        elif os.getppid() == parent_pid:
-            continue
-        os.kill(os.getpid(), signal.SIGINT)
+    crash_loop = crash_loop or CrashLoop()
+    while not stopping.wait(WATCH_INTERVAL):
+        if os.getppid() != parent_pid:
+            break
+        if _replace_dead_workers(server, stopping, failures, deaths, crash_loop):
+            break
+    else:
         return
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def _replace_dead_workers(
+    server: ls.LitServer,
+    stopping: threading.Event,
+    failures: list[str],
+    deaths: WorkerDeaths,
+    crash_loop: CrashLoop,
+) -> bool:
+    """Start a replacement for each dead worker; True when the deaths form a crash loop."""
+    for index, worker in enumerate(inference_workers(server)):
+        if worker.is_alive() or stopping.is_set():
+            continue
+        deaths.record(index)
+        if crash_loop.died(time.monotonic()):
+            failures.append(
+                f"inference worker {worker.pid} exited with code {worker.exitcode}: "
+                f"{crash_loop.deaths} worker deaths within {crash_loop.seconds:.0f}s, stopping"
+            )
+            return True
+        replacement = restart_worker(server, index)
+        log.warning(
+            "inference worker %d (pid %s) exited with code %s; started pid %s in its place",
+            index,
+            worker.pid,
+            worker.exitcode,
+            replacement.pid,
+        )
+    return False
 
 
 def _stop_children(timeout: float = 3.0) -> None:

@@ -30,7 +30,7 @@ from serve.app import ServeSettings, build_server
 from serve.metrics import ServerMetrics, parse_histogram
 from serve.schemas import Limits, TranslateRequest
 from serve.shared import SharedJSON
-from serve.supervisor import group_members
+from serve.supervisor import CrashLoop, group_members
 
 API_KEY = "test-key"
 LIMITS = Limits(max_chars=1500, max_texts=8, max_beam=4, max_len=64)
@@ -355,14 +355,14 @@ def test_requests_with_equal_options_share_a_translate_call(tiny_checkpoint: Pat
     assert [[t.source for t in o.translations] for o in outcomes] == [r.all_texts for r in requests]
 
 
-def test_worker_threads_share_the_cores_among_all_workers_of_all_devices(
-    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+def test_worker_threads_share_the_usable_cores_among_all_workers_of_all_devices(
+    tiny_checkpoint: Path,
 ) -> None:
-    monkeypatch.setattr(os, "cpu_count", lambda: 32)
     settings = ServeSettings(checkpoint=str(tiny_checkpoint), workers_per_device=2)
-    assert settings.worker_threads(devices=1) == 16
-    assert settings.worker_threads(devices=8) == 2
-    assert settings.worker_threads(devices=32) == 1
+    assert settings.worker_threads(devices=1, usable=32) == 16
+    assert settings.worker_threads(devices=8, usable=32) == 2
+    assert settings.worker_threads(devices=32, usable=32) == 1
+    assert 1 <= settings.worker_threads(devices=1) <= len(os.sched_getaffinity(0))
     assert ServeSettings(checkpoint=str(tiny_checkpoint), threads=3).worker_threads(devices=8) == 3
 
 
@@ -463,6 +463,112 @@ def test_real_server_batches_matches_cli_and_stops_cleanly(
         assert groups and not [g for g in groups if group_members(g)]
         with socket.socket() as s:  # the port is free again
             s.bind(("127.0.0.1", port))
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _serve_command(checkpoint: Path, port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "nmt.cli",
+        "serve",
+        "--checkpoint",
+        str(checkpoint),
+        "--port",
+        str(port),
+        "--max-batch-size",
+        "4",
+        "--batch-timeout",
+        "0.05",
+        "--accelerator",
+        "cpu",
+        "--threads",
+        "1",
+        "--log-level",
+        "warning",
+    ]
+
+
+def _next_worker(http: httpx.Client, old: int | None, attempts: int = 600) -> int:
+    """The pid of the worker that loaded the model last, once it differs from `old`."""
+    for _ in range(attempts):
+        try:
+            response = http.get("/info")
+            pid = response.json().get("worker_pid") if response.status_code == 200 else None
+        except httpx.TransportError:
+            pid = None
+        if pid is not None and pid != old:
+            return pid
+        time.sleep(0.1)
+    raise AssertionError("no (new) inference worker published itself")
+
+
+def test_crash_loop_counts_deaths_within_the_window() -> None:
+    loop = CrashLoop(deaths=3, seconds=60.0)
+    assert not loop.died(0.0) and not loop.died(50.0)
+    assert not loop.died(100.0)  # the first death left the window
+    assert loop.died(109.0)  # three within 60 s
+
+
+@pytest.mark.slow
+def test_killed_worker_is_replaced_while_serving_and_a_crash_loop_stops_the_server(
+    tiny_checkpoint: Path,
+) -> None:
+    """kill -9 of the worker under load: its requests get 503 JSON, none hangs, a new worker
+    serves within about the model's load time; three deaths within a minute stop the server."""
+    port = _free_port()
+    process = subprocess.Popen(
+        _serve_command(tiny_checkpoint, port),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=60.0) as http:  # a hang would time out
+            started = time.monotonic()
+            _wait_healthy(http.get)
+            load_seconds = time.monotonic() - started  # the whole start-up: an upper bound
+            worker = _next_worker(http, None)
+
+            def post(n: int) -> httpx.Response:
+                return http.post("/translate", json={"text": f"Ein Hund läuft {n} Runden."})
+
+            with ThreadPoolExecutor(8) as pool:
+                futures = [pool.submit(post, n) for n in range(120)]
+                for _ in range(600):  # kill once the load is flowing
+                    if sum(f.done() for f in futures) >= 16:
+                        break
+                    time.sleep(0.05)
+                os.kill(worker, signal.SIGKILL)
+                answers = [f.result() for f in futures]  # raises on a transport timeout
+            statuses = [a.status_code for a in answers]
+            assert set(statuses) <= {200, 503}, statuses
+            for answer in answers:
+                if answer.status_code == 503:
+                    assert "worker" in answer.json()["detail"]
+            assert statuses.count(200) >= 16
+
+            replacement = _next_worker(http, worker)
+            _wait_healthy(http.get, timeout=30 + 3 * load_seconds)
+            assert post(0).status_code == 200
+            assert process.poll() is None
+
+            # Two more deaths within the minute make three: a crash loop, the server stops.
+            for _ in range(4):
+                if process.poll() is not None:
+                    break
+                os.kill(replacement, signal.SIGKILL)
+                try:
+                    replacement = _next_worker(http, replacement, attempts=100)
+                except AssertionError:
+                    break
+        assert process.wait(timeout=60) != 0
+        output = process.stdout.read() if process.stdout else ""
+        assert "worker deaths within" in output, output
     finally:
         if process.poll() is None:
             process.kill()
