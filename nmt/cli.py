@@ -12,15 +12,9 @@ import logging
 import sys
 from pathlib import Path
 
-from nmt.cpu import prefer_passive_wait
-
-# Before torch is first imported (nmt.checkpoint): OpenMP reads its wait policy only then, and
-# threads that spin while waiting collapse throughput on a shared CPU (README, Speed).
-prefer_passive_wait()
-
-from nmt.allocator import keep_freed_memory  # noqa: E402
-from nmt.checkpoint import CheckpointError  # noqa: E402
-from nmt.config import ConfigError, load_config  # noqa: E402
+from nmt.allocator import keep_freed_memory
+from nmt.checkpoint import CheckpointError
+from nmt.config import ConfigError, load_config
 
 EXAMPLES = """examples:
   nmt prepare --config configs/multi30k_de_en.yaml

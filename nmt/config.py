@@ -127,7 +127,7 @@ class TrainConfig:
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    threads: int | None = None  # torch intra-op threads on CPU; null = usable cores / local ranks
+    threads: int | None = None  # CPU threads; None = usable cores / local ranks, following load
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = 5e-4
     betas: tuple[float, float] = (0.9, 0.98)

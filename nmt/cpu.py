@@ -12,12 +12,12 @@ import functools
 import math
 import os
 import platform
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-# libgomp (PyTorch's OpenMP on Linux) reads these once, when it is loaded with torch.
-PASSIVE_WAIT = {"OMP_WAIT_POLICY": "PASSIVE"}
+PROC_STAT = Path("/proc/stat")
 
 
 def usable_cpus(
@@ -83,16 +83,76 @@ def default_threads(processes: int = 1, usable: int | None = None) -> int:
     return max(1, cores // max(1, processes))
 
 
-def prefer_passive_wait(environ: dict[str, str] | None = None) -> None:
-    """Make OpenMP threads sleep, not spin, while they wait (unless the user chose a policy).
+class ThreadBudget:
+    """Compute threads for the next piece of work (a training step, a batch to translate):
+    `ceiling` while this process has the machine to itself, one fewer per core that other
+    processes keep busy.
 
-    Must run before torch is imported in the process (or in the environment of processes
-    it spawns): a spinning thread that waits for a descheduled one burns the time that one
-    needs, which on a shared CPU collapses throughput (see the README's Speed section).
+    Why: PyTorch's OpenMP threads spin while they wait for each other. When another process
+    takes a core, one of them is descheduled and the other spins through its time slices:
+    on 2 cores a second thread turned 34 requests/s (one thread) into 2.6. Sleeping instead
+    of spinning (OMP_WAIT_POLICY=PASSIVE) avoids the collapse but costs idle throughput, so
+    the count follows the load instead (README, Speed). Other processes' load is the machine's
+    busy time (/proc/stat, steal included) minus this process's own, over at least
+    `interval` seconds; a core counts as taken from 0.75 of a core on.
     """
-    env = os.environ if environ is None else environ
-    for name, value in PASSIVE_WAIT.items():
-        env.setdefault(name, value)
+
+    def __init__(
+        self,
+        ceiling: int,
+        usable: int | None = None,
+        interval: float = 1.0,
+        stat_path: Path = PROC_STAT,
+        own_seconds: Callable[[], float] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ceiling = max(1, ceiling)
+        self.usable = usable if usable is not None else usable_cpus()
+        self.interval = interval
+        self.stat_path = stat_path
+        self.own_seconds = own_seconds or _own_cpu_seconds
+        self.clock = clock
+        self.threads = self.ceiling
+        self._last: tuple[float, float, float] | None = None  # (time, machine busy, own)
+
+    def update(self) -> int:
+        """The thread count for now (re-estimated at most every `interval` seconds)."""
+        now = self.clock()
+        if self._last is not None and now - self._last[0] < self.interval:
+            return self.threads
+        busy, own = machine_busy_seconds(self.stat_path), self.own_seconds()
+        if self._last is not None and busy is not None and self._last[1] >= 0:
+            then, busy_then, own_then = self._last
+            others = max(0.0, (busy - busy_then) - (own - own_then)) / (now - then)
+            taken = math.floor(others + 0.25)
+            self.threads = max(1, min(self.ceiling, self.usable - taken))
+        self._last = (now, -1.0 if busy is None else busy, own)
+        return self.threads
+
+    def apply(self) -> int:
+        """`update()`, and set torch's intra-op thread count to it when it changed."""
+        import torch
+
+        threads = self.update()
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        return threads
+
+
+def machine_busy_seconds(stat_path: Path = PROC_STAT) -> float | None:
+    """CPU seconds every core of the machine has spent busy (not idle, not waiting for I/O)
+    since boot, from the first line of /proc/stat; None when unreadable (not Linux)."""
+    line = _read(stat_path).split("\n", 1)[0].split()
+    if len(line) < 5 or line[0] != "cpu":
+        return None
+    ticks = [int(v) for v in line[1:9]]  # user nice system idle iowait irq softirq steal
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system  # every thread of this process, not its children
 
 
 @functools.cache
@@ -105,7 +165,7 @@ def has_native_bf16() -> bool:
     """
     if platform.machine().lower() in ("aarch64", "arm64"):
         return _arm_bf16()
-    import torch  # not at module level: prefer_passive_wait must run before torch loads
+    import torch  # not at module level: the HTTP front end and load_test do without it
 
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)

@@ -40,7 +40,7 @@ from nmt.checkpoint import (
     save_checkpoint,
 )
 from nmt.config import Config, ConfigError, save_config
-from nmt.cpu import default_threads
+from nmt.cpu import ThreadBudget, default_threads
 from nmt.data import PreparedData, prepare_data
 from nmt.distributed import (
     close_distributed,
@@ -139,9 +139,14 @@ class Trainer:
         self.precision = resolve_precision(config.train.precision, self.device)
         if not self.dist.is_main:  # one voice in the logs: rank 0's
             logging.getLogger("nmt").setLevel(logging.WARNING)
-        if self.device.type == "cpu":  # the usable cores, shared by this machine's ranks
+        # CPU threads: train.threads, else the usable cores shared by this machine's ranks,
+        # fewer while other processes keep cores busy (nmt.cpu.ThreadBudget).
+        self.thread_budget: ThreadBudget | None = None
+        if self.device.type == "cpu":
             local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
             torch.set_num_threads(config.train.threads or default_threads(local_ranks))
+            if not config.train.threads:
+                self.thread_budget = ThreadBudget(torch.get_num_threads())
         keep_freed_memory(self.device.type)
         self.run_dir = default_run_dir(config)
         self.run_folder = RunFolder(self.run_dir)
@@ -373,6 +378,8 @@ class Trainer:
                     self.stop_reason = "max_epochs"
                     break
                 lr = self.lr.step(self.progress.step + 1)
+                if self.thread_budget is not None:
+                    self.thread_budget.apply()
                 result = self._update(micro, stop_requested=self._stop_request() is not None)
                 if result.applied:
                     self.progress.step += 1

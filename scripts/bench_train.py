@@ -228,7 +228,7 @@ def main() -> None:
     print(
         f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}, native bf16: "
         f"{'yes' if has_native_bf16() else 'no'}); {usable_cpus()} usable cores; "
-        f"load average {load}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
+        f"load average {load}"
     )
     print(
         f"{'config':28} {'params':>10} {'prec':>5} {'threads':>7} {'tgt tok/s':>10} "

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import litserve as ls
 from fastapi.responses import JSONResponse
 
+from nmt.cpu import ThreadBudget
 from serve.litserve_internals import set_batch_timeout
 from serve.metrics import ServerMetrics
 from serve.schemas import (
@@ -112,6 +113,8 @@ class TranslatorAPI(ls.LitAPI):
         self.metrics = metrics
         self.model_board = model_board
         self.threads = threads
+        self.adapt_threads = False  # follow the machine's load below `threads` (ThreadBudget)
+        self.thread_budget: ThreadBudget | None = None
         self.precision = precision  # None = the checkpoint's decode.precision
         self.translator: Translator | None = None  # loaded by setup(), in the worker
         self.model_ref: ModelRef | None = None
@@ -133,6 +136,8 @@ class TranslatorAPI(ls.LitAPI):
             )
         if self.threads:
             torch.set_num_threads(self.threads)
+            if self.adapt_threads and torch.device(device).type == "cpu":
+                self.thread_budget = ThreadBudget(self.threads)
         prepare_device(torch.device(device))  # before any CUDA work of this worker; nothing on CPU
         translator = Translator.load_ensemble(
             [self.checkpoint, *self.ensemble], device=device, alignment_member=self.alignment_from
@@ -179,6 +184,8 @@ class TranslatorAPI(ls.LitAPI):
 
     def predict(self, x: Job | list[Job]) -> Outcome | list[Outcome]:
         jobs = x if isinstance(x, list) else [x]  # max_batch_size=1 runs LitServe's unbatched loop
+        if self.thread_budget is not None:
+            self.thread_budget.apply()
         start = time.monotonic()
         groups: dict[TranslateOptions, list[int]] = {}
         for i, job in enumerate(jobs):

@@ -140,6 +140,7 @@ def build_server(settings: ServeSettings, deaths: WorkerDeaths | None = None) ->
     devices = server_devices(server)
     # Only LitServer knows how many devices `auto` means; its workers start later, in run().
     api.threads = settings.worker_threads(len(devices))
+    api.adapt_threads = settings.threads is None  # on CPU: fewer while others load the cores
     serving = _serving_info(settings, devices, api.threads)
     _document_translate_route(server.app)
     _add_routes(server.app, metrics, model_board, serving)
@@ -156,6 +157,7 @@ def _serving_info(settings: ServeSettings, devices: list[Any], threads: int) -> 
         "devices": [str(d) for d in devices],
         "request_timeout": settings.request_timeout,
         "threads_per_worker": threads,
+        "threads_follow_load": settings.threads is None,
         "limits": settings.limits.to_dict(),
         "api_key_required": bool(settings.api_key),
     }

@@ -38,7 +38,6 @@ from typing import Any
 import litserve as ls
 
 from nmt.config import ConfigError
-from nmt.cpu import prefer_passive_wait
 from serve.app import ServeSettings, build_server
 from serve.litserve_internals import disable_worker_monitor, inference_workers, restart_worker
 from serve.shared import WorkerDeaths
@@ -115,7 +114,6 @@ def _server_main(settings: ServeSettings, parent_pid: int) -> None:
     """
     os.setsid()
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT, datefmt="%H:%M:%S")
-    prefer_passive_wait()  # inherited by the workers spawned from here, before torch loads
     stopping = threading.Event()
     failures: list[str] = []
 

@@ -79,6 +79,7 @@ def tiny_config_dict(data_dir: Path, run_dir: Path, arch: str = "transformer") -
             "log_every": 5,
             "valid_every": 20,
             "valid_limit": 16,
+            "threads": 1,  # as the tests' process: fixed, not following the machine's load
             "keep_last": 2,
             "keep_best": 1,
         },

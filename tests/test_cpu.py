@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from nmt.cpu import cgroup_cpu_quota, default_threads, prefer_passive_wait, usable_cpus
+from nmt.cpu import (
+    ThreadBudget,
+    cgroup_cpu_quota,
+    default_threads,
+    machine_busy_seconds,
+    usable_cpus,
+)
 
 
 def _cgroup_v2(root: Path, cpu_max: str) -> Path:
@@ -72,10 +78,67 @@ def test_default_threads_share_the_usable_cores() -> None:
     assert default_threads(2, usable=16) == 8
 
 
-def test_passive_wait_is_a_default_the_user_can_override() -> None:
-    env: dict[str, str] = {}
-    prefer_passive_wait(env)
-    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
-    chosen = {"OMP_WAIT_POLICY": "ACTIVE"}
-    prefer_passive_wait(chosen)
-    assert chosen == {"OMP_WAIT_POLICY": "ACTIVE"}
+def _stat(path: Path, busy_ticks: int, idle_ticks: int) -> None:
+    # cpu user nice system idle iowait irq softirq steal guest guest_nice
+    path.write_text(f"cpu  {busy_ticks} 0 0 {idle_ticks} 0 0 0 0 0 0\ncpu0 ...\n")
+
+
+def test_machine_busy_seconds_leaves_out_idle_and_iowait(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 10 50 900 40 5 5 20 0 0\n")
+    assert machine_busy_seconds(stat) == pytest.approx(190 / os.sysconf("SC_CLK_TCK"))
+    assert machine_busy_seconds(tmp_path / "missing") is None
+
+
+class _Machine:
+    """A fake 2-core machine: /proc/stat, this process's CPU time and a clock, advanced by
+    `run(seconds, own, others)` (cores kept busy by this process and by the others)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.now, self.own, self.busy = path, 0.0, 0.0, 0.0
+        self.hz = os.sysconf("SC_CLK_TCK")
+        self._write()
+
+    def run(self, seconds: float, own: float, others: float) -> None:
+        self.now += seconds
+        self.own += own * seconds
+        self.busy += (own + others) * seconds
+        self._write()
+
+    def _write(self) -> None:
+        busy = round(self.busy * self.hz)
+        _stat(self.path, busy, round(2 * self.now * self.hz) - busy)
+
+    def budget(self, ceiling: int) -> ThreadBudget:
+        return ThreadBudget(
+            ceiling=ceiling,
+            usable=2,
+            interval=1.0,
+            stat_path=self.path,
+            own_seconds=lambda: self.own,
+            clock=lambda: self.now,
+        )
+
+
+def test_thread_budget_gives_up_a_core_other_processes_keep_busy(tmp_path: Path) -> None:
+    machine = _Machine(tmp_path / "stat")
+    budget = machine.budget(ceiling=2)
+    assert budget.update() == 2  # no history yet: the ceiling
+    machine.run(2.0, own=1.8, others=0.3)  # an HTTP front end and a client: not a core
+    assert budget.update() == 2
+    machine.run(2.0, own=1.0, others=1.0)  # a busy process takes a core
+    assert budget.update() == 1
+    machine.run(0.5, own=1.0, others=0.0)  # within the interval: unchanged
+    assert budget.update() == 1
+    machine.run(2.0, own=1.0, others=0.2)  # it stopped: both cores again
+    assert budget.update() == 2
+    machine.run(2.0, own=0.5, others=1.5)  # never below one thread
+    assert budget.update() == 1
+
+
+def test_thread_budget_never_exceeds_its_ceiling(tmp_path: Path) -> None:
+    machine = _Machine(tmp_path / "stat")
+    budget = machine.budget(ceiling=1)
+    budget.update()
+    machine.run(2.0, own=1.0, others=0.0)
+    assert budget.update() == 1
