@@ -18,6 +18,7 @@ from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_STAT = Path("/proc/stat")
+TAKEN_FROM = 0.6  # cores' worth of other processes' load that takes a thread away
 
 
 def usable_cpus(
@@ -84,7 +85,7 @@ def default_threads(processes: int = 1, usable: int | None = None) -> int:
 
 
 class ThreadBudget:
-    """Compute threads for the next piece of work (a training step, a batch to translate):
+    """Threads for the next piece of work (a training step, a batch to translate):
     `ceiling` while this process has the machine to itself, one fewer per core that other
     processes keep busy.
 
@@ -94,7 +95,8 @@ class ThreadBudget:
     of spinning (OMP_WAIT_POLICY=PASSIVE) avoids the collapse but costs idle throughput, so
     the count follows the load instead (README, Speed). Other processes' load is the machine's
     busy time (/proc/stat, steal included) minus this process's own, over at least
-    `interval` seconds; a core counts as taken from 0.75 of a core on.
+    `interval` seconds; a core counts as taken from `TAKEN_FROM` of a core on (a process that
+    wants a whole core gets 2/3 of one while our two threads spin beside it on two cores).
     """
 
     def __init__(
@@ -124,7 +126,7 @@ class ThreadBudget:
         if self._last is not None and busy is not None and self._last[1] >= 0:
             then, busy_then, own_then = self._last
             others = max(0.0, (busy - busy_then) - (own - own_then)) / (now - then)
-            taken = math.floor(others + 0.25)
+            taken = math.floor(others + 1.0 - TAKEN_FROM)
             self.threads = max(1, min(self.ceiling, self.usable - taken))
         self._last = (now, -1.0 if busy is None else busy, own)
         return self.threads

@@ -174,11 +174,15 @@ def bench(
     trainer = Trainer(config)
     batches = trainer._batches()
     for _ in range(warmup):
+        if trainer.thread_budget is not None:
+            trainer.thread_budget.apply()
         trainer._update([next(batches)])
     probe = next(batches)
     flops_per_token = step_flops(trainer, probe) / probe.num_tgt_tokens
     tokens, start = 0, time.perf_counter()
     for _ in range(steps):
+        if trainer.thread_budget is not None:  # as the training loop does between steps
+            trainer.thread_budget.apply()
         tokens += trainer._update([next(batches)]).tokens
     seconds = time.perf_counter() - start
     return {
@@ -186,7 +190,7 @@ def bench(
         "params": count_parameters(trainer.model),
         "precision": trainer.precision,
         "device": trainer.device,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(),  # at the end (it follows the load by default)
         "tokens_per_s": tokens / seconds,
         "flops_per_token": flops_per_token,
         "flops_per_s": flops_per_token * tokens / seconds,
