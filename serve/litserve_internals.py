@@ -13,7 +13,7 @@ from typing import Any
 import litserve as ls
 from fastapi import FastAPI, HTTPException
 from fastapi.routing import APIRoute
-from litserve.utils import LitAPIStatus
+from litserve.utils import LitAPIStatus, WorkerSetupStatus
 
 
 def set_batch_timeout(api: ls.LitAPI, seconds: float) -> None:
@@ -59,6 +59,18 @@ def restart_worker(server: ls.LitServer, index: int) -> mp.Process:
     process = server.launch_single_inference_worker(lit_api, index)
     server.inference_workers[index] = process
     return process
+
+
+def worker_failed_setup(server: ls.LitServer, index: int) -> bool:
+    """Whether worker `index` reported that its `setup()` raised (it then exits): LitServe
+    keeps each worker's state in the manager-backed dict `workers_setup_status`, keyed
+    "<last part of the API path>_<worker id>", with WorkerSetupStatus.ERROR for this case."""
+    lit_api = server.litapi_connector.lit_apis[0]
+    key = f"{lit_api.api_path.split('/')[-1]}_{index}"
+    try:
+        return server.workers_setup_status.get(key) == WorkerSetupStatus.ERROR
+    except (OSError, EOFError):  # the manager is already shut down
+        return False
 
 
 def fail_requests_of_worker(server: ls.LitServer, worker: int, status: int, detail: str) -> int:

@@ -11,7 +11,8 @@ Process tree of `nmt serve`:
 An inference worker that dies (killed by the OOM killer, a crash in native code) is replaced,
 as gunicorn replaces its workers: the requests it held are answered 503, /health says 503
 until the replacement has loaded the model, and queued requests wait for it. Only a crash
-loop (`CRASH_LOOP_DEATHS` deaths within `CRASH_LOOP_SECONDS`) stops the server, exit code 1.
+loop (`CRASH_LOOP_DEATHS` deaths within `CRASH_LOOP_SECONDS`) or a worker that cannot load
+the model stops the server, exit code 1.
 
 LitServe shuts down gracefully on Ctrl-C (KeyboardInterrupt in its main process), but a plain
 SIGTERM kills its main process alone and leaves the workers and API servers running, still
@@ -39,7 +40,12 @@ import litserve as ls
 
 from nmt.config import ConfigError
 from serve.app import ServeSettings, build_server
-from serve.litserve_internals import disable_worker_monitor, inference_workers, restart_worker
+from serve.litserve_internals import (
+    disable_worker_monitor,
+    inference_workers,
+    restart_worker,
+    worker_failed_setup,
+)
 from serve.shared import WorkerDeaths
 
 log = logging.getLogger(__name__)
@@ -189,6 +195,9 @@ def _replace_dead_workers(
         if worker.is_alive() or stopping.is_set():
             continue
         deaths.record(index)
+        if worker_failed_setup(server, index):  # a new worker would fail the same way
+            failures.append(f"inference worker {worker.pid} could not load the model")
+            return True
         if crash_loop.died(time.monotonic()):
             failures.append(
                 f"inference worker {worker.pid} exited with code {worker.exitcode}: "
