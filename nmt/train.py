@@ -142,11 +142,12 @@ class Trainer:
         # CPU threads: train.threads, else the usable cores shared by this machine's ranks,
         # fewer while other processes keep cores busy (nmt.cpu.ThreadBudget).
         self.thread_budget: ThreadBudget | None = None
-        if self.device.type == "cpu":
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
+        elif self.device.type == "cpu":
             local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-            torch.set_num_threads(config.train.threads or default_threads(local_ranks))
-            if not config.train.threads:
-                self.thread_budget = ThreadBudget(torch.get_num_threads())
+            torch.set_num_threads(default_threads(local_ranks))
+            self.thread_budget = ThreadBudget(torch.get_num_threads())
         keep_freed_memory(self.device.type)
         self.run_dir = default_run_dir(config)
         self.run_folder = RunFolder(self.run_dir)
