@@ -118,8 +118,15 @@ class Checkpoint:
             batch_in_epoch=int(payload.get("batch_in_epoch", 0)),
             metrics=dict(payload.get("metrics") or {}),
             meta=dict(payload.get("meta") or {}),
-            training=TrainingState(**training) if training else None,
+            training=_training_state(training) if training else None,
         )
+
+
+def _training_state(saved: dict[str, Any]) -> TrainingState:
+    """The training state, also as older versions wrote it: one process saved its random state
+    as a dict, and the world size was not recorded (it is the number of random states)."""
+    rng = saved["rng"] if isinstance(saved["rng"], list) else [saved["rng"]]
+    return TrainingState(**{"world_size": len(rng), **saved, "rng": rng})
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> None:

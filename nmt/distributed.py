@@ -62,11 +62,6 @@ def close_distributed(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-def barrier(info: DistInfo) -> None:
-    if info.enabled:
-        dist.barrier()
-
-
 def wait_for_main(info: DistInfo) -> None:
     """A barrier that may wait hours: the other ranks call it while rank 0 works alone."""
     if info.enabled:
@@ -87,8 +82,3 @@ def sum_tensor_across(info: DistInfo, tensor: torch.Tensor) -> torch.Tensor:
     if info.enabled:
         dist.all_reduce(tensor)
     return tensor
-
-
-def any_across(info: DistInfo, flag: bool, device: torch.device) -> bool:
-    """True on every rank if any rank says True (stop signals, time budget)."""
-    return sum_across(info, 1.0 if flag else 0.0, device) > 0

@@ -38,13 +38,9 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     write_atomic(path, lambda f: f.write(data))
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
 def write_json_atomic(path: str | Path, value: Any) -> None:
     """Indented UTF-8 JSON with a final newline."""
-    write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    write_bytes_atomic(path, (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode())
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -143,7 +143,7 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
     come out at the loss scale, where GradScaler expects them and detects overflow.
     """
 
-    ROWS = {"cpu": 256}  # rows per chunk: a chunk stays in a CPU core's cache
+    CPU_ROWS = 256  # rows per chunk: a chunk stays in a CPU core's cache
     GPU_ROWS = 8192  # on GPUs, fewer and larger chunks (the loop is kernel-launch bound)
     FP16_GRAD_SCALE = 1024.0
 
@@ -157,8 +157,9 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         unit_grad: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n, vocab = logits.shape
-        rows_per_chunk = _SmoothedCrossEntropy.ROWS.get(
-            logits.device.type, _SmoothedCrossEntropy.GPU_ROWS
+        on_cpu = logits.device.type == "cpu"
+        rows_per_chunk = (
+            _SmoothedCrossEntropy.CPU_ROWS if on_cpu else _SmoothedCrossEntropy.GPU_ROWS
         )
         lse, gold, mean = (torch.empty(n, device=logits.device) for _ in range(3))
         keep = target != PAD_ID

@@ -483,7 +483,7 @@ class Trainer:
         rng_states = gather_rng_states(self.dist, self.device)
         metrics: dict[str, Any] = {}
         if self.dist.is_main:
-            metrics = validate(self.model, self.data, self.config, self.device)
+            metrics = validate(self.model, self.data, self.config, self.device, self.precision)
         wait_for_main(self.dist)
         bleu = sum_across(self.dist, metrics.get("bleu", 0.0), self.device)  # rank 0's BLEU
         improved = bleu > self.progress.best_bleu
@@ -650,7 +650,7 @@ class Trainer:
         paths = self.run_folder.select(last=count)
         averaged = self.run_folder.average_last(count)
         self.model.load_state_dict(averaged.model)
-        metrics = validate(self.model, self.data, self.config, self.device)
+        metrics = validate(self.model, self.data, self.config, self.device, self.precision)
         averaged.metrics = {
             f"valid_{k}": v for k, v in metrics.items() if isinstance(v, (int, float, str))
         }

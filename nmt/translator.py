@@ -253,11 +253,12 @@ class Translator:
                 encoded[i] = self._encode(text, i, truncate)
         was_training = self.model.training
         self.model.eval()
+        autocast, logits_dtype = self._precision()
         try:
-            with torch.inference_mode(), self._precision():
+            with torch.inference_mode(), autocast:
                 lengths = {i: len(ids) for i, (ids, _) in encoded.items()}
                 for chunk in _sub_batches(lengths, self.decode.batch_tokens):
-                    hyps = self._search([encoded[i][0] for i in chunk], request)
+                    hyps = self._search([encoded[i][0] for i in chunk], request, logits_dtype)
                     for i, sentence_hyps in zip(chunk, hyps):
                         ids, cut = encoded[i]
                         results[i] = self._translation(texts[i], ids, cut, sentence_hyps, request)
@@ -265,14 +266,15 @@ class Translator:
             self.model.train(was_training)
         return [r for r in results if r is not None]
 
-    def _precision(self) -> contextlib.AbstractContextManager:
-        """bf16 decoding: autocast on accelerators; on CPU only the vocabulary projection, the one
-        matmul of a decoding step large enough for bf16 to pay (see nmt/projection.py)."""
+    def _precision(self) -> tuple[contextlib.AbstractContextManager, torch.dtype | None]:
+        """(autocast context, logits dtype) of one translate call. bf16 decoding: autocast on
+        accelerators; on CPU only the vocabulary projection, the one matmul of a decoding step
+        large enough for bf16 to pay (see nmt/projection.py)."""
         if decoding_precision(self.decode.precision, device_caps(self.device)) != "bf16":
-            return contextlib.nullcontext()
+            return contextlib.nullcontext(), None
         if self.device.type != "cpu":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()  # bf16 logits: `_search` passes logits_dtype
+            return torch.autocast(self.device.type, dtype=torch.bfloat16), None
+        return contextlib.nullcontext(), torch.bfloat16
 
     def _request(
         self,
@@ -305,15 +307,15 @@ class Translator:
             )
         return ids[: limit - 1] + [EOS_ID], True
 
-    def _search(self, batch_ids: list[list[int]], request: _Request) -> list[list[Hypothesis]]:
+    def _search(
+        self, batch_ids: list[list[int]], request: _Request, logits_dtype: torch.dtype | None
+    ) -> list[list[Hypothesis]]:
         longest = max(len(ids) for ids in batch_ids)
         src = torch.full((len(batch_ids), longest), PAD_ID, dtype=torch.long)
         for row, ids in enumerate(batch_ids):
             src[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         src = src.to(self.device)
         src_mask = src != PAD_ID
-        cpu_bf16 = self.device.type == "cpu" and self.decode.precision == "bf16"
-        logits_dtype = torch.bfloat16 if cpu_bf16 else None
         if request.beam_size == 1:
             return greedy_search(
                 self.model,

@@ -14,23 +14,23 @@ from nmt.data import PreparedData
 from nmt.evaluate import ScoringPolicy, corpus_bleu
 from nmt.model import Seq2Seq
 from nmt.optim import label_smoothed_nll
-from nmt.precision import autocast_dtype, device_caps, training_precision
+from nmt.precision import autocast_dtype
 from nmt.translator import ModelInfo, Translator
 
 
 @torch.inference_mode()
 def validation_loss(
-    model: Seq2Seq, data: PreparedData, config: Config, device: torch.device
+    model: Seq2Seq, data: PreparedData, config: Config, device: torch.device, precision: str
 ) -> float:
     """Mean per-token NLL on the validation split (no label smoothing).
 
-    In the training precision's autocast, and through the chunked loss, which under
+    In the run's training `precision` (autocast), and through the chunked loss, which under
     inference mode computes no gradient and never holds a [N, V] log-softmax: at GPU batch
     sizes a float32 log-softmax of the whole batch can exhaust the memory training fit in.
     """
     ids = SplitIds.of(data.splits[config.data.valid_split])
     sampler = TokenBatchSampler(*ids.batch_lengths(), config.train.batch_tokens, shuffle=False)
-    dtype = autocast_dtype(training_precision(config.train.precision, device_caps(device)))
+    dtype = autocast_dtype(precision)
     model.eval()
     nll = torch.zeros((), device=device)
     tokens = 0
@@ -44,13 +44,13 @@ def validation_loss(
 
 
 def validate(
-    model: Seq2Seq, data: PreparedData, config: Config, device: torch.device
+    model: Seq2Seq, data: PreparedData, config: Config, device: torch.device, precision: str
 ) -> dict[str, Any]:
     """Loss, perplexity and BLEU on (a prefix of) the validation split, decoding as configured.
 
     BLEU follows the model's ScoringPolicy, as `nmt evaluate` of its checkpoint would.
     """
-    loss = validation_loss(model, data, config, device)
+    loss = validation_loss(model, data, config, device, precision)
     ds = data.splits[config.data.valid_split]
     rows = ds[: config.train.valid_limit or len(ds)]
     sources, references = rows["src"], rows["tgt"]

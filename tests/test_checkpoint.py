@@ -108,3 +108,22 @@ def test_text_file_is_not_a_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not a complete PyTorch checkpoint") as error:
         load_checkpoint(path)
     assert "\n" not in str(error.value)
+
+
+def test_training_state_of_older_checkpoints(tmp_path: Path) -> None:
+    """Older files hold one process's random state as a dict and no world size."""
+    payload = _payload(1.0).to_payload()
+    payload["training"] = {
+        "optimizer": {},
+        "lr": {},
+        "scaler": {},
+        "progress": {"step": 1},
+        "rng": [{"torch": torch.zeros(4)}, {"torch": torch.ones(4)}],
+    }
+    torch.save(payload, tmp_path / "two.pt")
+    two = load_checkpoint(tmp_path / "two.pt").training
+    assert two is not None and two.world_size == 2
+    payload["training"]["rng"] = {"torch": torch.zeros(4)}
+    torch.save(payload, tmp_path / "one.pt")
+    one = load_checkpoint(tmp_path / "one.pt").training
+    assert one is not None and one.world_size == 1 and len(one.rng) == 1
