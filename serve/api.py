@@ -127,7 +127,7 @@ class TranslatorAPI(ls.LitAPI):
         import torch
 
         from nmt.allocator import keep_freed_memory
-        from nmt.precision import decoding_precision, device_caps, prepare_device
+        from nmt.precision import decoding_precision, device_caps
         from nmt.translator import Translator
 
         if not logging.getLogger().handlers:  # a spawned worker starts with no logging set up
@@ -138,7 +138,6 @@ class TranslatorAPI(ls.LitAPI):
             torch.set_num_threads(self.threads)
             if self.adapt_threads and torch.device(device).type == "cpu":
                 self.thread_budget = ThreadBudget(self.threads)
-        prepare_device(torch.device(device))  # before any CUDA work of this worker; nothing on CPU
         translator = Translator.load_ensemble(
             [self.checkpoint, *self.ensemble], device=device, alignment_member=self.alignment_from
         )
