@@ -152,6 +152,47 @@ def _add_average(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_average)
 
 
+# --------------------------------------------------------------------------- export
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from nmt.slim import export_slim
+
+    changes = {"beam_size": args.beam, "length_penalty": args.length_penalty}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    slim = export_slim(args.checkpoint, args.output, args.weights_dtype, changes)
+    size = Path(args.output).stat().st_size / 2**20
+    print(
+        f"wrote {args.output} ({size:.1f} MB, weights in {args.weights_dtype}, "
+        f"beam {slim.config.decode.beam_size}, length penalty {slim.config.decode.length_penalty})"
+    )
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a checkpoint in a form for shipping or another inference engine",
+        description="--format torch: a slim checkpoint for shipping (no optimizer state, weights "
+        "in fp16 or bf16, SentencePiece models and config inside) that loads wherever a "
+        "checkpoint does; --beam and --length-penalty, chosen on the validation split, become "
+        "its decoding defaults.",
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint to export")
+    p.add_argument("--format", choices=["torch"], default="torch", help="output format")
+    p.add_argument("--output", required=True, help="file to write")
+    p.add_argument(
+        "--weights-dtype",
+        choices=["fp16", "bf16", "fp32"],
+        default="fp16",
+        help="--format torch: storage type of the weights (cast to fp32 when loaded)",
+    )
+    p.add_argument("--beam", type=int, help="default beam size of the exported model")
+    p.add_argument(
+        "--length-penalty", type=float, help="default GNMT length penalty of the exported model"
+    )
+    p.set_defaults(func=_cmd_export)
+
+
 # --------------------------------------------------------------------------- translate
 
 
@@ -566,7 +607,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug-level logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_prepare, _add_train, _add_translate, _add_evaluate, _add_average, _add_serve):
+    for add in (
+        _add_prepare,
+        _add_train,
+        _add_translate,
+        _add_evaluate,
+        _add_average,
+        _add_export,
+        _add_serve,
+    ):
         add(sub)
     return parser
 
