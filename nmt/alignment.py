@@ -13,12 +13,17 @@ Conventions (kept everywhere: library, CLI, server):
   averages the target pieces of a target word (one distribution per word), so word rows
   still sum to 1. Word links are the argmax of that merged matrix. For ordinary languages
   word j is the j-th whitespace-separated token of the detokenized text.
+- Character offsets: each piece and word also carries [start, end) offsets (Python string
+  indices: Unicode code points) into the original source string and the target string
+  (the translation as returned, or the given target of a forced alignment), without the
+  space before a word, so clients can highlight words without re-tokenising. A bare ▁
+  piece has an empty span. Alignments built without the texts have no offsets (empty lists).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -57,6 +62,7 @@ CJK_FILE_PATTERNS = (
 )
 
 Link = tuple[int, int]  # (source index, target index)
+Span = tuple[int, int]  # [start, end) character offsets into a text
 
 
 @dataclass
@@ -69,6 +75,10 @@ class Alignment:
     tgt_words: list[str]
     word_soft: list[list[float]]  # [T_words][S_words], rows sum to 1
     word_hard: list[Link]
+    src_offsets: list[Span] = field(default_factory=list)  # per source piece
+    tgt_offsets: list[Span] = field(default_factory=list)  # per target piece
+    src_word_offsets: list[Span] = field(default_factory=list)
+    tgt_word_offsets: list[Span] = field(default_factory=list)
 
     def pharaoh(self, words: bool = True) -> str:
         """Links as one Pharaoh line, e.g. "0-0 1-2 2-1" (word level unless words=False)."""
@@ -78,14 +88,19 @@ class Alignment:
         data = asdict(self)
         data["hard"] = [list(link) for link in self.hard]
         data["word_hard"] = [list(link) for link in self.word_hard]
+        for key in OFFSET_FIELDS:
+            data[key] = [list(span) for span in getattr(self, key)]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Alignment:
         values = dict(data)
-        values["hard"] = [tuple(link) for link in data["hard"]]
-        values["word_hard"] = [tuple(link) for link in data["word_hard"]]
+        for key in ("hard", "word_hard", *OFFSET_FIELDS):
+            values[key] = [tuple(pair) for pair in data.get(key, [])]
         return cls(**values)
+
+
+OFFSET_FIELDS = ("src_offsets", "tgt_offsets", "src_word_offsets", "tgt_word_offsets")
 
 
 def pharaoh(links: Sequence[Link]) -> str:
@@ -135,16 +150,24 @@ def merge_words(matrix: Tensor, src_groups: list[list[int]], tgt_groups: list[li
     return tgt_proj @ matrix @ src_proj
 
 
-def build_alignment(attention: Tensor, src_pieces: list[str], tgt_pieces: list[str]) -> Alignment:
+def build_alignment(
+    attention: Tensor,
+    src_pieces: list[str],
+    tgt_pieces: list[str],
+    src_spans: Sequence[Span] = (),
+    tgt_spans: Sequence[Span] = (),
+) -> Alignment:
     """Alignment of one translation.
 
     attention [T', S'] with T' >= len(tgt_pieces), S' >= len(src_pieces): a hypothesis's
     attention (EOS step and source EOS included); rows/columns past the pieces are dropped.
+    src_spans / tgt_spans: the pieces' character offsets in their texts (or none).
     """
     t, s = len(tgt_pieces), len(src_pieces)
     matrix = normalise_rows(attention[:t, :s].detach().double().cpu())
     src_groups, tgt_groups = word_groups(src_pieces), word_groups(tgt_pieces)
     words = merge_words(matrix, src_groups, tgt_groups)
+    src_spans, tgt_spans = list(src_spans)[:s], list(tgt_spans)[:t]
     return Alignment(
         src_tokens=list(src_pieces),
         tgt_tokens=list(tgt_pieces),
@@ -154,7 +177,20 @@ def build_alignment(attention: Tensor, src_pieces: list[str], tgt_pieces: list[s
         tgt_words=group_text(tgt_pieces, tgt_groups),
         word_soft=_rounded(words),
         word_hard=hard_links(words),
+        src_offsets=src_spans,
+        tgt_offsets=tgt_spans,
+        src_word_offsets=word_spans(src_spans, src_groups) if src_spans else [],
+        tgt_word_offsets=word_spans(tgt_spans, tgt_groups) if tgt_spans else [],
     )
+
+
+def word_spans(spans: Sequence[Span], groups: list[list[int]]) -> list[Span]:
+    """Each word's span: from its first non-empty piece's start to its last one's end."""
+    out = []
+    for group in groups:
+        filled = [spans[i] for i in group if spans[i][1] > spans[i][0]]
+        out.append((filled[0][0], filled[-1][1]) if filled else spans[group[0]])
+    return out
 
 
 def _rounded(matrix: Tensor, digits: int = 6) -> list[list[float]]:

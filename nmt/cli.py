@@ -20,6 +20,7 @@ EXAMPLES = """examples:
   nmt prepare --config configs/multi30k_de_en.yaml
   nmt train --config configs/multi30k_de_en.yaml --set train.max_minutes=10
   nmt translate --checkpoint runs/multi30k_de_en_de-en/best.pt --beam 5 < input.de
+  nmt align --checkpoint runs/multi30k_de_en_de-en/best.pt --src test.de --tgt test.en
   nmt evaluate --checkpoint runs/multi30k_de_en_de-en/best.pt --src test.de --ref test.en
   nmt serve --checkpoint runs/multi30k_de_en_de-en/best.pt --port 8000
 """
@@ -374,6 +375,79 @@ def _add_translate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_translate)
 
 
+# --------------------------------------------------------------------------- align
+
+
+def _cmd_align(args: argparse.Namespace) -> None:
+    """Forced alignment of --src with --tgt: one Pharaoh line (or JSON object) per pair."""
+    import contextlib
+    import json
+
+    from nmt.files import read_lines
+    from nmt.translator import Translator
+
+    sources, targets = read_lines(args.src), read_lines(args.tgt)
+    if len(sources) != len(targets):
+        raise ConfigError(f"--src has {len(sources)} lines but --tgt has {len(targets)}")
+    translator = Translator.load_ensemble(
+        args.checkpoint, device=args.device, alignment_member=args.alignment_from
+    )
+    words = args.alignment_level == "word"
+    with contextlib.ExitStack() as stack:
+        out = sys.stdout
+        if args.output:
+            out = stack.enter_context(open(args.output, "w", encoding="utf-8"))
+        for start in range(0, len(sources), args.chunk):
+            pairs = list(zip(sources, targets))[start : start + args.chunk]
+            filled = [i for i, (src, tgt) in enumerate(pairs) if src.strip() and tgt.strip()]
+            aligned = translator.align([pairs[i][0] for i in filled], [pairs[i][1] for i in filled])
+            lines = [""] * len(pairs)  # an empty side: an empty line, as fast_align writes
+            for i, item in zip(filled, aligned):
+                if args.format == "jsonl":
+                    lines[i] = json.dumps(item.to_dict(), ensure_ascii=False)
+                else:
+                    lines[i] = item.alignment.pharaoh(words)
+            out.writelines(line + "\n" for line in lines)
+            out.flush()
+
+
+def _add_align(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "align",
+        help="align given translations with a checkpoint's attention (forced alignment)",
+        description="Teacher-force each line of --tgt (a human's or another system's "
+        "translation of the same line of --src) through the model and write its alignment: "
+        "Pharaoh 'i-j' (source-target) links, a line per pair, as fast_align does; or JSONL "
+        "with the soft matrices, scores and character offsets. Pairs with an empty side give "
+        "an empty line.",
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        nargs="+",
+        help="checkpoint file (.pt); several: align with their ensemble",
+    )
+    p.add_argument("--src", required=True, help="source file, one sentence per line (.gz ok)")
+    p.add_argument("--tgt", required=True, help="target file, the translations to align")
+    p.add_argument("--output", help="where to write the alignments (default: stdout)")
+    p.add_argument("--format", choices=("pharaoh", "jsonl"), default="pharaoh")
+    p.add_argument(
+        "--alignment-level",
+        choices=("word", "piece"),
+        default="word",
+        help="Pharaoh links between words (pieces merged at ▁) or pieces (default: word)",
+    )
+    p.add_argument("--chunk", type=int, default=1000, help=argparse.SUPPRESS)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+    p.add_argument(
+        "--alignment-from",
+        type=int,
+        metavar="N",
+        help="with several --checkpoint files: alignments of member N (default: their mean)",
+    )
+    p.set_defaults(func=_cmd_align)
+
+
 # --------------------------------------------------------------------------- evaluate
 
 
@@ -611,6 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_prepare,
         _add_train,
         _add_translate,
+        _add_align,
         _add_evaluate,
         _add_average,
         _add_export,

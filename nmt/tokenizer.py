@@ -56,6 +56,7 @@ STATE_VERSION = 1
 SETTINGS_FILE = "tokenizer.json"
 # Seed of the sentence sample drawn when a side has more than input_sentence_size lines.
 SAMPLE_SEED = 1
+Span = tuple[int, int]  # [start, end) character offsets in a text
 
 
 class TokenizerError(ValueError):
@@ -199,6 +200,22 @@ class Tokenizer:
     def tgt_pieces(self, ids: list[int]) -> list[str]:
         return [self._tgt.id_to_piece(int(i)) for i in ids]
 
+    def src_spans(self, text: str) -> list[Span]:
+        """[start, end) character offsets in `text` of each piece `encode_src` gives (no EOS)."""
+        return _encoded_spans(self._src, text, self.config.lowercase)
+
+    def tgt_spans(self, text: str) -> list[Span]:
+        """[start, end) character offsets in `text` of each piece `encode_tgt` gives."""
+        return _encoded_spans(self._tgt, text, self.config.lowercase)
+
+    def output_spans(self, ids: list[int], text: str) -> list[Span]:
+        """Offsets of target pieces `ids` (no EOS) in `text`, their decoded translation as
+        returned to users (stripped; spaces removed for `detok_remove_spaces` languages)."""
+        decoded = self._tgt.decode([int(i) for i in ids], return_type="proto")
+        spans = _trimmed_spans(decoded.text, decoded.pieces)
+        position = _subsequence_positions(decoded.text, text)
+        return [(position[start], position[end]) for start, end in spans]
+
     def _decode(
         self, processor: spm.SentencePieceProcessor, ids: list[list[int]], lang: str
     ) -> list[str]:
@@ -207,6 +224,57 @@ class Tokenizer:
         if lang in self.config.detok_remove_spaces:
             texts = [t.replace(" ", "") for t in texts]
         return texts
+
+
+def _encoded_spans(processor: spm.SentencePieceProcessor, text: str, lowercase: bool) -> list[Span]:
+    """Character spans in `text` of its pieces: SentencePiece reports byte offsets into the
+    text it encoded (normalisation such as NFKC keeps them pointing at the original), and a
+    lowercased text is mapped back character by character."""
+    if not lowercase:
+        return _trimmed_spans(text, processor.encode(text, return_type="proto").pieces)
+    lowered, origin = "", []
+    for index, char in enumerate(text):
+        lowered += char.lower()
+        origin.extend([index] * len(char.lower()))
+    origin.append(len(text))
+    spans = _trimmed_spans(lowered, processor.encode(lowered, return_type="proto").pieces)
+    return [
+        (origin[start], origin[end - 1] + 1 if end > start else origin[start])
+        for start, end in spans
+    ]
+
+
+def _trimmed_spans(text: str, pieces: Any) -> list[Span]:
+    """Pieces' byte offsets (`begin`, `end`) -> character spans without surrounding whitespace
+    (a word-start piece's span includes the space before it; a bare ▁ piece's span is empty)."""
+    char_at = [0] * (len(text.encode("utf-8")) + 1)
+    position = 0
+    for index, char in enumerate(text):
+        size = len(char.encode("utf-8"))
+        char_at[position : position + size] = [index] * size
+        position += size
+    char_at[position] = len(text)
+    spans = []
+    for piece in pieces:
+        start, end = char_at[piece.begin], char_at[piece.end]
+        while start < end and text[start].isspace():
+            start += 1
+        while end > start and text[end - 1].isspace():
+            end -= 1
+        spans.append((start, end))
+    return spans
+
+
+def _subsequence_positions(raw: str, final: str) -> list[int]:
+    """For each index of `raw` (and its end), the index in `final`, which is `raw` with some
+    characters deleted (stripping, space removal)."""
+    positions, j = [], 0
+    for char in raw:
+        positions.append(j)
+        if j < len(final) and final[j] == char:
+            j += 1
+    positions.append(j)
+    return positions
 
 
 def _case_normalised(texts: list[str], config: TokenizerConfig) -> list[str]:

@@ -31,6 +31,7 @@ from nmt.alignment import Alignment, build_alignment
 from nmt.checkpoint import file_sha256, load_checkpoint
 from nmt.config import DecodeConfig, ModelConfig
 from nmt.ensemble import Ensemble, EnsembleError
+from nmt.forced_alignment import Forced, ForcedAlignment, teacher_force
 from nmt.model import Seq2Seq, build_model, count_parameters
 from nmt.precision import decoding_precision, device_caps, prepare_device
 from nmt.search import Hypothesis, beam_search, greedy_search
@@ -266,6 +267,60 @@ class Translator:
             self.model.train(was_training)
         return [r for r in results if r is not None]
 
+    def align(self, sources: Sequence[str], targets: Sequence[str]) -> list[ForcedAlignment]:
+        """Forced alignment: each source with its given target, no decoding (see
+        nmt.forced_alignment). Empty texts and texts longer than the model accepts raise
+        TranslationError naming the pair."""
+        if len(sources) != len(targets):
+            raise TranslationError(f"{len(sources)} sources but {len(targets)} targets")
+        src_ids = [self._encode(text, i, truncate=False)[0] for i, text in enumerate(sources)]
+        tgt_ids = self.tokenizer.encode_tgt(list(targets))
+        limit = getattr(self.model, "max_target_len", None)
+        for i, (source, target, ids) in enumerate(zip(sources, targets, tgt_ids)):
+            if not source.strip() or not target.strip():
+                side = "source" if not source.strip() else "target"
+                raise TranslationError(f"pair {i + 1} has an empty {side}: nothing to align")
+            if limit is not None and len(ids) + 1 > limit:
+                raise TranslationError(
+                    f"target {i + 1} has {len(ids) + 1} tokens (with EOS) but this model "
+                    f"decodes at most {limit}"
+                )
+        results: list[ForcedAlignment | None] = [None] * len(sources)
+        lengths = {i: len(ids) + len(tgt_ids[i]) for i, ids in enumerate(src_ids)}
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for chunk in _sub_batches(lengths, self.decode.batch_tokens):
+                    forced = teacher_force(
+                        self.model,
+                        [src_ids[i] for i in chunk],
+                        [tgt_ids[i] for i in chunk],
+                        self.device,
+                        self.decode.length_penalty,
+                    )
+                    for i, item in zip(chunk, forced):
+                        results[i] = self._forced(
+                            sources[i], targets[i], src_ids[i], tgt_ids[i], item
+                        )
+        except ValueError as e:  # a model without attention
+            raise TranslationError(str(e)) from None
+        finally:
+            self.model.train(was_training)
+        return [r for r in results if r is not None]
+
+    def _forced(
+        self, source: str, target: str, src_ids: list[int], tgt_ids: list[int], forced: Forced
+    ) -> ForcedAlignment:
+        alignment = build_alignment(
+            forced.attention,
+            self.tokenizer.src_pieces(src_ids[:-1]),
+            self.tokenizer.tgt_pieces(tgt_ids),
+            self.tokenizer.src_spans(source),
+            self.tokenizer.tgt_spans(target),
+        )
+        return ForcedAlignment(source, target, forced.score, forced.log_prob, alignment)
+
     def _precision(self) -> tuple[contextlib.AbstractContextManager, torch.dtype | None]:
         """(autocast context, logits dtype) of one translate call. bf16 decoding: autocast on
         accelerators; on CPU only the vocabulary projection, the one matmul of a decoding step
@@ -359,7 +414,13 @@ class Translator:
         texts = [text.strip() for text in self.tokenizer.decode_tgt([h.tokens for h in hyps])]
         alignment = None
         if request.with_alignment and best.attention is not None:
-            alignment = build_alignment(best.attention, src_pieces, tgt_pieces)
+            alignment = build_alignment(
+                best.attention,
+                src_pieces,
+                tgt_pieces,
+                self.tokenizer.src_spans(source),
+                self.tokenizer.output_spans(best.tokens, texts[0]),
+            )
         return Translation(
             source=source,
             text=texts[0],
