@@ -555,9 +555,11 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     if args.devices != "auto" and not args.devices.isdigit():
         raise ConfigError(f"--devices must be a number or auto, got {args.devices!r}")
     devices = args.devices if args.devices == "auto" else int(args.devices)
+    first, *more = args.checkpoint  # one list per --checkpoint: a model (several: an ensemble)
     settings = ServeSettings(
-        checkpoint=args.checkpoint[0],
-        ensemble=tuple(args.checkpoint[1:]),
+        checkpoint=first[0],
+        ensemble=tuple(first[1:]),
+        more_models=tuple(tuple(model) for model in more),
         alignment_from=args.alignment_from,
         host=args.host,
         port=args.port,
@@ -589,16 +591,19 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
-        help="serve a checkpoint over HTTP (LitServe): /translate, /health, /info, /metrics",
-        description="Serve a checkpoint over HTTP with dynamic batching: POST /translate, GET "
-        "/health, /info, /metrics (Prometheus), /docs (OpenAPI). SIGINT or SIGTERM stops "
-        "the server and all its worker processes.",
+        help="serve models over HTTP (LitServe): /translate, /align, a web page, LibreTranslate",
+        description="Serve one or several models over HTTP with dynamic batching: POST "
+        "/translate, /align, GET / (a web page), /health, /info, /languages, /metrics "
+        "(Prometheus), /docs (OpenAPI), and LibreTranslate's API under /libretranslate. "
+        "SIGINT or SIGTERM stops the server and all its worker processes.",
     )
     p.add_argument(
         "--checkpoint",
         required=True,
         nargs="+",
-        help="checkpoint file (e.g. runs/NAME/best.pt); several: serve their ensemble",
+        action="append",
+        help="checkpoint file (e.g. runs/NAME/best.pt); several after one flag: serve their "
+        "ensemble as one model; repeat the flag to serve several models",
     )
     p.add_argument(
         "--alignment-from",

@@ -5,7 +5,10 @@ Per worker process, `setup()` loads the Translator once. LitServe's dynamic batc
 under load the window grows to a fraction of the last batch's decoding time, `batch_wait`);
 their sentences are decoded together with one `translate` call per group of identical
 settings (beam, n-best, max length, alignment, truncation), and the Translator sub-batches
-by token budget. A request whose texts the Translator rejects gets its own 422 while its
+by token budget. Forced alignments (POST /align) travel the same queue and batches, grouped
+apart, so they share the model's worker instead of loading it twice.
+
+A request whose texts the Translator rejects gets its own 422 while its
 neighbours still get their translations: the batch loop must never see an exception, so
 every hook here returns a value (an error response for the failed request) instead of raising.
 
@@ -25,10 +28,12 @@ import litserve as ls
 from fastapi.responses import JSONResponse
 
 from nmt.cpu import ThreadBudget
-from serve.litserve_internals import set_batch_timeout
+from serve.litserve_internals import report_worker_id, set_batch_timeout
 from serve.metrics import ServerMetrics
 from serve.schemas import (
     AlignmentOut,
+    AlignResponse,
+    AlignResult,
     BatchInfo,
     HypothesisOut,
     ModelRef,
@@ -56,6 +61,7 @@ class Job:
     texts: list[str]
     options: "TranslateOptions"  # requests with equal options decode together
     received_at: float
+    targets: list[str] | None = None  # given translations: align them instead of translating
     taken_at: float = field(default_factory=time.monotonic)
 
 
@@ -64,7 +70,7 @@ class Outcome:
     """The result of one Job: translations, or an HTTP error for that request alone."""
 
     job: Job
-    translations: list[Any] | None = None  # nmt.translator.Translation
+    translations: list[Any] | None = None  # nmt.translator.Translation, or ForcedAlignment
     error: tuple[int, str] | None = None
     translate_ms: float = 0.0
     batch: tuple[int, int] = (1, 1)  # (requests, sentences) of the batch
@@ -101,6 +107,8 @@ class TranslatorAPI(ls.LitAPI):
         api_path: str = "/translate",
         ensemble: Sequence[str] = (),
         alignment_from: int | None = None,
+        model_id: str = "default",
+        worker_offset: int = 0,
     ) -> None:
         super().__init__(
             max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=api_path
@@ -110,6 +118,8 @@ class TranslatorAPI(ls.LitAPI):
         self.checkpoint = checkpoint
         self.ensemble = tuple(ensemble)  # further members decoded with `checkpoint`
         self.alignment_from = alignment_from
+        self.model_id = model_id
+        self.worker_offset = worker_offset  # workers of the models before this one
         self.metrics = metrics
         self.model_board = model_board
         self.threads = threads
@@ -130,6 +140,7 @@ class TranslatorAPI(ls.LitAPI):
         from nmt.precision import decoding_precision, device_caps
         from nmt.translator import Translator
 
+        report_worker_id(self.worker_offset)
         if not logging.getLogger().handlers:  # a spawned worker starts with no logging set up
             logging.basicConfig(
                 level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -152,7 +163,11 @@ class TranslatorAPI(ls.LitAPI):
         info = translator.info
         version = (info.sha256 or "")[:12]  # Translator.load always hashes the file
         self.model_ref = ModelRef(
-            name=info.name, version=version, src_lang=info.src_lang, tgt_lang=info.tgt_lang
+            id=self.model_id,
+            name=info.name,
+            version=version,
+            src_lang=info.src_lang,
+            tgt_lang=info.tgt_lang,
         )
         self.model_board.publish(
             {
@@ -176,7 +191,12 @@ class TranslatorAPI(ls.LitAPI):
             with_alignment=request.alignment,
             truncate=request.truncate,
         )
-        return Job(texts=request.all_texts, options=options, received_at=request.received_at)
+        return Job(
+            texts=request.all_texts,
+            options=options,
+            received_at=request.received_at,
+            targets=request.forced_targets,
+        )
 
     def batch(self, inputs: list[Job]) -> list[Job]:
         return inputs
@@ -186,9 +206,9 @@ class TranslatorAPI(ls.LitAPI):
         if self.thread_budget is not None:
             self.thread_budget.apply()
         start = time.monotonic()
-        groups: dict[TranslateOptions, list[int]] = {}
+        groups: dict[tuple[TranslateOptions, bool], list[int]] = {}
         for i, job in enumerate(jobs):
-            groups.setdefault(job.options, []).append(i)
+            groups.setdefault((job.options, job.targets is not None), []).append(i)
         placed: dict[int, Outcome] = {}
         for indices in groups.values():
             for i, outcome in zip(indices, self._translate_group([jobs[i] for i in indices])):
@@ -213,14 +233,18 @@ class TranslatorAPI(ls.LitAPI):
         start = time.monotonic()
         assert self.translator is not None, "setup() loads the translator"
         try:
-            results = self.translator.translate(
-                texts,
-                beam_size=options.beam_size,
-                max_len=options.max_len,
-                n_best=options.n_best,
-                with_alignment=options.with_alignment,
-                truncate=options.truncate,
-            )
+            if jobs[0].targets is not None:
+                targets = [target for job in jobs for target in job.targets or []]
+                results: list[Any] = self.translator.align(texts, targets)
+            else:
+                results = self.translator.translate(
+                    texts,
+                    beam_size=options.beam_size,
+                    max_len=options.max_len,
+                    n_best=options.n_best,
+                    with_alignment=options.with_alignment,
+                    truncate=options.truncate,
+                )
         except Exception as e:  # noqa: BLE001 - every failure must become a response
             if len(jobs) > 1:
                 return [outcome for job in jobs for outcome in self._translate_group([job])]
@@ -256,15 +280,24 @@ class TranslatorAPI(ls.LitAPI):
         job = output.job
         requests, sentences = output.batch
         assert output.translations is not None and self.model_ref is not None
+        timing = Timing(
+            queue_ms=round(1000.0 * (job.taken_at - job.received_at), 3),
+            translate_ms=round(output.translate_ms, 3),
+            total_ms=round(1000.0 * (now - job.received_at), 3),
+        )
+        batch = BatchInfo(requests=requests, sentences=sentences)
+        if job.targets is not None:  # the response of POST /align (see serve.app)
+            return AlignResponse(  # type: ignore[return-value]
+                alignments=[to_align_result(a) for a in output.translations],
+                model=self.model_ref,
+                timing=timing,
+                batch=batch,
+            )
         return TranslateResponse(
             translations=[to_result(t) for t in output.translations],
             model=self.model_ref,
-            timing=Timing(
-                queue_ms=round(1000.0 * (job.taken_at - job.received_at), 3),
-                translate_ms=round(output.translate_ms, 3),
-                total_ms=round(1000.0 * (now - job.received_at), 3),
-            ),
-            batch=BatchInfo(requests=requests, sentences=sentences),
+            timing=timing,
+            batch=batch,
         )
 
 
@@ -293,6 +326,17 @@ def to_result(translation: Any) -> TranslationResult:
     )
 
 
+def to_align_result(forced: Any) -> AlignResult:
+    """nmt.forced_alignment.ForcedAlignment -> the /align response's AlignResult."""
+    return AlignResult(
+        source=forced.source,
+        translation=forced.target,
+        score=float(forced.score),
+        log_prob=float(forced.log_prob),
+        alignment=to_alignment(forced.alignment),
+    )
+
+
 def to_alignment(alignment: Any) -> AlignmentOut:
     """nmt.alignment.Alignment -> the response's AlignmentOut (soft matrix rounded)."""
     word_links = [tuple(link) for link in alignment.word_hard]
@@ -302,11 +346,15 @@ def to_alignment(alignment: Any) -> AlignmentOut:
         matrix=[[round(float(v), SOFT_DECIMALS) for v in row] for row in alignment.soft],
         hard=[tuple(link) for link in alignment.hard],
         pharaoh=alignment.pharaoh(words=False),
+        src_offsets=[tuple(span) for span in alignment.src_offsets],
+        tgt_offsets=[tuple(span) for span in alignment.tgt_offsets],
         words=WordAlignment(
             src_words=list(alignment.src_words),
             tgt_words=list(alignment.tgt_words),
             matrix=[[round(float(v), SOFT_DECIMALS) for v in row] for row in alignment.word_soft],
             links=word_links,
             pharaoh=alignment.pharaoh(words=True),
+            src_offsets=[tuple(span) for span in alignment.src_word_offsets],
+            tgt_offsets=[tuple(span) for span in alignment.tgt_word_offsets],
         ),
     )

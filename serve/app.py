@@ -1,4 +1,9 @@
-"""Building the LitServer for a checkpoint: the API, its guards, and the routes we add.
+"""Building the LitServer for one or several models: an API per model, the guards, and the
+routes clients call (/translate, /align, /info, /languages, LibreTranslate's, the web page).
+
+Each model is a LitAPI of its own (own queue, workers and dynamic batching). LitServe's
+per-model routes are taken off the app: /translate and /align pick the model (serve.models)
+and hand the request to that model's LitServe handler, so every request passes the guards.
 
 `serve.supervisor` runs what `build_server` returns; tests start it in-process instead.
 """
@@ -6,6 +11,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,11 +19,14 @@ from typing import Any
 import litserve as ls
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
 
 from nmt.config import ConfigError
 from nmt.cpu import default_threads
 from serve.api import TranslatorAPI
+from serve.libretranslate import PREFIX as LIBRETRANSLATE_PREFIX
+from serve.libretranslate import Endpoint, add_libretranslate_routes, languages
 from serve.litserve_internals import (
     fail_requests_of_worker,
     server_devices,
@@ -31,10 +40,23 @@ from serve.middleware import (
     RequestGuardMiddleware,
     WorkerLossMiddleware,
 )
-from serve.schemas import ErrorResponse, InfoResponse, Limits, TranslateResponse
+from serve.models import ModelCatalog, ModelSpec, RoutingError, model_specs
+from serve.schemas import (
+    AlignRequest,
+    AlignResponse,
+    ErrorResponse,
+    InfoResponse,
+    Limits,
+    TranslateRequest,
+    TranslateResponse,
+    align_limit_violations,
+    limit_violations,
+)
 from serve.shared import SharedJSON, WorkerDeaths
 
 TRANSLATE_PATH = "/translate"
+ALIGN_PATH = "/align"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServer.run accepts
 
 
@@ -42,6 +64,7 @@ HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServer.run accepts
 class ServeSettings:
     checkpoint: str
     ensemble: tuple[str, ...] = ()  # more checkpoints, decoded with `checkpoint` as one model
+    more_models: tuple[tuple[str, ...], ...] = ()  # further models: a checkpoint or an ensemble
     alignment_from: int | None = None  # an ensemble's alignments: this member's, else the mean
     host: str = "127.0.0.1"
     port: int = 8000
@@ -59,9 +82,14 @@ class ServeSettings:
     log_level: str = "info"
     shutdown_grace: float = 10.0  # seconds for LitServe's own shutdown before the group is killed
 
+    @property
+    def models(self) -> list[tuple[str, ...]]:
+        """The checkpoints of each model served, the first model first."""
+        return [(self.checkpoint, *self.ensemble), *self.more_models]
+
     def check(self) -> None:
         """Reject unusable settings with a message naming the option."""
-        for checkpoint in (self.checkpoint, *self.ensemble):
+        for checkpoint in (c for model in self.models for c in model):
             if not Path(checkpoint).is_file():
                 raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
         if self.host not in HOSTS:
@@ -84,40 +112,38 @@ class ServeSettings:
                 "--max-chars, --max-texts, --max-beam and --max-len must be at least 1"
             )
 
-    def worker_threads(self, devices: int, usable: int | None = None) -> int:
+    def worker_threads(self, devices: int, usable: int | None = None, models: int = 1) -> int:
         """Torch threads per worker: the usable cores (affinity, cgroup quota; `usable` for
-        tests) shared by every worker on every device."""
-        return self.threads or default_threads(devices * self.workers_per_device, usable)
+        tests) shared by every worker of every model on every device."""
+        return self.threads or default_threads(models * devices * self.workers_per_device, usable)
 
 
 def build_server(settings: ServeSettings, deaths: WorkerDeaths | None = None) -> ls.LitServer:
-    """A LitServer for the checkpoint with /translate, /health, /info, /metrics and the guards.
+    """A LitServer for the models with /translate, /align, /health, /info, /languages,
+    /metrics, LibreTranslate's API, the web page at /, and the guards.
 
     `deaths`: where the process running the server counts dead workers (serve.supervisor), so
     that the HTTP front ends answer the requests those workers held with 503.
     """
     metrics = ServerMetrics()
-    model_board = SharedJSON()
-    api = TranslatorAPI(
-        checkpoint=str(settings.checkpoint),
-        ensemble=settings.ensemble,
-        alignment_from=settings.alignment_from,
-        metrics=metrics,
-        model_board=model_board,
-        max_batch_size=settings.max_batch_size,
-        batch_timeout=settings.batch_timeout,
-        batch_wait=settings.batch_wait,
-        precision=settings.precision,
-        api_path=TRANSLATE_PATH,
-    )
+    specs = model_specs(settings.models)
+    boards = {spec.id: SharedJSON() for spec in specs}
+    apis = _model_apis(settings, specs, metrics, boards)
     # Registered innermost first: metrics see every answer, including 401 and 413.
-    guard = {"path": TRANSLATE_PATH, "limits": settings.limits}
+    guard = {
+        "checks": {
+            TRANSLATE_PATH: (TranslateRequest, limit_violations),
+            ALIGN_PATH: (AlignRequest, align_limit_violations),
+        },
+        "limits": settings.limits,
+    }
     middlewares: list[Any] = [(RequestGuardMiddleware, guard)]
     if settings.api_key:
-        middlewares.append((ApiKeyMiddleware, {"api_key": settings.api_key}))
+        open_to_all = {"paths": ("/health", "/"), "prefixes": ("/static/", LIBRETRANSLATE_PREFIX)}
+        middlewares.append((ApiKeyMiddleware, {"api_key": settings.api_key, **open_to_all}))
     middlewares.append((MetricsMiddleware, {"metrics": metrics}))
     server = ls.LitServer(
-        api,
+        apis,
         accelerator=settings.accelerator,
         devices=settings.devices,
         workers_per_device=settings.workers_per_device,
@@ -139,12 +165,49 @@ def build_server(settings: ServeSettings, deaths: WorkerDeaths | None = None) ->
     set_graceful_timeout(server, max(1.0, settings.shutdown_grace / 2))
     devices = server_devices(server)
     # Only LitServer knows how many devices `auto` means; its workers start later, in run().
-    api.threads = settings.worker_threads(len(devices))
-    api.adapt_threads = settings.threads is None  # on CPU: fewer while others load the cores
-    serving = _serving_info(settings, devices, api.threads)
-    _document_translate_route(server.app)
-    _add_routes(server.app, metrics, model_board, serving)
+    threads = settings.worker_threads(len(devices), models=len(specs))
+    for index, api in enumerate(apis):
+        api.worker_offset = index * len(devices) * settings.workers_per_device
+        api.threads = threads
+        api.adapt_threads = settings.threads is None  # on CPU: fewer while others load the cores
+    endpoints: dict[str, Endpoint] = {
+        spec.id: take_route(server.app, api.api_path).endpoint for spec, api in zip(specs, apis)
+    }
+    catalog = ModelCatalog(tuple(specs))
+    _add_model_routes(server.app, catalog, endpoints)
+    _add_routes(server.app, metrics, catalog, boards, _serving_info(settings, devices, threads))
+    add_libretranslate_routes(
+        server.app, catalog, endpoints, settings.limits, settings.api_key or None
+    )
+    _add_page(server.app)
     return server
+
+
+def _model_apis(
+    settings: ServeSettings,
+    specs: Sequence[ModelSpec],
+    metrics: ServerMetrics,
+    boards: dict[str, SharedJSON],
+) -> list[TranslatorAPI]:
+    """A LitAPI per model, at an internal path whose last part (LitServe's key for its
+    workers) is the model's id; worker ids are offset to be unique across models."""
+    apis: list[TranslatorAPI] = []
+    for spec in specs:
+        api = TranslatorAPI(
+            checkpoint=spec.checkpoints[0],
+            ensemble=spec.checkpoints[1:],
+            alignment_from=settings.alignment_from,
+            metrics=metrics,
+            model_board=boards[spec.id],
+            max_batch_size=settings.max_batch_size,
+            batch_timeout=settings.batch_timeout,
+            batch_wait=settings.batch_wait,
+            precision=settings.precision,
+            api_path=f"/models/{spec.id}",
+            model_id=spec.id,
+        )
+        apis.append(api)
+    return apis
 
 
 def _serving_info(settings: ServeSettings, devices: list[Any], threads: int) -> dict[str, Any]:
@@ -164,19 +227,33 @@ def _serving_info(settings: ServeSettings, devices: list[Any], threads: int) -> 
 
 
 def _add_routes(
-    app: FastAPI, metrics: ServerMetrics, model_board: SharedJSON, serving: dict[str, Any]
+    app: FastAPI,
+    metrics: ServerMetrics,
+    catalog: ModelCatalog,
+    boards: dict[str, SharedJSON],
+    serving: dict[str, Any],
 ) -> None:
     async def info() -> Any:
-        """The served model (architecture, languages, parameters, validation BLEU, decoding
-        defaults) and the serving settings (batching, workers, limits)."""
-        model = model_board.read()
-        if model is None:
+        """The served models (id, architecture, languages, parameters, validation BLEU,
+        decoding defaults) and the serving settings (batching, workers, limits). `model` is
+        the first model, the one requests naming no model or languages go to."""
+        published = {spec.id: boards[spec.id].read() for spec in catalog.specs}
+        if any(model is None for model in published.values()):
             return JSONResponse({"detail": "model not loaded yet"}, status_code=503)
+        models = [
+            dict(model["info"], id=model_id, version=model["version"])
+            for model_id, model in published.items()
+            if model is not None
+        ]
+        first = published[catalog.specs[0].id] or {}
         return InfoResponse(
-            model=dict(model["info"], version=model["version"]),
-            serving=serving,
-            worker_pid=model.get("worker_pid"),
+            model=models[0], models=models, serving=serving, worker_pid=first.get("worker_pid")
         )
+
+    async def list_languages() -> list[dict[str, Any]]:
+        """Each source language with the target languages the server translates it into (the
+        LibreTranslate format)."""
+        return languages(catalog)
 
     async def prometheus() -> PlainTextResponse:
         """Prometheus text exposition: requests by status, errors, latency and batch sizes."""
@@ -195,35 +272,77 @@ def _add_routes(
         tags=["service"],
         responses={503: {"model": ErrorResponse}},
     )
+    app.add_api_route("/languages", list_languages, methods=["GET"], tags=["service"])
     app.add_api_route(
         "/metrics", prometheus, methods=["GET"], response_class=PlainTextResponse, tags=["service"]
     )
     app.add_exception_handler(RequestValidationError, validation_error)
 
 
-def _document_translate_route(app: FastAPI) -> None:
-    """Re-register LitServe's /translate route with its error responses and a description."""
-    route = take_route(app, TRANSLATE_PATH)
-    errors = {
-        400: "Malformed JSON, invalid UTF-8 or an empty body.",
-        401: "Missing or wrong API key (when the server requires one).",
-        413: "Request body larger than the server accepts.",
-        422: "A field is missing, has the wrong type, is unknown, or exceeds a limit; or the model "
-        "cannot translate a text (e.g. too long without `truncate`).",
-        504: "The request waited in the queue longer than the server's request timeout.",
+ERRORS = {
+    400: "Malformed JSON, invalid UTF-8 or an empty body; or no model for the requested "
+    "`model` or `source`/`target` (the message names the models served).",
+    401: "Missing or wrong API key (when the server requires one).",
+    413: "Request body larger than the server accepts.",
+    422: "A field is missing, has the wrong type, is unknown, or exceeds a limit; or the model "
+    "cannot handle a text (e.g. too long without `truncate`).",
+    503: "The inference worker holding the request died (it is being replaced).",
+    504: "The request waited in the queue longer than the server's request timeout.",
+}
+
+
+def _add_model_routes(app: FastAPI, catalog: ModelCatalog, endpoints: dict[str, Endpoint]) -> None:
+    """POST /translate and POST /align: pick the model, queue the request on its API."""
+
+    async def translate(request: TranslateRequest) -> Any:
+        try:
+            spec = catalog.pick(request.model, request.source, request.target)
+        except RoutingError as e:
+            return JSONResponse({"detail": str(e)}, status_code=400)
+        return await endpoints[spec.id](request)
+
+    async def align(request: AlignRequest) -> Any:
+        try:
+            spec = catalog.pick(request.model, request.source, request.target)
+        except RoutingError as e:
+            return JSONResponse({"detail": str(e)}, status_code=400)
+        return await endpoints[spec.id](TranslateRequest.forced(request))
+
+    responses: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorResponse, "description": text} for code, text in ERRORS.items()
     }
     app.add_api_route(
         TRANSLATE_PATH,
-        route.endpoint,
+        translate,
         methods=["POST"],
-        dependencies=route.dependencies,
         response_model=TranslateResponse,
         tags=["translation"],
         summary="Translate texts",
-        description="Translate one text or a list; concurrent requests are batched. With "
-        "`alignment: true`, each result carries source/target pieces, the soft attention matrix "
-        "and hard and word-level links (Pharaoh 'source-target' pairs).",
-        responses={
-            code: {"model": ErrorResponse, "description": text} for code, text in errors.items()
-        },
+        description="Translate one text or a list; concurrent requests are batched (per "
+        "model). With `alignment: true`, each result carries source/target pieces, the soft "
+        "attention matrix, hard and word-level links (Pharaoh 'source-target' pairs) and "
+        "character offsets into the source and the translation.",
+        responses=responses,
     )
+    app.add_api_route(
+        ALIGN_PATH,
+        align,
+        methods=["POST"],
+        response_model=AlignResponse,
+        tags=["translation"],
+        summary="Align given translations (forced alignment)",
+        description="Teacher-force each given translation through the model (no decoding) "
+        "and return the same alignment block as /translate, with the translation's score.",
+        responses=responses,
+    )
+
+
+def _add_page(app: FastAPI) -> None:
+    """The web page at / (plain HTML, CSS and JS from serve/static: nothing from other hosts)."""
+    take_route(app, "/")  # LitServe's "litserve running"
+
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8")
+
+    app.add_api_route("/", page, methods=["GET"], include_in_schema=False)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

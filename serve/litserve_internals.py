@@ -8,6 +8,7 @@ version's `litserve/server.py` and `litserve/loops/`.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from typing import Any
 
 import litserve as ls
@@ -47,16 +48,39 @@ def inference_workers(server: ls.LitServer) -> list[mp.Process]:
     return list(getattr(server, "inference_workers", []))
 
 
+def report_worker_id(offset: int) -> None:
+    """In an inference worker's `setup()`: make the worker report `offset` + its LitServe
+    worker id with each request it takes. LitServe numbers the workers of each API from 0,
+    so with several APIs (models) two workers would share an id; the offset (the workers of
+    the APIs before this one) makes it the worker's index in `inference_workers`, which is
+    what serve.supervisor counts deaths by. The loop reads `LITSERVE_WORKER_ID` from the
+    environment on first use, after `setup()`."""
+    local = os.environ.get("LITSERVE_WORKER_ID")
+    if local is not None:  # unset when setup() runs outside a LitServe worker (tests)
+        os.environ["LITSERVE_WORKER_ID"] = str(offset + int(local))
+
+
+def worker_of_api(server: ls.LitServer, index: int) -> tuple[ls.LitAPI, int]:
+    """(API, its own worker id) of worker `index` of `inference_workers`: `run` starts each
+    API's workers in turn, as many as `_inference_workers_config_for_api` lists."""
+    for lit_api in server.litapi_connector.lit_apis:
+        count = len(server._inference_workers_config_for_api(lit_api.api_path))
+        if index < count:
+            return lit_api, index
+        index -= count
+    raise IndexError(f"no inference worker {index}")
+
+
 def restart_worker(server: ls.LitServer, index: int) -> mp.Process:
-    """Start a new inference worker in place of worker `index` (of the server's only API).
+    """Start a new inference worker in place of worker `index` (of `inference_workers`).
 
     Relies on `LitServer.launch_single_inference_worker(lit_api, worker_id)`, which marks the
     worker STARTING in `workers_setup_status` (so /health says 503 until its `setup()` has
     returned) and spawns it on the same device and request queue, and on `inference_workers`
-    being the list `run` polls and terminates at shutdown, indexed by worker id.
+    being the list `run` polls and terminates at shutdown.
     """
-    lit_api = server.litapi_connector.lit_apis[0]
-    process = server.launch_single_inference_worker(lit_api, index)
+    lit_api, local = worker_of_api(server, index)
+    process = server.launch_single_inference_worker(lit_api, local)
     server.inference_workers[index] = process
     return process
 
@@ -65,8 +89,8 @@ def worker_failed_setup(server: ls.LitServer, index: int) -> bool:
     """Whether worker `index` reported that its `setup()` raised (it then exits): LitServe
     keeps each worker's state in the manager-backed dict `workers_setup_status`, keyed
     "<last part of the API path>_<worker id>", with WorkerSetupStatus.ERROR for this case."""
-    lit_api = server.litapi_connector.lit_apis[0]
-    key = f"{lit_api.api_path.split('/')[-1]}_{index}"
+    lit_api, local = worker_of_api(server, index)
+    key = f"{lit_api.api_path.split('/')[-1]}_{local}"
     try:
         return server.workers_setup_status.get(key) == WorkerSetupStatus.ERROR
     except (OSError, EOFError):  # the manager is already shut down
@@ -93,7 +117,7 @@ def fail_requests_of_worker(server: ls.LitServer, worker: int, status: int, deta
 
 
 def take_route(app: FastAPI, path: str) -> APIRoute:
-    """Remove and return the route LitServer registered for its API's `path`."""
+    """Remove and return the route LitServer registered at `path` (an API's, or its index)."""
     route = next(r for r in app.router.routes if isinstance(r, APIRoute) and r.path == path)
     app.router.routes.remove(route)
     return route

@@ -13,7 +13,16 @@ from __future__ import annotations
 import multiprocessing as mp
 from dataclasses import dataclass
 
-ENDPOINTS = ("/translate", "/health", "/info", "/metrics", "other")
+ENDPOINTS = (
+    "/translate",
+    "/align",
+    "/libretranslate/translate",
+    "/health",
+    "/info",
+    "/languages",
+    "/metrics",
+    "other",
+)
 STATUSES = (200, 400, 401, 404, 405, 413, 422, 500, 503, 504)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)

@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve.metrics import ServerMetrics
-from serve.schemas import Limits, TranslateRequest, limit_violations
+from serve.schemas import Limits
 from serve.shared import WorkerDeaths
 
 log = logging.getLogger(__name__)
@@ -82,17 +82,24 @@ class MetricsMiddleware:
 
 
 class ApiKeyMiddleware:
-    """Requires the key as `X-API-Key: KEY` or `Authorization: Bearer KEY` except on open paths."""
+    """Requires the key as `X-API-Key: KEY` or `Authorization: Bearer KEY` except on open
+    `paths` and under open `prefixes` (the web page; LibreTranslate's API, which reads the
+    key from its requests' `api_key` field)."""
 
     def __init__(
-        self, app: ASGIApp, api_key: str, open_paths: tuple[str, ...] = ("/health",)
+        self,
+        app: ASGIApp,
+        api_key: str,
+        paths: tuple[str, ...] = ("/health",),
+        prefixes: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.api_key = api_key.encode("utf-8")
-        self.open_paths = open_paths
+        self.paths = paths
+        self.prefixes = prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths or self._authorized(scope):
+        if scope["type"] != "http" or self._open(scope["path"]) or self._authorized(scope):
             await self.app(scope, receive, send)
             return
         await send_json(
@@ -105,6 +112,9 @@ class ApiKeyMiddleware:
             [(b"www-authenticate", b'Bearer realm="nmt"')],
         )
 
+    def _open(self, path: str) -> bool:
+        return path in self.paths or any(path.startswith(prefix) for prefix in self.prefixes)
+
     def _authorized(self, scope: Scope) -> bool:
         headers = dict(scope["headers"])
         offered = headers.get(b"x-api-key", b"")
@@ -114,21 +124,25 @@ class ApiKeyMiddleware:
         return bool(offered) and secrets.compare_digest(offered, self.api_key)
 
 
+Check = tuple[type[BaseModel], Callable[[Any, Limits], list[str]]]  # schema, limit check
+
+
 class RequestGuardMiddleware:
-    """Checks POST bodies of the translate path: size (413), UTF-8 and JSON (400), schema and
-    limits (422).
+    """Checks POST bodies of the guarded paths (/translate, /align): size (413), UTF-8 and
+    JSON (400), the path's schema and limits (422).
 
     A request that passes is handed on with its body replayed and its content type set to JSON
     (so `curl -d` without a header works too).
     """
 
-    def __init__(self, app: ASGIApp, path: str, limits: Limits) -> None:
+    def __init__(self, app: ASGIApp, checks: dict[str, Check], limits: Limits) -> None:
         self.app = app
-        self.path = path
+        self.checks = checks
         self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
+        check = self.checks.get(scope["path"]) if scope["type"] == "http" else None
+        if check is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         body = await self._read_body(scope, receive)
@@ -137,7 +151,7 @@ class RequestGuardMiddleware:
                 send, 413, {"detail": f"request body exceeds {self.limits.body_bytes} bytes"}
             )
             return
-        problem = self._check(body)
+        problem = self._check(body, *check)
         if problem is not None:
             status, content = problem
             await send_json(send, status, content)
@@ -163,7 +177,12 @@ class RequestGuardMiddleware:
             more = message.get("more_body", False)
         return b"".join(chunks)
 
-    def _check(self, body: bytes) -> tuple[int, dict[str, Any]] | None:
+    def _check(
+        self,
+        body: bytes,
+        schema: type[BaseModel],
+        violations: Callable[[Any, Limits], list[str]],
+    ) -> tuple[int, dict[str, Any]] | None:
         if not body.strip():
             return 400, {"detail": 'empty request body: send a JSON object such as {"text": "..."}'}
         try:
@@ -177,11 +196,11 @@ class RequestGuardMiddleware:
         if not isinstance(payload, dict):
             return 422, {"detail": f"request: expected a JSON object, got {type(payload).__name__}"}
         try:
-            request = TranslateRequest.model_validate(payload)
+            request = schema.model_validate(payload)
         except ValidationError as e:
             detail, items = validation_detail(e)
             return 422, {"detail": detail, "errors": items}
-        problems = limit_violations(request, self.limits)
+        problems = violations(request, self.limits)
         if problems:
             return 422, {"detail": "; ".join(problems)}
         return None

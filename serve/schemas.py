@@ -26,6 +26,13 @@ def _check_text(text: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_check_text)]
+MODEL_HELP = "Which model: its id (see /info, /languages); default: by source and target."
+SOURCE_HELP = "Source language code; with `target`, picks the model (default: the first model)."
+TARGET_HELP = "Target language code; with `source`, picks the model."
+OFFSETS_HELP = (
+    "[start, end) character offsets (Unicode code points) of the {} in the original source "
+    "or target string (the translation, or the given target of /align)."
+)
 
 
 class TranslateRequest(BaseModel):
@@ -71,8 +78,13 @@ class TranslateRequest(BaseModel):
     truncate: bool = Field(
         False, description="Cut sources longer than the model accepts instead of rejecting them."
     )
+    model: str | None = Field(None, description=MODEL_HELP)
+    source: str | None = Field(None, description=SOURCE_HELP)
+    target: str | None = Field(None, description=TARGET_HELP)
     # Monotonic time at which the front end parsed the request; travels with it to the worker.
     _received_at: float = PrivateAttr(default_factory=time.monotonic)
+    # Given translations: the worker aligns them (POST /align) instead of translating.
+    _forced_targets: list[str] | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _one_input(self) -> TranslateRequest:
@@ -85,6 +97,74 @@ class TranslateRequest(BaseModel):
     @property
     def all_texts(self) -> list[str]:
         return [self.text] if self.text is not None else list(self.texts or [])
+
+    @property
+    def received_at(self) -> float:
+        return self._received_at
+
+    @property
+    def forced_targets(self) -> list[str] | None:
+        return self._forced_targets
+
+    @classmethod
+    def forced(cls, request: AlignRequest) -> TranslateRequest:
+        """The worker's form of an alignment request: its sources, carrying its targets."""
+        worker_request = cls.model_validate({"texts": request.all_texts})
+        worker_request._forced_targets = request.all_translations
+        worker_request._received_at = request.received_at
+        return worker_request
+
+
+class AlignRequest(BaseModel):
+    """Sources (`text` or `texts`) with their given translations (`translation` or
+    `translations`, one per source) to align without decoding."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {"text": "Ein Mann fährt Fahrrad.", "translation": "A man rides a bike."},
+            ]
+        },
+    )
+
+    text: Text | None = Field(None, description="A single source text (or use `texts`).")
+    texts: list[Text] | None = Field(None, min_length=1, description="Several source texts.")
+    translation: Text | None = Field(
+        None, min_length=1, description="The translation of `text` to align."
+    )
+    translations: list[Annotated[Text, Field(min_length=1)]] | None = Field(
+        None, min_length=1, description="The translations of `texts`, in order."
+    )
+    model: str | None = Field(None, description=MODEL_HELP)
+    source: str | None = Field(None, description=SOURCE_HELP)
+    target: str | None = Field(None, description=TARGET_HELP)
+    _received_at: float = PrivateAttr(default_factory=time.monotonic)
+
+    @model_validator(mode="after")
+    def _paired(self) -> AlignRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'text' (a string) or 'texts' (a list of strings)")
+        if (self.text is None) != (self.translation is None) or (self.texts is None) != (
+            self.translations is None
+        ):
+            raise ValueError("pair 'text' with 'translation', or 'texts' with 'translations'")
+        if len(self.all_texts) != len(self.all_translations):
+            raise ValueError(
+                f"{len(self.all_texts)} texts but {len(self.all_translations)} translations"
+            )
+        return self
+
+    @property
+    def all_texts(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+    @property
+    def all_translations(self) -> list[str]:
+        if self.translation is not None:
+            return [self.translation]
+        return list(self.translations or [])
 
     @property
     def received_at(self) -> float:
@@ -112,17 +192,28 @@ class Limits:
         return dict(asdict(self), max_body_bytes=self.body_bytes)
 
 
-def limit_violations(request: TranslateRequest, limits: Limits) -> list[str]:
-    """Messages naming each field over the server's limits (empty when the request fits)."""
+def _text_violations(single: str | None, name: str, texts: list[str], limits: Limits) -> list[str]:
+    """Texts over the limits; `single` is the text when the request gave one as `name`."""
     problems = []
-    texts = request.all_texts
     if len(texts) > limits.max_texts:
-        problems.append(f"texts: {len(texts)} texts, at most {limits.max_texts} per request")
-    field = "text" if request.text is not None else "texts"
+        problems.append(f"{name}s: {len(texts)} texts, at most {limits.max_texts} per request")
     for i, text in enumerate(texts):
         if len(text) > limits.max_chars:
-            where = field if request.text is not None else f"{field}.{i}"
+            where = name if single is not None else f"{name}s.{i}"
             problems.append(f"{where}: {len(text)} characters, at most {limits.max_chars}")
+    return problems
+
+
+def align_limit_violations(request: AlignRequest, limits: Limits) -> list[str]:
+    """As limit_violations, for both sides of an alignment request."""
+    return _text_violations(request.text, "text", request.all_texts, limits) + _text_violations(
+        request.translation, "translation", request.all_translations, limits
+    )
+
+
+def limit_violations(request: TranslateRequest, limits: Limits) -> list[str]:
+    """Messages naming each field over the server's limits (empty when the request fits)."""
+    problems = _text_violations(request.text, "text", request.all_texts, limits)
     if request.beam_size is not None and request.beam_size > limits.max_beam:
         problems.append(
             f"beam_size: {request.beam_size} exceeds the server's maximum {limits.max_beam}"
@@ -152,6 +243,8 @@ class WordAlignment(BaseModel):
     pharaoh: str = Field(
         description="The word links as 'i-j' pairs (source-target), space separated."
     )
+    src_offsets: list[tuple[int, int]] = Field(description=OFFSETS_HELP.format("source words"))
+    tgt_offsets: list[tuple[int, int]] = Field(description=OFFSETS_HELP.format("target words"))
 
 
 # AlignmentOut and HypothesisOut: the response forms of nmt.alignment.Alignment and of the
@@ -169,6 +262,8 @@ class AlignmentOut(BaseModel):
         "space separated."
     )
     words: WordAlignment | None = Field(None, description="Links between whole words.")
+    src_offsets: list[tuple[int, int]] = Field(description=OFFSETS_HELP.format("source pieces"))
+    tgt_offsets: list[tuple[int, int]] = Field(description=OFFSETS_HELP.format("target pieces"))
 
 
 class HypothesisOut(BaseModel):
@@ -188,6 +283,7 @@ class TranslationResult(BaseModel):
 
 
 class ModelRef(BaseModel):
+    id: str = Field(description="The model's id on this server (the request's `model`).")
     name: str
     version: str = Field(
         description="Identifies the weights served: the first 12 hex digits of the "
@@ -221,6 +317,21 @@ class TranslateResponse(BaseModel):
     batch: BatchInfo
 
 
+class AlignResult(BaseModel):
+    source: str
+    translation: str
+    score: float = Field(description="Length-normalised log-probability of the translation.")
+    log_prob: float = Field(description="Log-probability of the translation, EOS included.")
+    alignment: AlignmentOut
+
+
+class AlignResponse(BaseModel):
+    alignments: list[AlignResult] = Field(description="One result per pair, in order.")
+    model: ModelRef
+    timing: Timing
+    batch: BatchInfo
+
+
 class ErrorResponse(BaseModel):
     detail: str = Field(description="What is wrong, naming the field.")
     errors: list[dict[str, Any]] | None = Field(
@@ -230,8 +341,12 @@ class ErrorResponse(BaseModel):
 
 class InfoResponse(BaseModel):
     model: dict[str, Any] | None = Field(
-        description="What the checkpoint says: name, architecture, languages, parameters, "
-        "validation BLEU, decoding defaults (null until a worker has loaded it)."
+        description="The first model (the default): what the checkpoint says: name, "
+        "architecture, languages, parameters, validation BLEU, decoding defaults."
+    )
+    models: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Every model served (as `model`, each with its `id`), in the order given.",
     )
     serving: dict[str, Any] = Field(
         description="Batching, workers, devices, timeouts and request limits."
