@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 
@@ -96,3 +104,76 @@ def tiny_checkpoint(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     run_dir = tmp_path_factory.mktemp("tiny_run")
     train(config_from_dict(tiny_config_dict(data_dir, run_dir)))
     return run_dir / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_en_de(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second real checkpoint, translating the other way (en -> de): servers with several
+    models route between the two."""
+    from nmt.config import config_from_dict
+    from nmt.train import train
+
+    run_dir = tmp_path_factory.mktemp("tiny_run_en_de")
+    config = tiny_config_dict(data_dir, run_dir)
+    config["data"].update(src_lang="en", tgt_lang="de")
+    train(config_from_dict(config))
+    return run_dir / "best.pt"
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    url: str
+    api_key: str
+
+
+LIVE_API_KEY = "live-test-key"
+
+
+@pytest.fixture(scope="session")
+def live_server(tiny_checkpoint: Path, tiny_checkpoint_en_de: Path) -> Iterator[LiveServer]:
+    """The real `nmt serve` on a free 127.0.0.1 port, hosting de-en and en-de, with an API key:
+    for clients that need real HTTP (a browser, LibreTranslate's client)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "nmt.cli",
+        "serve",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--checkpoint",
+        str(tiny_checkpoint_en_de),
+        "--port",
+        str(port),
+        "--api-key",
+        LIVE_API_KEY,
+        "--accelerator",
+        "cpu",
+        "--threads",
+        "1",
+        "--log-level",
+        "warning",
+    ]
+    process = subprocess.Popen(command)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"nmt serve did not become healthy (exit code {process.poll()})")
+            time.sleep(0.2)
+        yield LiveServer(url=url, api_key=LIVE_API_KEY)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
