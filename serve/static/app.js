@@ -161,12 +161,14 @@ function render(source, target, alignment, summary) {
 }
 
 // The original text with each aligned word in a focusable span, placed by its character
-// offsets (Unicode code points, hence Array.from).
+// offsets (Unicode code points, hence Array.from). Words without characters (a model's
+// stray word-start pieces) get no span.
 function renderWords(container, text, offsets, side) {
   container.replaceChildren();
   const chars = Array.from(text);
   let at = 0;
   offsets.forEach(([start, end], index) => {
+    if (end <= start) return;
     if (start > at) container.append(chars.slice(at, start).join(""));
     const span = document.createElement("span");
     span.className = "word";
@@ -188,6 +190,10 @@ function wordsOf(side) {
   return Array.from(document.querySelectorAll(`.word[data-side="${side}"]`));
 }
 
+function wordAt(side, index) {
+  return document.querySelector(`.word[data-side="${side}"][data-index="${index}"]`);
+}
+
 // Shade the other side's words by their attention weight; mark the hard links.
 function highlight(side, index) {
   const words = state.alignment;
@@ -198,11 +204,12 @@ function highlight(side, index) {
     ? words.links.filter(([, t]) => t === index).map(([s]) => s)
     : words.links.filter(([s]) => s === index).map(([, t]) => t);
   const largest = Math.max(...weights, 1e-9);
-  wordsOf(side === "tgt" ? "src" : "tgt").forEach((element, i) => {
+  for (const element of wordsOf(side === "tgt" ? "src" : "tgt")) {
+    const i = Number(element.dataset.index);
     element.style.setProperty("--weight", (0.7 * weights[i] / largest).toFixed(3));
     element.classList.toggle("linked", linked.includes(i));
-  });
-  const self = wordsOf(side)[index];
+  }
+  const self = wordAt(side, index);
   if (self) self.classList.add("active");
   for (const cell of document.querySelectorAll(`#heatmap [data-${side}="${index}"]`)) {
     cell.classList.add("active");
@@ -228,7 +235,7 @@ function renderHeatmap(words) {
   words.src_words.forEach((word, s) => {
     const th = document.createElement("th");
     th.scope = "col";
-    th.textContent = word;
+    th.textContent = word || "▁";
     th.dataset.src = String(s);
     head.append(th);
   });
@@ -237,7 +244,7 @@ function renderHeatmap(words) {
     const tr = body.insertRow();
     const th = document.createElement("th");
     th.scope = "row";
-    th.textContent = words.tgt_words[t];
+    th.textContent = words.tgt_words[t] || "▁";
     th.dataset.tgt = String(t);
     tr.append(th);
     row.forEach((weight, s) => {
