@@ -6,9 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from nmt.alignment import WORD_START, Alignment
+from nmt.alignment import WORD_START, Alignment, build_alignment
 from nmt.cli import main
+from nmt.config import TokenizerConfig
+from nmt.tokenizer import Tokenizer
 from nmt.translator import TranslationError, Translator
 
 SOURCES = [
@@ -123,3 +126,34 @@ def test_nmt_align_writes_pharaoh_lines_and_jsonl(tiny_checkpoint: Path, tmp_pat
     first = records[0]
     assert first is not None and first["alignment"]["tgt_words"] == ["A", "dog", "runs."]
     assert Alignment.from_dict(first["alignment"]).pharaoh() == lines[0]
+
+
+def _tiny_tokenizer(tiny_corpus_dir: Path, tmp_path: Path, **settings) -> Tokenizer:
+    de, en = (
+        (tiny_corpus_dir / f"train.{lang}").read_text("utf-8").split("\n")
+        for lang in "de en".split()
+    )
+    config = TokenizerConfig(vocab_size=300, **settings)
+    return Tokenizer.train(config, de, en, "de", "en", tmp_path)
+
+
+def test_offsets_of_a_lowercasing_tokenizer_point_at_the_original_case(
+    tiny_corpus_dir: Path, tmp_path: Path
+) -> None:
+    tokenizer = _tiny_tokenizer(tiny_corpus_dir, tmp_path, lowercase=True)
+    text = "Ein HUND İst DA."  # "İ" lowercases to two characters
+    ids = tokenizer.encode_src([text])[0][:-1]
+    alignment = build_alignment(
+        torch.ones(1, len(ids)), tokenizer.src_pieces(ids), ["▁x"], tokenizer.src_spans(text)
+    )
+    assert [text[a:b] for a, b in alignment.src_word_offsets] == text.split()
+
+
+def test_output_offsets_follow_the_returned_text(tiny_corpus_dir: Path, tmp_path: Path) -> None:
+    tokenizer = _tiny_tokenizer(tiny_corpus_dir, tmp_path, detok_remove_spaces=["en"])
+    ids = tokenizer.encode_tgt(["a dog runs."])[0]
+    text = tokenizer.decode_tgt([ids])[0]
+    assert text == "adogruns."  # spaces removed, as for Japanese
+    spans = tokenizer.output_spans(ids, text)
+    pieces = tokenizer.tgt_pieces(ids)
+    assert [text[a:b] for a, b in spans] == [p.replace(WORD_START, "") for p in pieces]
