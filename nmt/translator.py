@@ -30,6 +30,8 @@ from torch import nn
 from nmt.alignment import Alignment, build_alignment
 from nmt.checkpoint import file_sha256, load_checkpoint
 from nmt.config import DecodeConfig, ModelConfig
+from nmt.ct2_engine import ENGINE as CT2_ENGINE
+from nmt.ct2_engine import CTranslate2Engine, SearchSettings, open_exported
 from nmt.ensemble import Ensemble, EnsembleError
 from nmt.forced_alignment import Forced, ForcedAlignment, teacher_force
 from nmt.model import Seq2Seq, build_model, count_parameters
@@ -94,6 +96,8 @@ class ModelInfo:
     checkpoint: str | None = None  # its path
     sha256: str | None = None  # an ensemble's: of its members' hashes, in order
     members: tuple[str, ...] = ()  # an ensemble's member checkpoints
+    engine: str = "pytorch"  # pytorch | ctranslate2 (an exported model directory)
+    quantization: str | None = None  # ctranslate2: the weights' compute type, e.g. int8
 
     @classmethod
     def of(
@@ -148,7 +152,7 @@ class _Request:
 class Translator:
     def __init__(
         self,
-        model: Seq2Seq | Ensemble,
+        model: Seq2Seq | Ensemble | CTranslate2Engine,
         tokenizer: Tokenizer,
         decode: DecodeConfig,
         device: str | torch.device = "cpu",
@@ -168,8 +172,11 @@ class Translator:
 
     @classmethod
     def load(cls, checkpoint_path: str | Path, device: str | torch.device = "cpu") -> Translator:
-        """A translator from a checkpoint file alone, in eval mode on `device`."""
+        """A translator from a checkpoint file alone, in eval mode on `device`; or from a
+        directory written by `nmt export --format ctranslate2` (decoding with CTranslate2)."""
         path = Path(checkpoint_path)
+        if path.is_dir():
+            return cls._load_exported(path, device)
         checkpoint = load_checkpoint(path)
         config, vocab = checkpoint.config, checkpoint.vocab
         tokenizer = Tokenizer.from_state(checkpoint.tokenizer)
@@ -188,6 +195,28 @@ class Translator:
         return cls(model, tokenizer, config.decode, device, info=info)
 
     @classmethod
+    def _load_exported(cls, path: Path, device: str | torch.device) -> Translator:
+        exported = open_exported(path, device)
+        config, metadata = exported.config, exported.metadata
+        info = ModelInfo(
+            name=config.name,
+            arch=config.model.arch,
+            architecture=describe_model(config.model),
+            src_lang=exported.tokenizer.src_lang,
+            tgt_lang=exported.tokenizer.tgt_lang,
+            lowercase=exported.tokenizer.config.lowercase,
+            parameters=int(metadata["parameters"]),
+            max_source_len=exported.engine.max_source_len,
+            valid_bleu=metadata["metrics"].get("valid_bleu"),
+            step=int(metadata["step"]),
+            checkpoint=str(path),
+            sha256=str(metadata["source_sha256"]),
+            engine=CT2_ENGINE,
+            quantization=exported.engine.compute_type,
+        )
+        return cls(exported.engine, exported.tokenizer, config.decode, device, info=info)
+
+    @classmethod
     def load_ensemble(
         cls,
         checkpoint_paths: Sequence[str | Path],
@@ -197,6 +226,11 @@ class Translator:
         """An ensemble of checkpoints (one checkpoint: that model alone), decoding with the
         first one's settings. Members must share their SentencePiece models: the source is
         encoded once, and log-probabilities are averaged over one target vocabulary."""
+        if len(checkpoint_paths) > 1 and any(Path(p).is_dir() for p in checkpoint_paths):
+            raise EnsembleError(
+                "exported (CTranslate2) model directories cannot be ensembled; give the "
+                "members' checkpoint files (PyTorch engine)"
+            )
         members = [cls.load(path, device) for path in checkpoint_paths]
         if len(members) == 1:
             return members[0]
@@ -252,20 +286,31 @@ class Translator:
                 results[i] = self._empty(text, request)
             else:
                 encoded[i] = self._encode(text, i, truncate)
+        with self._decoding() as logits_dtype:
+            lengths = {i: len(ids) for i, (ids, _) in encoded.items()}
+            for chunk in _sub_batches(lengths, self.decode.batch_tokens):
+                hyps = self._search([encoded[i][0] for i in chunk], request, logits_dtype)
+                for i, sentence_hyps in zip(chunk, hyps):
+                    ids, cut = encoded[i]
+                    results[i] = self._translation(texts[i], ids, cut, sentence_hyps, request)
+        return [r for r in results if r is not None]
+
+    @contextlib.contextmanager
+    def _decoding(self) -> Iterator[torch.dtype | None]:
+        """The logits dtype of one translate call, with a PyTorch model in eval mode under
+        inference mode and the precision's autocast (its mode restored after). CTranslate2
+        needs none of it."""
+        if isinstance(self.model, CTranslate2Engine):
+            yield None
+            return
         was_training = self.model.training
         self.model.eval()
         autocast, logits_dtype = self._precision()
         try:
             with torch.inference_mode(), autocast:
-                lengths = {i: len(ids) for i, (ids, _) in encoded.items()}
-                for chunk in _sub_batches(lengths, self.decode.batch_tokens):
-                    hyps = self._search([encoded[i][0] for i in chunk], request, logits_dtype)
-                    for i, sentence_hyps in zip(chunk, hyps):
-                        ids, cut = encoded[i]
-                        results[i] = self._translation(texts[i], ids, cut, sentence_hyps, request)
+                yield logits_dtype
         finally:
             self.model.train(was_training)
-        return [r for r in results if r is not None]
 
     def align(self, sources: Sequence[str], targets: Sequence[str]) -> list[ForcedAlignment]:
         """Forced alignment: each source with its given target, no decoding (see
@@ -365,6 +410,17 @@ class Translator:
     def _search(
         self, batch_ids: list[list[int]], request: _Request, logits_dtype: torch.dtype | None
     ) -> list[list[Hypothesis]]:
+        if isinstance(self.model, CTranslate2Engine):
+            settings = SearchSettings(
+                request.beam_size,
+                request.n_best,
+                request.max_len_a,
+                request.max_len_b,
+                self.decode.min_len,
+                self.decode.length_penalty,
+                request.with_alignment,
+            )
+            return self.model.search(batch_ids, settings)
         longest = max(len(ids) for ids in batch_ids)
         src = torch.full((len(batch_ids), longest), PAD_ID, dtype=torch.long)
         for row, ids in enumerate(batch_ids):
@@ -464,7 +520,7 @@ def describe_model(config: ModelConfig) -> str:
     return ", ".join(parts)
 
 
-def _max_source_len(model: nn.Module) -> int | None:
+def _max_source_len(model: object) -> int | None:
     limit = getattr(model, "max_source_len", None)
     return int(limit) if limit else None
 

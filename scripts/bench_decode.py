@@ -10,6 +10,14 @@ bf16 (what `decode.precision: bf16` does there) and prints how many outputs stay
 
   python scripts/bench_decode.py runs/multi30k_de_en_de-en/best.pt
   python scripts/bench_decode.py --limit 50        # a randomly initialised reference-sized model
+  # engines side by side: the checkpoint (PyTorch) and CTranslate2 exports of it
+  python scripts/bench_decode.py CKPT --threads 1 --engines pytorch ct2:float32 ct2:int8
+
+With --engines each engine translates the same length-sorted batches through
+`Translator.translate` (what `nmt translate` and `nmt serve` run); `ct2:QUANT` exports the
+checkpoint with that quantization into a temporary directory first, a directory path uses
+that export. It prints sentences/s, the ratio to the first engine, BLEU on the references
+and how many outputs equal the first engine's.
 
 Without a checkpoint the model is the reference config's architecture, RANDOMLY INITIALISED
 (labelled as such): its outputs are noise and mostly run to the maximum length, so only the
@@ -87,6 +95,8 @@ def load_model(
     """(model, tokenizer, decode settings, label) from a checkpoint or a random reference model."""
     if args.checkpoint:
         translator = Translator.load(args.checkpoint, device=args.device)
+        if not isinstance(translator.model, nn.Module):
+            raise SystemExit("bench_decode: an exported model directory needs --engines")
         decode = dataclasses.asdict(translator.decode)
         return translator.model, translator.tokenizer, decode, f"checkpoint {args.checkpoint}"
     config = load_config(args.config)
@@ -165,6 +175,86 @@ def _agreement(outputs: list[list[int]], reference: list[list[int]]) -> str:
     return "yes" if equal == len(reference) else f"{equal}/{len(reference)}"
 
 
+def engine_translator(name: str, checkpoint: str, device: str, tmp: Path) -> Translator:
+    """pytorch: the checkpoint; ct2:QUANT: its export with that quantization (written to
+    `tmp`); a directory: that export."""
+    from nmt.ct2_export import export_ctranslate2
+
+    if name == "pytorch":
+        return Translator.load(checkpoint, device=device)
+    if name.startswith("ct2:"):
+        quantization = name.split(":", 1)[1]
+        directory = export_ctranslate2(checkpoint, tmp / quantization, quantization)
+        return Translator.load(directory, device=device)
+    return Translator.load(name, device=device)
+
+
+def compare_engines(args: argparse.Namespace, data_dir: Path) -> list[dict[str, Any]]:
+    """Each engine translates the same length-sorted batches; sent/s, BLEU, agreement."""
+    from nmt.evaluate import bleu_metric
+
+    if not args.checkpoint:
+        raise SystemExit("bench_decode: --engines needs a checkpoint")
+    with tempfile.TemporaryDirectory() as tmp:
+        translators = {
+            name: engine_translator(name, args.checkpoint, args.device, Path(tmp))
+            for name in args.engines
+        }
+    first = next(iter(translators.values()))
+    src_lang, tgt_lang = first.info.src_lang, first.info.tgt_lang
+    sources = read_lines(data_dir / "multi30k" / f"test_2016_flickr.{src_lang}.gz")[: args.limit]
+    refs = read_lines(data_dir / "multi30k" / f"test_2016_flickr.{tgt_lang}.gz")[: args.limit]
+    order = sorted(range(len(sources)), key=lambda i: -len(sources[i]))
+    chunks = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]
+    bleu = bleu_metric(tgt_lang, lowercase=first.info.lowercase)
+    print(
+        f"checkpoint {args.checkpoint}: {first.info.architecture}; {len(sources)} sentences, "
+        f"batches of {args.batch_size}, device {args.device} ({cpu_name()}), "
+        f"{torch.get_num_threads()} threads; load average "
+        + ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    )
+    print(f"{'engine':<26}{'search':<10}{'seconds':>9}{'sent/s':>9}{'ratio':>8}{'BLEU':>7}  same")
+    results = []
+    for beam in args.beams:
+        base: tuple[float, list[str]] | None = None
+        for name, translator in translators.items():
+            # one sub-batch per chunk, as the plain decoders above get
+            translator.decode = dataclasses.replace(translator.decode, batch_tokens=1 << 30)
+            texts: list[str] = [""] * len(sources)
+            start = time.perf_counter()
+            for chunk in chunks:
+                done = translator.translate([sources[i] for i in chunk], beam_size=beam)
+                for i, translation in zip(chunk, done):
+                    texts[i] = translation.text
+            seconds = time.perf_counter() - start
+            rate = len(sources) / seconds
+            base = base or (rate, texts)
+            same = sum(a == b for a, b in zip(texts, base[1]))
+            score = bleu.corpus_score(texts, [refs]).score
+            search = "greedy" if beam == 1 else f"beam {beam}"
+            label = (
+                name
+                if translator.info.engine == "pytorch"
+                else f"ctranslate2 {translator.info.quantization}"
+            )
+            results.append(
+                {
+                    "engine": label,
+                    "search": search,
+                    "seconds": round(seconds, 3),
+                    "sentences_per_s": round(rate, 2),
+                    "ratio": round(rate / base[0], 3),
+                    "bleu": round(score, 2),
+                    "same_output": same,
+                }
+            )
+            print(
+                f"{label:<26}{search:<10}{seconds:>9.2f}{rate:>9.1f}{rate / base[0]:>7.2f}x"
+                f"{score:>7.2f}  {same}/{len(sources)}"
+            )
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -190,11 +280,23 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument(
+        "--engines",
+        nargs="+",
+        metavar="ENGINE",
+        help="compare engines instead: pytorch, ct2:QUANT (export the checkpoint with "
+        "QUANT, e.g. ct2:float32 ct2:int8) or an exported model directory",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     keep_freed_memory(torch.device(args.device).type)  # as nmt translate / serve do
     data_dir = Path(args.data_dir)
+    if args.engines:
+        rows = compare_engines(args, data_dir)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"results": rows}, indent=2) + "\n")
+        return
     model, tokenizer, decode, label = load_model(args, data_dir)
     test_file = data_dir / "multi30k" / f"test_2016_flickr.{tokenizer.src_lang}.gz"
     sources = read_lines(test_file)[: args.limit]

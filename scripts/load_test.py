@@ -13,6 +13,8 @@ server formed (from /metrics, before and after). Traffic goes to loopback addres
     python scripts/load_test.py --checkpoint CKPT --clients 32 --requests 400 --max-batch-size 32 1
     # sharing the CPU: idle, then while a busy process occupies one core, against one server
     python scripts/load_test.py --checkpoint CKPT --clients 32 --requests 400 --cpu-hog
+    # engines side by side: the checkpoint (PyTorch) and its CTranslate2 exports, in turn
+    python scripts/load_test.py --checkpoint CKPT CT2_FLOAT32_DIR CT2_INT8_DIR --clients 32
 
 Before measuring, `--warmup` requests (default: one per client) let the server finish its
 one-time work (first allocations, lazy initialisation); they are not counted.
@@ -72,7 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     target.add_argument(
         "--url", help="a running server on this machine, e.g. http://127.0.0.1:8000"
     )
-    target.add_argument("--checkpoint", help="start `nmt serve` on this checkpoint for the run")
+    target.add_argument(
+        "--checkpoint",
+        nargs="+",
+        help="start `nmt serve` on this checkpoint (or exported model directory) for the run; "
+        "several: one server each, in turn, compared",
+    )
     p.add_argument(
         "--max-batch-size",
         type=int,
@@ -303,8 +310,12 @@ async def measure(args: argparse.Namespace, url: str) -> float:
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=args.timeout) as client:
         info = (await client.get("/info")).raise_for_status().json()
         model = info["model"]
+        engine = model.get("engine", "pytorch")
+        if model.get("quantization"):
+            engine += f" {model['quantization']}"
         print(
-            f"model: {model['name']} ({model['arch']}, {model['src_lang']}->{model['tgt_lang']}); "
+            f"model: {model['name']} ({model['arch']}, {model['src_lang']}->{model['tgt_lang']}, "
+            f"{engine}); "
             f"batching: max {info['serving']['max_batch_size']}, "
             f"timeout {info['serving']['batch_timeout']}s, "
             f"wait under load {info['serving'].get('batch_wait', 0)}; "
@@ -321,7 +332,7 @@ async def measure(args: argparse.Namespace, url: str) -> float:
 
 
 @contextmanager
-def started_server(args: argparse.Namespace, max_batch_size: int) -> Iterator[str]:
+def started_server(args: argparse.Namespace, checkpoint: str, max_batch_size: int) -> Iterator[str]:
     """`nmt serve` on a free loopback port for the duration of the block."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -332,7 +343,7 @@ def started_server(args: argparse.Namespace, max_batch_size: int) -> Iterator[st
         "nmt.cli",
         "serve",
         "--checkpoint",
-        args.checkpoint,
+        checkpoint,
         "--port",
         str(port),
         "--max-batch-size",
@@ -398,20 +409,28 @@ def main(argv: list[str] | None = None) -> None:
     if args.url:
         measure_shared(args, args.url.rstrip("/"))
         return
-    throughput = {}
-    for size in args.max_batch_size:
-        print(f"--- max_batch_size {size}")
-        with started_server(args, size) as url:
-            throughput[size] = measure_shared(args, url)
+    throughput: dict[tuple[str, int], float] = {}
+    for checkpoint in args.checkpoint:
+        for size in args.max_batch_size:
+            print(f"--- {_label(args, checkpoint, size)}")
+            with started_server(args, checkpoint, size) as url:
+                throughput[checkpoint, size] = measure_shared(args, url)
     if len(throughput) > 1:
-        base = min(throughput)  # the smallest max_batch_size, usually 1 (batching off)
+        # against the first checkpoint's smallest max_batch_size (usually 1: batching off)
+        base = throughput[args.checkpoint[0], min(args.max_batch_size)]
         print(
             "throughput: "
             + ", ".join(
-                f"max_batch_size {size}: {rps:.1f} req/s ({rps / throughput[base]:.2f}x)"
-                for size, rps in throughput.items()
+                f"{_label(args, checkpoint, size)}: {rps:.1f} req/s ({rps / base:.2f}x)"
+                for (checkpoint, size), rps in throughput.items()
             )
         )
+
+
+def _label(args: argparse.Namespace, checkpoint: str, size: int) -> str:
+    """A run's name: its max_batch_size, and its checkpoint when several are compared."""
+    label = f"max_batch_size {size}"
+    return f"{checkpoint}, {label}" if len(args.checkpoint) > 1 else label
 
 
 if __name__ == "__main__":

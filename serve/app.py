@@ -90,7 +90,7 @@ class ServeSettings:
     def check(self) -> None:
         """Reject unusable settings with a message naming the option."""
         for checkpoint in (c for model in self.models for c in model):
-            if not Path(checkpoint).is_file():
+            if not Path(checkpoint).exists():  # a file, or an exported model directory
                 raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
         if self.host not in HOSTS:
             raise ConfigError(f"--host must be one of {', '.join(HOSTS)}, got {self.host!r}")

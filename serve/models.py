@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class RoutingError(ValueError):
@@ -31,22 +32,32 @@ class ModelSpec:
 def model_specs(groups: Sequence[Sequence[str]]) -> list[ModelSpec]:
     """Each group of checkpoints as a model, with the language pair its first checkpoint's
     tokenizer was trained for (read here, so routing needs no loaded worker)."""
-    from nmt.checkpoint import load_checkpoint
-
     specs: list[ModelSpec] = []
     for group in groups:
-        tokenizer = load_checkpoint(group[0]).tokenizer
-        pair = f"{tokenizer['src_lang']}-{tokenizer['tgt_lang']}"
+        src_lang, tgt_lang = language_pair(group[0])
+        pair = f"{src_lang}-{tgt_lang}"
         taken = sum(1 for spec in specs if f"{spec.src_lang}-{spec.tgt_lang}" == pair)
         specs.append(
             ModelSpec(
                 id=pair if not taken else f"{pair}-{taken + 1}",
                 checkpoints=tuple(str(path) for path in group),
-                src_lang=tokenizer["src_lang"],
-                tgt_lang=tokenizer["tgt_lang"],
+                src_lang=src_lang,
+                tgt_lang=tgt_lang,
             )
         )
     return specs
+
+
+def language_pair(path: str) -> tuple[str, str]:
+    """(source, target) language of a checkpoint file or an exported model directory."""
+    from nmt.checkpoint import load_checkpoint
+    from nmt.ct2_export import read_metadata
+
+    if Path(path).is_dir():
+        data = read_metadata(Path(path))["config"]["data"]
+        return data["src_lang"], data["tgt_lang"]
+    tokenizer = load_checkpoint(path).tokenizer
+    return tokenizer["src_lang"], tokenizer["tgt_lang"]
 
 
 @dataclass(frozen=True)
