@@ -7,10 +7,11 @@ the Translator builds the same Translations (text, score, n-best, alignments) fr
 CTranslate2's beam search keeps the same hypotheses as ours (top 2K candidates, EOS within
 the top K finishes a hypothesis, a sentence is done after K of them), but differs in what it
 reports and masks, so it is asked in a way that lets us apply our rules afterwards:
-- length penalty: CTranslate2 divides by L^alpha, we by GNMT's ((5+L)/6)^alpha. It is asked
-  for all K hypotheses with alpha 1 and the EOS kept (so L >= 1; a penalty of exactly 0
-  would also switch on its early stop), their raw log-probabilities recovered as score * L,
-  and re-ranked with ours.
+- length penalty: CTranslate2 divides by L^b, we by GNMT's ((5+L)/6)^alpha. It is asked for
+  K hypotheses with the EOS kept (so L >= 1), their raw log-probabilities recovered as
+  score * L^b and re-ranked with ours. The last step can finish more than K hypotheses and
+  it keeps its K best, so b is the power closest to ours at the batch's typical length,
+  alpha * L / (5 + L) (never exactly 0, which would switch on its early stop).
 - token masking: it masks before the softmax, we after (our log-probabilities are those of
   the full vocabulary). So nothing is masked; hypotheses with PAD or BOS, or ending before
   `min_len`, are dropped. A sentence left with none is decoded again with its masking
@@ -39,9 +40,8 @@ from nmt.specials import BOS_ID, BOS_PIECE, EOS_ID, PAD_ID, PAD_PIECE
 from nmt.tokenizer import Tokenizer
 
 ENGINE = "ctranslate2"
-# CTranslate2's length penalty while decoding: any non-zero value (0 switches on its early
-# stop); its scores are divided by L ** this, which _hypotheses multiplies back.
-_RAW_PENALTY = 1.0
+# The smallest length penalty passed to CTranslate2: 0 would switch on its early stop.
+_MIN_PENALTY = 1e-6
 
 
 @dataclass(frozen=True)
@@ -153,11 +153,13 @@ class CTranslate2Engine:
         the token log-probabilities when it ended with EOS, NaN when it stopped at `limit`."""
         beam = settings.beam_size
         sources = [self.tokenizer.src_pieces(ids) for ids in batch_ids]
+        typical = sum(map(len, batch_ids)) / len(batch_ids)  # outputs are about as long
+        penalty = max(settings.length_penalty * typical / (5 + typical), _MIN_PENALTY)
         outputs = self.translator.translate_batch(
             sources,
             beam_size=beam,
             num_hypotheses=beam,
-            length_penalty=_RAW_PENALTY,
+            length_penalty=penalty,
             max_input_length=0,
             max_decoding_length=max(limit, 1),
             min_decoding_length=min(settings.min_len, limit) if masked else 0,
@@ -167,7 +169,7 @@ class CTranslate2Engine:
             return_end_token=True,
         )
         found = [
-            self._hypotheses(output, len(ids), settings.with_attention)
+            self._hypotheses(output, len(ids), penalty, settings.with_attention)
             for output, ids in zip(outputs, batch_ids)
         ]
         if settings.with_attention and beam > 1 and len(batch_ids) > 1:
@@ -187,12 +189,14 @@ class CTranslate2Engine:
                 if h.attention is not None and h.attention.size(0) > 0:
                     h.attention[0] = row[: h.attention.size(1)]
 
-    def _hypotheses(self, output: Any, src_len: int, with_attention: bool) -> list[Hypothesis]:
+    def _hypotheses(
+        self, output: Any, src_len: int, penalty: float, with_attention: bool
+    ) -> list[Hypothesis]:
         hyps = []
         for k, (pieces, score) in enumerate(zip(output.hypotheses, output.scores)):
             ids = [self._tgt_ids[piece] for piece in pieces]
             ended = bool(ids) and ids[-1] == EOS_ID
-            log_prob = float(score) * len(ids) ** _RAW_PENALTY if ended else math.nan
+            log_prob = float(score) * len(ids) ** penalty if ended else math.nan
             tokens = ids[:-1] if ended else ids
             attention = None
             if with_attention:

@@ -119,18 +119,17 @@ def test_float32_export_translates_like_the_checkpoint(
         t.translate(sources, beam_size=3, n_best=3, with_alignment=True)
         for t in (torch_side, ct2_side)
     ]
-    # a barely trained model loops to the length limit, where CTranslate2 keeps its best
-    # candidates and we every beam (see nmt/ct2_engine.py): allow a rare difference there
-    agree = [i for i, (a, b) in enumerate(zip(*beam)) if a.tokens == b.tokens]
-    assert len(agree) >= 0.9 * len(sources)
-    _assert_same([beam[0][i] for i in agree], [beam[1][i] for i in agree])
-    for i in agree:
-        pt_best, ct_best = beam[0][i].n_best, beam[1][i].n_best
-        assert pt_best is not None and ct_best is not None
-        assert ct_best[0] == (beam[1][i].text, beam[1][i].score)
-        assert [round(s, 3) for _, s in ct_best] == sorted(
-            (round(s, 3) for _, s in ct_best), reverse=True
-        )
+    _assert_same(*beam)
+    same_lists = 0
+    for pt, ct in zip(*beam):
+        assert pt.n_best is not None and ct.n_best is not None
+        assert ct.n_best[0][0] == pt.n_best[0][0]
+        texts = [text for text, _ in ct.n_best]
+        same_lists += texts == [text for text, _ in pt.n_best]
+        assert [s for _, s in ct.n_best] == sorted((s for _, s in ct.n_best), reverse=True)
+    # At the length limit (the loops of a barely trained model) CTranslate2 keeps its best
+    # candidates where we end every beam (see nmt/ct2_engine.py): the lower ranks may differ.
+    assert same_lists >= 0.9 * len(sources)
 
 
 def test_length_rules_and_options_carry_over(checkpoint: Path, exported: Path, data_dir: Path):
