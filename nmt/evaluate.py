@@ -310,6 +310,8 @@ def build_report(
             "name": info.name,
             "arch": info.arch,
             "valid_bleu": info.valid_bleu,
+            "engine": info.engine,
+            "quantization": info.quantization,
         }
     return report
 

@@ -215,6 +215,8 @@ def test_translate_and_evaluate_commands_take_the_directory(
     capsys.readouterr()
     saved = json.loads(report.read_text())
     assert saved["scores"]["bleu"] >= 0 and saved["sentences"] == 12
+    assert saved["checkpoint"]["engine"] == "ctranslate2"
+    assert saved["checkpoint"]["sha256"] == file_sha256(tiny_checkpoint)
 
 
 @pytest.mark.slow
