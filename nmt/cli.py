@@ -213,8 +213,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--weights-dtype",
         choices=["fp16", "bf16", "fp32"],
-        help="--format torch: storage type of the weights (cast to fp32 when loaded; "
-        "default fp16)",
+        help="--format torch: storage type of the weights (cast to fp32 when loaded; default fp16)",
     )
     p.add_argument(
         "--quantization",

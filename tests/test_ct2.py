@@ -190,6 +190,21 @@ def test_export_refuses_bad_arguments(tiny_checkpoint: Path, exported: Path, tmp
     assert not (tmp_path / "x").exists()
 
 
+def test_export_command_sets_decoding_defaults_and_checks_its_options(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    output = tmp_path / "tuned"
+    args = ["export", "--checkpoint", str(tiny_checkpoint), "--format", "ctranslate2"]
+    assert main(args + ["--output", str(output), "--beam", "4", "--length-penalty", "1.0"]) == 0
+    decode = Translator.load(output).decode
+    assert (decode.beam_size, decode.length_penalty) == (4, 1.0)
+    assert main(args + ["--output", str(tmp_path / "x"), "--weights-dtype", "bf16"]) == 2
+    assert "--weights-dtype is for --format torch" in capsys.readouterr().err
+    torch_args = ["export", "--checkpoint", str(tiny_checkpoint), "--output", str(tmp_path / "y")]
+    assert main(torch_args + ["--quantization", "int8"]) == 2
+    assert "--quantization is for --format ctranslate2" in capsys.readouterr().err
+
+
 def test_translate_and_evaluate_commands_take_the_directory(
     tiny_checkpoint: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
