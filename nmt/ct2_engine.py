@@ -67,12 +67,9 @@ class ExportedModel:
     metadata: dict[str, Any]
 
 
-def open_exported(
-    model_dir: str | Path, device: str | torch.device = "cpu", threads: int | None = None
-) -> ExportedModel:
+def open_exported(model_dir: str | Path, device: str | torch.device = "cpu") -> ExportedModel:
     """Load an `nmt export --format ctranslate2` directory on `device` (cpu or cuda[:N]),
-    decoding with `threads` threads (default: torch's thread count, which `nmt serve`
-    sets per worker)."""
+    decoding with torch's thread count (which `nmt serve` sets per worker)."""
     ctranslate2 = require_ctranslate2()
     path = Path(model_dir)
     metadata = read_metadata(path)
@@ -85,7 +82,7 @@ def open_exported(
         device_index=device.index or 0,
         compute_type="default",
         inter_threads=1,
-        intra_threads=threads or torch.get_num_threads(),
+        intra_threads=torch.get_num_threads(),
     )
     engine = CTranslate2Engine(
         translator,
@@ -98,8 +95,6 @@ def open_exported(
 
 class CTranslate2Engine:
     """A CTranslate2 Translator behind our search interface (see the module docstring)."""
-
-    arch = "transformer"
 
     def __init__(
         self, translator: Any, tokenizer: Tokenizer, max_source_len: int, max_target_len: int
@@ -125,12 +120,13 @@ class CTranslate2Engine:
         retry: dict[tuple[int, bool], list[int]] = {}
         first = self._decode(batch_ids, max(limits), settings, masked=False)
         for i, raw in enumerate(first):
+            kept = self._kept(raw, limits[i], settings.min_len)
             if any(len(h.tokens) > limits[i] for h in raw) and max(limits) > limits[i]:
-                retry.setdefault((limits[i], False), []).append(i)
-            elif not self._kept(raw, limits[i], settings.min_len):
+                retry.setdefault((limits[i], False), []).append(i)  # ran past its own limit
+            elif not kept:
                 retry.setdefault((limits[i], True), []).append(i)
             else:
-                found[i] = self._kept(raw, limits[i], settings.min_len)
+                found[i] = kept
         for (limit, masked), indices in sorted(retry.items()):
             again = self._decode([batch_ids[i] for i in indices], limit, settings, masked)
             for i, raw in zip(indices, again):

@@ -102,6 +102,7 @@ def export_ctranslate2(
     checkpoint = slim_checkpoint(load_checkpoint(checkpoint_path), "fp32", decode_changes)
     check_exportable(checkpoint.config.model)
     require_ctranslate2()
+    checkpoint.meta["parameters"] = _checked_parameters(checkpoint, checkpoint_path)
     tokenizer = Tokenizer.from_state(checkpoint.tokenizer)
     spec, target_positions = build_spec(checkpoint, tokenizer)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -122,17 +123,26 @@ def export_ctranslate2(
     return output
 
 
-def _metadata(
-    checkpoint: Checkpoint, path: str | Path, quantization: str, target_positions: int
-) -> dict[str, Any]:
-    import ctranslate2
-
+def _checked_parameters(checkpoint: Checkpoint, path: str | Path) -> int:
+    """The model's parameter count, once its weights are known to fit its config."""
     model = build_model(
         checkpoint.config.model,
         checkpoint.vocab.src,
         checkpoint.vocab.tgt,
         joint_vocab=checkpoint.vocab.joint,
     )
+    try:
+        model.load_state_dict(checkpoint.model)
+    except RuntimeError as e:
+        raise ExportError(f"{path}: its weights do not fit its config: {e}") from None
+    return count_parameters(model)
+
+
+def _metadata(
+    checkpoint: Checkpoint, path: str | Path, quantization: str, target_positions: int
+) -> dict[str, Any]:
+    import ctranslate2
+
     return {
         "version": METADATA_VERSION,
         "config": checkpoint.config.to_dict(),
@@ -141,7 +151,7 @@ def _metadata(
             "tgt": checkpoint.vocab.tgt,
             "joint": checkpoint.vocab.joint,
         },
-        "parameters": count_parameters(model),
+        "parameters": checkpoint.meta["parameters"],
         "step": checkpoint.step,
         "metrics": checkpoint.metrics,
         "source_checkpoint": str(path),
