@@ -316,11 +316,17 @@ class Translator:
         """Forced alignment: each source with its given target, no decoding (see
         nmt.forced_alignment). Empty texts and texts longer than the model accepts raise
         TranslationError naming the pair."""
+        model = self.model
+        if isinstance(model, CTranslate2Engine):
+            raise TranslationError(
+                "forced alignment needs the PyTorch engine: align with the checkpoint this "
+                "model was exported from"
+            )
         if len(sources) != len(targets):
             raise TranslationError(f"{len(sources)} sources but {len(targets)} targets")
         src_ids = [self._encode(text, i, truncate=False)[0] for i, text in enumerate(sources)]
         tgt_ids = self.tokenizer.encode_tgt(list(targets))
-        limit = getattr(self.model, "max_target_len", None)
+        limit = getattr(model, "max_target_len", None)
         for i, (source, target, ids) in enumerate(zip(sources, targets, tgt_ids)):
             if not source.strip() or not target.strip():
                 side = "source" if not source.strip() else "target"
@@ -332,13 +338,13 @@ class Translator:
                 )
         results: list[ForcedAlignment | None] = [None] * len(sources)
         lengths = {i: len(ids) + len(tgt_ids[i]) for i, ids in enumerate(src_ids)}
-        was_training = self.model.training
-        self.model.eval()
+        was_training = model.training
+        model.eval()
         try:
             with torch.inference_mode():
                 for chunk in _sub_batches(lengths, self.decode.batch_tokens):
                     forced = teacher_force(
-                        self.model,
+                        model,
                         [src_ids[i] for i in chunk],
                         [tgt_ids[i] for i in chunk],
                         self.device,
@@ -351,7 +357,7 @@ class Translator:
         except ValueError as e:  # a model without attention
             raise TranslationError(str(e)) from None
         finally:
-            self.model.train(was_training)
+            model.train(was_training)
         return [r for r in results if r is not None]
 
     def _forced(

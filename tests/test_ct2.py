@@ -254,7 +254,10 @@ def test_real_server_on_the_directory_names_the_engine(
             response = http.post("/translate", json=request)
             assert response.status_code == 200
             served = response.json()["translations"]
-        local = Translator.load(directory).translate(texts, 2, n_best=2, with_alignment=True)
+            local = Translator.load(directory).translate(texts, 2, n_best=2, with_alignment=True)
+            pair = {"text": texts[0], "translation": local[0].text}
+            refused = http.post("/align", json=pair)
+            assert refused.status_code == 422 and "PyTorch engine" in refused.text
         assert [s["translation"] for s in served] == [t.text for t in local]
         for s, t in zip(served, local):
             assert t.alignment is not None
