@@ -5,14 +5,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import datasets
 import numpy as np
-import pyarrow.compute
 import torch
 
-from nmt.specials import BOS_ID, EOS_ID, PAD_ID
+from nmt.corpus_store import FlatIds
+from nmt.specials import BOS_ID, EOS_ID
+
+Rows = Sequence[int] | np.ndarray  # row indices of a batch
 
 
 @dataclass
@@ -44,49 +47,6 @@ class Batch:
         return dataclasses.replace(self, **pinned)
 
 
-class FlatIds:
-    """Token ids of one side of a split as one flat int32 array plus row offsets.
-
-    About 4 bytes per token where Python lists of ints take about 36, and a batch is padded
-    by array indexing instead of a Python loop per row.
-    """
-
-    def __init__(self, column: pyarrow.ChunkedArray | pyarrow.Array) -> None:
-        if isinstance(column, pyarrow.ChunkedArray):
-            column = column.combine_chunks()
-        lengths = pyarrow.compute.list_value_length(column).to_numpy(zero_copy_only=False)
-        self.lengths = np.asarray(lengths, dtype=np.int64)
-        self.offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)
-        np.cumsum(self.lengths, out=self.offsets[1:])
-        flat = pyarrow.compute.list_flatten(column).to_numpy(zero_copy_only=False)
-        self.ids = np.asarray(flat, dtype=np.int32)
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def padded(
-        self, rows: np.ndarray, prefix: int | None = None, suffix: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, L] long ids of `rows` (with an optional first/last token added) and the bool
-        mask (True = token), padded with PAD_ID."""
-        lengths = self.lengths[rows]
-        extra = (prefix is not None) + (suffix is not None)
-        width = int(lengths.max()) + extra if len(rows) else 0
-        columns = np.arange(width)[None, :]
-        shift = 1 if prefix is not None else 0
-        inside = (columns >= shift) & (columns < lengths[:, None] + shift)
-        gather = self.offsets[rows][:, None] + np.clip(columns - shift, 0, None)
-        gather = np.minimum(gather, max(len(self.ids) - 1, 0))
-        out = np.where(inside, self.ids[gather] if len(self.ids) else PAD_ID, PAD_ID)
-        if prefix is not None:
-            out[:, 0] = prefix
-        if suffix is not None:
-            out[np.arange(len(rows)), lengths + shift] = suffix
-        total = lengths + extra
-        mask = columns < total[:, None]
-        return torch.from_numpy(out.astype(np.int64)), torch.from_numpy(mask)
-
-
 @dataclass
 class SplitIds:
     """Source and target ids of a tokenized split (columns src_ids, tgt_ids)."""
@@ -96,25 +56,34 @@ class SplitIds:
 
     @classmethod
     def of(cls, split: datasets.Dataset) -> SplitIds:
+        """In memory, from a split with list columns src_ids and tgt_ids."""
         table = split.with_format("arrow")[:]
-        return cls(FlatIds(table["src_ids"]), FlatIds(table["tgt_ids"]))
+        return cls(FlatIds.from_arrow(table["src_ids"]), FlatIds.from_arrow(table["tgt_ids"]))
+
+    @classmethod
+    def open(cls, folder: Path) -> SplitIds:
+        """Mapped from a store folder (nmt.corpus_store): no copy of the corpus in memory."""
+        return cls(FlatIds.open(folder, "src"), FlatIds.open(folder, "tgt"))
+
+    def __len__(self) -> int:
+        return len(self.src)
 
     def batch_lengths(self) -> tuple[np.ndarray, np.ndarray]:
         """Padded lengths per row as `batch` makes them: S = len(src_ids), T = len(tgt_ids) + 1."""
-        return self.src.lengths, self.tgt.lengths + 1
+        return self.src.lengths, self.tgt.lengths.astype(np.int32) + 1
 
-    def batch(self, indices: Sequence[int]) -> Batch:
+    def batch(self, indices: Rows) -> Batch:
         """The padded batch of these rows (in this order), built without a loop over rows."""
         rows = np.asarray(indices, dtype=np.int64)
         src, src_mask = self.src.padded(rows)
         tgt_in, tgt_mask = self.tgt.padded(rows, prefix=BOS_ID)
         tgt_out, _ = self.tgt.padded(rows, suffix=EOS_ID)
         return Batch(
-            src=src,
-            src_mask=src_mask,
-            tgt_in=tgt_in,
-            tgt_out=tgt_out,
-            tgt_mask=tgt_mask,
+            src=torch.from_numpy(src),
+            src_mask=torch.from_numpy(src_mask),
+            tgt_in=torch.from_numpy(tgt_in),
+            tgt_out=torch.from_numpy(tgt_out),
+            tgt_mask=torch.from_numpy(tgt_mask),
             indices=list(map(int, rows)),
             num_src_tokens=int(self.src.lengths[rows].sum()),
             num_tgt_tokens=int(self.tgt.lengths[rows].sum()) + len(rows),
@@ -122,10 +91,10 @@ class SplitIds:
 
 
 def batch_stream(
-    ids: SplitIds, order: list[list[int]], workers: int = 0, pin: bool = False
+    ids: SplitIds, order: Sequence[Rows], workers: int = 0, pin: bool = False
 ) -> Iterable[Batch]:
-    """The batches of `order` (lists of rows), in order: built here, or by `workers` DataLoader
-    processes ahead of use, into page-locked memory if `pin` (for CUDA)."""
+    """The batches of `order` (arrays or lists of rows), in order: built here, or by `workers`
+    DataLoader processes ahead of use, into page-locked memory if `pin` (for CUDA)."""
     if workers == 0:
         return (ids.batch(indices) for indices in order)
     return torch.utils.data.DataLoader(
@@ -141,7 +110,7 @@ def batch_stream(
 class _BatchList(torch.utils.data.Dataset):
     """Batches built on demand, by index (what DataLoader workers call)."""
 
-    def __init__(self, ids: SplitIds, order: list[list[int]]) -> None:
+    def __init__(self, ids: SplitIds, order: Sequence[Rows]) -> None:
         self.ids, self.order = ids, order
 
     def __len__(self) -> int:
@@ -170,6 +139,9 @@ class TokenBatchSampler:
     rows of an epoch does not depend on world_size) until the count divides by world_size,
     which keeps shards disjoint and complete. Only if no batch has two rows left to split (tiny
     corpora) are the first batches of the epoch repeated at the end.
+
+    A batch is an int64 array, a view into the epoch's one array of rows: an epoch of millions
+    of rows costs 8 bytes per row, not a Python list of Python ints.
     """
 
     def __init__(
@@ -190,14 +162,15 @@ class TokenBatchSampler:
             raise ValueError(f"batch_tokens must be positive, got {batch_tokens}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
-        self.src_lengths = np.asarray(src_lengths, dtype=np.int64)
-        self.tgt_lengths = np.asarray(tgt_lengths, dtype=np.int64)
+        # Kept in their own (small, possibly memory-mapped) integer types.
+        self.src_lengths = np.asarray(src_lengths)
+        self.tgt_lengths = np.asarray(tgt_lengths)
         self.batch_tokens, self.shuffle, self.seed = batch_tokens, shuffle, seed
         self.rank, self.world_size, self.epoch = rank, world_size, 0
         # Rows with equal (src, tgt) lengths are interchangeable for cutting, so the batch sizes
         # along the sorted order are the same in every epoch: compute them once.
         widths = np.maximum(self.src_lengths, self.tgt_lengths)[self._sorted_rows(None)]
-        self._sizes = _chunk_sizes(widths.tolist(), batch_tokens)
+        self._sizes = _chunk_sizes(widths, batch_tokens)
         self._count = len(_divisible(list(self._sizes), world_size))
 
     def set_epoch(self, epoch: int) -> None:
@@ -206,17 +179,14 @@ class TokenBatchSampler:
     def __len__(self) -> int:
         return -(-self._count // self.world_size)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[np.ndarray]:
         yield from self.epoch_batches()[self.rank :: self.world_size]
 
-    def epoch_batches(self) -> list[list[int]]:
+    def epoch_batches(self) -> list[np.ndarray]:
         """All ranks' batches of the current epoch, in order (rank r takes r, r+w, ...)."""
         rng = np.random.default_rng([self.seed, self.epoch]) if self.shuffle else None
-        rows = self._sorted_rows(rng).tolist()
-        batches, start = [], 0
-        for size in self._sizes:
-            batches.append(rows[start : start + size])
-            start += size
+        rows = self._sorted_rows(rng)
+        batches = np.split(rows, np.cumsum(self._sizes)[:-1]) if len(rows) else []
         if rng is not None:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         batches = _divisible(batches, self.world_size)
@@ -245,15 +215,28 @@ class TokenBatchSampler:
         return np.lexsort((tie, self.tgt_lengths, self.src_lengths))
 
 
-def _chunk_sizes(widths: list[int], budget: int) -> list[int]:
-    """Greedy cut of a width sequence into runs with len(run) * max(run) <= budget (>= 1 each)."""
+def _chunk_sizes(widths: np.ndarray, budget: int) -> list[int]:
+    """Greedy cut of a width sequence into runs with len(run) * max(run) <= budget (>= 1 each).
+
+    The same cut as adding rows one by one, but over runs of equal widths (sorted rows have
+    a few thousand distinct lengths, not millions of rows), so millions of rows take
+    milliseconds instead of seconds at start-up.
+    """
+    if not len(widths):
+        return []
+    starts = np.concatenate([[0], np.flatnonzero(widths[1:] != widths[:-1]) + 1])
+    counts = np.diff(starts, append=len(widths))
     sizes, count, widest = [], 0, 0
-    for width in widths:
-        if count and max(widest, width) * (count + 1) > budget:
-            sizes.append(count)
-            count, widest = 0, 0
-        count += 1
-        widest = max(widest, width)
+    for width, left in zip(widths[starts].tolist(), counts.tolist()):
+        while left:
+            wider = max(widest, width)
+            room = budget // wider - count if count else max(budget // wider, 1)
+            if room <= 0:
+                sizes.append(count)
+                count, widest = 0, 0
+                continue
+            taken = min(room, left)
+            count, widest, left = count + taken, wider, left - taken
     if count:
         sizes.append(count)
     return sizes

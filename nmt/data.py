@@ -1,4 +1,4 @@
-"""Parallel corpora: loading (local files, presets, HF hub), cleaning, tokenized cache.
+"""Parallel corpora: sources (local files, presets, HF hub), cleaning, the tokenized cache.
 
 Sources, in order of precedence (`data.files` and `data.hub` are exclusive; either one
 overrides `data.preset`, whose default is multi30k):
@@ -6,16 +6,21 @@ overrides `data.preset`, whose default is multi30k):
   (optionally .gz); or {split: [file]} for a two-column .tsv (no header) or a .jsonl whose
   objects hold `<src_lang>`/`<tgt_lang>` (or `src`/`tgt`) keys. Relative paths are relative to
   the current directory.
-- `data.hub`: a Hugging Face hub dataset (`load_hub_corpus`; needs network or the HF cache).
+- `data.hub`: a Hugging Face hub dataset (needs network or the HF cache); `datasets` keeps it
+  as memory-mapped Arrow files, read here in chunks.
 - `data.preset`: `multi30k` (any two of en/de/fr/cs; valid = val, test = test_2016_flickr) or
   `small_parallel_enja` (en/ja; valid = dev; test = test, but the corpus is often kept as
   train+dev only, so without test files test = dev as well, with a warning). Preset files are
   looked up under data.dir, else $NMT_DATA_DIR, else ./data (scripts/download_data.py fills it).
 
-`prepare_data` trains or reuses the tokenizer, tokenizes and cleans the training split, and
-caches the result with `datasets.save_to_disk` under work_dir/cache/<key>/, where the key
-hashes the data files (path, size, mtime), the data and tokenizer settings and the tokenizer
-protos, so a cache is never served for other data or another tokenizer.
+`prepare_data` streams the corpus, never holding it whole: one pass draws the seeded sample
+SentencePiece is trained on (unless a tokenizer trained on the same data is reused), a second
+tokenizes and cleans the training split in worker processes (nmt.tokenize_corpus) into a
+memory-mapped store of flat token arrays (nmt.corpus_store), which training maps instead of
+loading. The evaluation splits (small; their raw text is the references) are kept with their
+text as `datasets` tables. Everything lives under work_dir/cache/<key>/, where the key hashes
+the data files (path, size, mtime), the data and tokenizer settings and the tokenizer protos,
+so a cache is never served for other data or another tokenizer.
 """
 
 from __future__ import annotations
@@ -27,26 +32,32 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
 
+from nmt.batching import SplitIds
 from nmt.config import Config, DataConfig
-from nmt.files import read_lines
+from nmt.corpus_reader import CorpusError, PairChunk, hub_pairs, read_pairs
+from nmt.corpus_store import StoreWriter, token_dtype
+from nmt.cpu import usable_cpus
 from nmt.specials import UNK_ID
+from nmt.tokenize_corpus import DROP_REASONS, Cleaning, encode_chunks
 from nmt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 TOKENIZER_FINGERPRINT = "fingerprint.json"
 MULTI30K_LANGS = ("en", "de", "fr", "cs")
 MULTI30K_SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
 ENJA_SPLITS = {"train": "train", "valid": "dev", "test": "test"}
-DROP_REASONS = ("empty", "too_long", "ratio")
+HUB_CHUNK_ROWS = 20_000
+SAMPLE_SEED = 1  # of the pairs the tokenizer is trained on, when the corpus has more
 TEXT_FEATURES = datasets.Features(
     {"src": datasets.Value("string"), "tgt": datasets.Value("string")}
 )
@@ -58,28 +69,92 @@ ID_FEATURES = datasets.Features(
         "tgt_ids": datasets.Sequence(datasets.Value("int32")),
     }
 )
+__all__ = ["DROP_REASONS", "DataError", "PreparedData", "load_corpus", "prepare_data"]
 
 
 class DataError(ValueError):
     """A corpus problem, phrased for the user (names the file, split or key)."""
 
 
-# --------------------------------------------------------------------------- corpus loading
+# --------------------------------------------------------------------------- sources
+
+
+class CorpusSource:
+    """The splits of the configured corpus, each readable (again) as a stream of chunks."""
+
+    def __init__(self, data: DataConfig) -> None:
+        self.data = data
+        self.hub = data.hub if data.hub is not None and not data.files else None
+        self._hub_splits: dict[str, datasets.Dataset] | None = None
+        self.files = {} if self.hub else corpus_files(data)
+        if "test" in self.files and self.files["test"] == self.files.get("valid"):
+            log.warning(
+                "no separate test files; the test split is the validation data (%s)",
+                ", ".join(map(str, self.files["test"])),
+            )
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.hub.splits) if self.hub else list(self.files)
+
+    def chunks(self, split: str) -> Iterator[PairChunk]:
+        """The pairs of `split`, stripped, in corpus order; errors name the file and line."""
+        try:
+            if self.hub:
+                yield from self._hub_chunks(split)
+            else:
+                yield from read_pairs(self.files[split], self.data.src_lang, self.data.tgt_lang)
+        except CorpusError as e:
+            raise DataError(f"{split}: {e}") from None
+
+    def _hub_chunks(self, split: str) -> Iterator[PairChunk]:
+        hub = self.hub
+        assert hub is not None
+        part = self._load_hub()[split]
+        rows = part.iter(batch_size=HUB_CHUNK_ROWS)
+        fields = (hub.translation_field, hub.src_field, hub.tgt_field)
+        return hub_pairs(rows, *fields, self.data.src_lang, self.data.tgt_lang)
+
+    def _load_hub(self) -> dict[str, datasets.Dataset]:
+        """The hub dataset's splits under our names, checked for the configured columns."""
+        if self._hub_splits is not None:
+            return self._hub_splits
+        hub = self.hub
+        assert hub is not None
+        if not hub.translation_field and not (hub.src_field and hub.tgt_field):
+            raise DataError("data.hub: set translation_field, or src_field and tgt_field")
+        loaded = datasets.load_dataset(hub.name, hub.config, revision=hub.revision)
+        fields = (
+            [hub.translation_field] if hub.translation_field else [hub.src_field, hub.tgt_field]
+        )
+        splits = {}
+        for ours, theirs in hub.splits.items():
+            if theirs not in loaded:
+                raise DataError(
+                    f"hub dataset {hub.name} has no split {theirs!r}; it has {', '.join(loaded)}"
+                )
+            missing = [f for f in fields if f not in loaded[theirs].column_names]
+            if missing:
+                raise DataError(
+                    f"hub dataset {hub.name} has no column {missing[0]!r}; it has "
+                    f"{', '.join(loaded[theirs].column_names)}"
+                )
+            splits[ours] = loaded[theirs]
+        self._hub_splits = splits
+        return splits
 
 
 def load_corpus(data: DataConfig) -> datasets.DatasetDict:
-    """The raw corpus: a DatasetDict with text columns "src" and "tgt" per split."""
-    if data.hub is not None and not data.files:
-        return load_hub_corpus(data)
-    files = corpus_files(data)
-    if "test" in files and files["test"] == files.get("valid"):
-        log.warning(
-            "no separate test files; the test split is the validation data (%s)",
-            ", ".join(map(str, files["test"])),
-        )
+    """The raw corpus in memory: a DatasetDict with text columns "src" and "tgt" per split
+    (for inspection and small corpora; preparation streams instead)."""
+    source = CorpusSource(data)
     splits = {}
-    for split, paths in files.items():
-        src, tgt = _read_pairs(split, paths, data.src_lang, data.tgt_lang)
+    for split in source.splits:
+        src: list[str] = []
+        tgt: list[str] = []
+        for chunk in source.chunks(split):
+            src += chunk.src
+            tgt += chunk.tgt
         splits[split] = datasets.Dataset.from_dict({"src": src, "tgt": tgt}, features=TEXT_FEATURES)
     return datasets.DatasetDict(splits)
 
@@ -142,124 +217,20 @@ def _enja_files(data: DataConfig) -> dict[str, list[Path]]:
     return files
 
 
-def _read_pairs(
-    split: str, paths: list[Path], src_lang: str, tgt_lang: str
-) -> tuple[list[str], list[str]]:
-    if len(paths) == 2:
-        src, tgt = _read_lines(paths[0]), _read_lines(paths[1])
-        if len(src) != len(tgt):
-            raise DataError(
-                f"{split}: {paths[0]} has {len(src)} lines but {paths[1]} has "
-                f"{len(tgt)} lines; parallel files must be line-aligned"
-            )
-        return src, tgt
-    if len(paths) == 1:
-        name = paths[0].name.removesuffix(".gz")
-        if name.endswith(".tsv"):
-            return _read_tsv(paths[0])
-        if name.endswith(".jsonl"):
-            return _read_jsonl(paths[0], src_lang, tgt_lang)
-        raise DataError(f"data.files.{split}: a single file must be .tsv or .jsonl, got {paths[0]}")
-    raise DataError(
-        f"data.files.{split}: expected [src_file, tgt_file] or [file.tsv|file.jsonl], "
-        f"got {len(paths)} paths"
-    )
-
-
-def _read_lines(path: Path) -> list[str]:
-    """Stripped lines of a corpus file (see nmt.files.read_lines)."""
-    try:
-        return [line.strip() for line in read_lines(path)]
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text: {e}") from None
-
-
-def _read_tsv(path: Path) -> tuple[list[str], list[str]]:
-    src, tgt = [], []
-    for number, line in enumerate(_read_lines(path), start=1):
-        fields = line.split("\t") if line else ["", ""]
-        if len(fields) != 2:
-            raise DataError(f"{path}:{number}: expected 2 tab-separated columns, got {len(fields)}")
-        src.append(fields[0].strip())
-        tgt.append(fields[1].strip())
-    return src, tgt
-
-
-def _read_jsonl(path: Path, src_lang: str, tgt_lang: str) -> tuple[list[str], list[str]]:
-    src, tgt = [], []
-    for number, line in enumerate(_read_lines(path), start=1):
-        if not line:
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{number}: invalid JSON: {e}") from None
-        for src_key, tgt_key in ((src_lang, tgt_lang), ("src", "tgt")):
-            if isinstance(row, dict) and src_key in row and tgt_key in row:
-                src.append(str(row[src_key]).strip())
-                tgt.append(str(row[tgt_key]).strip())
-                break
-        else:
-            raise DataError(
-                f"{path}:{number}: expected keys {src_lang!r}/{tgt_lang!r} or 'src'/'tgt'"
-            )
-    return src, tgt
-
-
-def load_hub_corpus(data: DataConfig) -> datasets.DatasetDict:
-    """Load `data.hub` with datasets.load_dataset and map it to "src"/"tgt" columns."""
-    hub = data.hub
-    if hub is None:
-        raise DataError("data.hub is not set")
-    if not hub.translation_field and not (hub.src_field and hub.tgt_field):
-        raise DataError("data.hub: set translation_field, or src_field and tgt_field")
-    loaded = datasets.load_dataset(hub.name, hub.config, revision=hub.revision)
-    splits = {}
-    for ours, theirs in hub.splits.items():
-        if theirs not in loaded:
-            raise DataError(
-                f"hub dataset {hub.name} has no split {theirs!r}; it has {', '.join(loaded)}"
-            )
-        fields = (
-            [hub.translation_field] if hub.translation_field else [hub.src_field, hub.tgt_field]
-        )
-        missing = [f for f in fields if f not in loaded[theirs].column_names]
-        if missing:
-            raise DataError(
-                f"hub dataset {hub.name} has no column {missing[0]!r}; it has "
-                f"{', '.join(loaded[theirs].column_names)}"
-            )
-        part = loaded[theirs][:]  # all columns as Python lists
-        if hub.translation_field:
-            pairs = part[hub.translation_field]
-            if pairs and not {data.src_lang, data.tgt_lang} <= set(pairs[0]):
-                raise DataError(
-                    f"hub dataset {hub.name}: {hub.translation_field} holds "
-                    f"{', '.join(pairs[0])}, not {data.src_lang} and {data.tgt_lang}"
-                )
-            src = [p[data.src_lang] for p in pairs]
-            tgt = [p[data.tgt_lang] for p in pairs]
-        else:
-            src, tgt = part[hub.src_field], part[hub.tgt_field]
-        splits[ours] = datasets.Dataset.from_dict(
-            {"src": [s.strip() for s in src], "tgt": [t.strip() for t in tgt]},
-            features=TEXT_FEATURES,
-        )
-    return datasets.DatasetDict(splits)
-
-
 # --------------------------------------------------------------------------- preparation
 
 
 @dataclass
 class PreparedData:
     tokenizer: Tokenizer
-    splits: datasets.DatasetDict  # columns src, tgt, src_ids (pieces + EOS), tgt_ids (pieces)
+    train: SplitIds  # memory-mapped ids of the cleaned training split (nmt.corpus_store)
+    # The evaluation splits: columns src, tgt (raw text), src_ids (pieces + EOS), tgt_ids.
+    splits: dict[str, datasets.Dataset]
     stats: dict[str, Any]
 
 
 def prepare_data(config: Config, work_dir: Path) -> PreparedData:
-    """Load, tokenize and clean the corpus, reusing work_dir's tokenizer and cache when valid."""
+    """Stream, tokenize and clean the corpus, reusing work_dir's tokenizer and cache when valid."""
     start = time.perf_counter()
     work_dir = Path(work_dir)
     sources = source_fingerprint(config.data)
@@ -275,23 +246,22 @@ def prepare_data(config: Config, work_dir: Path) -> PreparedData:
     }
     tokenizer = _reusable_tokenizer(tok_dir, tok_print)
     reused = tokenizer is not None
-    corpus, cut = None, 0
+    source = CorpusSource(config.data)
     if tokenizer is None:
-        corpus, cut = _load_limited(config.data)
-        tokenizer = _train_tokenizer(config, corpus["train"], tok_dir, tok_print)
+        tokenizer = _train_tokenizer(config, source, tok_dir, tok_print)
     cache_dir = work_dir / "cache" / cache_key(config, sources, tokenizer)
     hit = (cache_dir / "stats.json").is_file()
     if not hit:
-        if corpus is None:
-            corpus, cut = _load_limited(config.data)
-        _build_cache(corpus, cut, tokenizer, config.data, cache_dir)
+        _build_cache(source, tokenizer, config.data, cache_dir)
     else:
         log.info("reusing tokenized data in %s", cache_dir)
-    splits = datasets.load_from_disk(str(cache_dir))
+    evaluation = cache_dir / "eval"
+    splits = dict(datasets.load_from_disk(str(evaluation))) if evaluation.is_dir() else {}
     stats = json.loads((cache_dir / "stats.json").read_text(encoding="utf-8"))
     stats["cache"] = {"dir": str(cache_dir), "hit": hit, "tokenizer_reused": reused}
     stats["seconds"] = round(time.perf_counter() - start, 2)
-    return PreparedData(tokenizer=tokenizer, splits=splits, stats=stats)
+    train = SplitIds.open(cache_dir / "train")
+    return PreparedData(tokenizer=tokenizer, train=train, splits=splits, stats=stats)
 
 
 def source_fingerprint(data: DataConfig) -> dict[str, Any]:
@@ -321,16 +291,6 @@ def cache_key(config: Config, sources: dict[str, Any], tokenizer: Tokenizer) -> 
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _load_limited(data: DataConfig) -> tuple[datasets.DatasetDict, int]:
-    """The corpus with train cut to its first data.train_limit pairs, and how many were cut."""
-    corpus = load_corpus(data)
-    total = len(corpus["train"])
-    if data.train_limit is None or total <= data.train_limit:
-        return corpus, 0
-    corpus["train"] = corpus["train"].select(range(data.train_limit))
-    return corpus, total - data.train_limit
-
-
 def _reusable_tokenizer(tok_dir: Path, fingerprint: dict[str, Any]) -> Tokenizer | None:
     path = tok_dir / TOKENIZER_FINGERPRINT
     if not path.is_file():
@@ -342,20 +302,72 @@ def _reusable_tokenizer(tok_dir: Path, fingerprint: dict[str, Any]) -> Tokenizer
     return Tokenizer.load(tok_dir)
 
 
+@dataclass
+class TrainLimit:
+    """Cuts the training stream after its first `limit` pairs and counts the pairs cut."""
+
+    limit: int | None
+    cut: int = 0
+
+    def apply(self, chunks: Iterator[PairChunk]) -> Iterator[PairChunk]:
+        self.cut, kept = 0, 0
+        for chunk in chunks:
+            room = len(chunk) if self.limit is None else max(self.limit - kept, 0)
+            if room >= len(chunk):
+                kept += len(chunk)
+                yield chunk
+                continue
+            if room:
+                yield PairChunk(chunk.src[:room], chunk.tgt[:room], chunk.first_line)
+            kept += room
+            self.cut += len(chunk) - room
+
+
+@dataclass
+class PairSample:
+    """A seeded uniform sample of at most `size` pairs with both sides non-empty (reservoir
+    sampling), in corpus order; all of them when there are fewer (size None = all)."""
+
+    size: int | None
+    seen: int = 0
+    _rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(SAMPLE_SEED))
+    _rows: list[tuple[int, str, str]] = field(default_factory=list)
+
+    def add(self, chunk: PairChunk) -> None:
+        pairs = [(s, t) for s, t in zip(chunk.src, chunk.tgt) if s and t]
+        room = len(pairs) if self.size is None else max(self.size - len(self._rows), 0)
+        for s, t in pairs[:room]:
+            self._rows.append((self.seen, s, t))
+            self.seen += 1
+        rest = pairs[room:]
+        if not rest:
+            return
+        # Pair number n (0-based) replaces a random slot with probability size / (n + 1).
+        numbers = np.arange(self.seen, self.seen + len(rest))
+        slots = self._rng.integers(0, numbers + 1)
+        for offset in np.flatnonzero(slots < len(self._rows)).tolist():
+            s, t = rest[offset]
+            self._rows[int(slots[offset])] = (int(numbers[offset]), s, t)
+        self.seen += len(rest)
+
+    def sides(self) -> tuple[list[str], list[str]]:
+        rows = sorted(self._rows)
+        return [s for _, s, _ in rows], [t for _, _, t in rows]
+
+
 def _train_tokenizer(
-    config: Config, train: datasets.Dataset, tok_dir: Path, fingerprint: dict[str, Any]
+    config: Config, source: CorpusSource, tok_dir: Path, fingerprint: dict[str, Any]
 ) -> Tokenizer:
-    """Train on the non-empty training pairs; the fingerprint is written last (marks completion)."""
+    """Train on a sample of the non-empty training pairs (one streaming pass); the
+    fingerprint is written last (marks completion)."""
     (tok_dir / TOKENIZER_FINGERPRINT).unlink(missing_ok=True)
-    columns = train[:]
-    pairs = [(s, t) for s, t in zip(columns["src"], columns["tgt"]) if s and t]
+    sample = PairSample(config.tokenizer.input_sentence_size)
+    for chunk in TrainLimit(config.data.train_limit).apply(source.chunks("train")):
+        sample.add(chunk)
+    src, tgt = sample.sides()
+    log.info("tokenizer sample: %d of %d non-empty training pairs", len(src), sample.seen)
     tokenizer = Tokenizer.train(
-        config.tokenizer,
-        [s for s, _ in pairs],
-        [t for _, t in pairs],
-        config.data.src_lang,
-        config.data.tgt_lang,
-        tok_dir,
+        config.tokenizer, src, tgt, config.data.src_lang, config.data.tgt_lang, tok_dir
     )
     (tok_dir / TOKENIZER_FINGERPRINT).write_text(
         json.dumps(fingerprint, indent=2), encoding="utf-8"
@@ -364,22 +376,29 @@ def _train_tokenizer(
 
 
 def _build_cache(
-    corpus: datasets.DatasetDict, cut: int, tokenizer: Tokenizer, data: DataConfig, cache_dir: Path
+    source: CorpusSource, tokenizer: Tokenizer, data: DataConfig, cache_dir: Path
 ) -> None:
-    """Tokenize every split, clean train, save with stats; renamed into place when complete."""
-    log.info("tokenizing %s", ", ".join(f"{k} ({len(v)} pairs)" for k, v in corpus.items()))
-    splits, split_stats, lengths, unk_rate = {}, {}, {}, None
-    for name, part in corpus.items():
-        columns, split_stats[name] = _tokenize_split(
-            part, tokenizer, data if name == "train" else None
-        )
-        lengths[name] = _length_stats(columns["src_ids"], columns["tgt_ids"])
+    """Tokenize every split (train cleaned, into the store), save with stats; renamed into
+    place when complete, so an interrupted run leaves no cache behind."""
+    tmp = cache_dir.with_name(f".{cache_dir.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    dtype = token_dtype(max(tokenizer.src_vocab_size, tokenizer.tgt_vocab_size))
+    split_stats = {"train": _write_train(source, tokenizer, data, dtype, tmp / "train")}
+    train = SplitIds.open(tmp / "train")
+    lengths = {"train": _length_stats(train.src.lengths, train.tgt.lengths)}
+    evaluation, unk_rate = {}, None
+    for name in source.splits:
+        if name == "train":
+            continue
+        part = _encode_evaluation_split(source, name, tokenizer)
+        evaluation[name] = part
+        split_stats[name] = {"pairs": len(part), "kept": len(part), "dropped": {}}
+        ids = SplitIds.of(part)
+        lengths[name] = _length_stats(ids.src.lengths, ids.tgt.lengths)
         if name == data.valid_split:
-            unk_rate = _unk_rate(columns["src_ids"], columns["tgt_ids"])
-        splits[name] = datasets.Dataset.from_dict(columns, features=ID_FEATURES)
-    train = split_stats["train"]
-    train["pairs"] += cut
-    train["dropped"] = {"train_limit": cut, **train["dropped"]}
+            unk_rate = _unk_rate(ids)
+    if evaluation:
+        datasets.DatasetDict(evaluation).save_to_disk(str(tmp / "eval"))
     stats = {
         "splits": split_stats,
         "lengths": lengths,
@@ -389,10 +408,8 @@ def _build_cache(
             "tgt": tokenizer.tgt_vocab_size,
             "joint": tokenizer.joint,
         },
+        "store": {"dtype": dtype.name, "bytes": _folder_bytes(tmp / "train")},
     }
-    tmp = cache_dir.with_name(f".{cache_dir.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    datasets.DatasetDict(splits).save_to_disk(str(tmp))
     (tmp / "stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
     try:
         os.rename(tmp, cache_dir)
@@ -401,55 +418,52 @@ def _build_cache(
     log.info("saved tokenized data to %s", cache_dir)
 
 
-def _tokenize_split(
-    part: datasets.Dataset, tokenizer: Tokenizer, clean: DataConfig | None
-) -> tuple[dict[str, list], dict[str, Any]]:
-    """Columns src, tgt, src_ids, tgt_ids of the kept rows (all rows unless `clean` is given)."""
-    columns = part[:]  # Python lists: far faster than row-wise Dataset access
-    src, tgt = columns["src"], columns["tgt"]
-    src_ids, tgt_ids = tokenizer.encode_src(src), tokenizer.encode_tgt(tgt)
-    if clean is None:
-        return (
-            {"src": src, "tgt": tgt, "src_ids": src_ids, "tgt_ids": tgt_ids},
-            {"pairs": len(src), "kept": len(src), "dropped": {}},
-        )
-    keep, dropped = _clean(src, tgt, src_ids, tgt_ids, clean)
-    kept = {
-        "src": [src[i] for i in keep],
-        "tgt": [tgt[i] for i in keep],
-        "src_ids": [src_ids[i] for i in keep],
-        "tgt_ids": [tgt_ids[i] for i in keep],
+def _write_train(
+    source: CorpusSource, tokenizer: Tokenizer, data: DataConfig, dtype: np.dtype, folder: Path
+) -> dict[str, Any]:
+    """Stream the training split through tokenizing and cleaning into a store folder."""
+    limit = TrainLimit(data.train_limit)
+    writer = StoreWriter(folder, dtype)
+    cleaning = Cleaning(data.max_len, data.max_ratio)
+    pairs, dropped = 0, dict.fromkeys(DROP_REASONS, 0)
+    workers = usable_cpus()
+    log.info("tokenizing the training split (%d worker processes)", workers)
+    for part in encode_chunks(
+        limit.apply(source.chunks("train")), tokenizer, cleaning, dtype, workers
+    ):
+        writer.append(part.src, part.tgt)
+        pairs += part.pairs
+        for reason, count in part.dropped.items():
+            dropped[reason] += count
+    kept = writer.close()
+    return {
+        "pairs": pairs + limit.cut,
+        "kept": kept,
+        "dropped": {"train_limit": limit.cut, **dropped},
     }
-    return kept, {"pairs": len(src), "kept": len(keep), "dropped": dropped}
 
 
-def _clean(
-    src: list[str],
-    tgt: list[str],
-    src_ids: list[list[int]],
-    tgt_ids: list[list[int]],
-    data: DataConfig,
-) -> tuple[list[int], dict[str, int]]:
-    """Rows to keep and the count dropped per reason (first matching reason counts)."""
-    keep: list[int] = []
-    dropped = dict.fromkeys(DROP_REASONS, 0)
-    for i in range(len(src)):
-        n_src, n_tgt = len(src_ids[i]) - 1, len(tgt_ids[i])  # subword pieces, without EOS
-        if not src[i] or not tgt[i] or n_src == 0 or n_tgt == 0:
-            dropped["empty"] += 1
-        elif n_src > data.max_len or n_tgt > data.max_len:
-            dropped["too_long"] += 1
-        elif max(n_src, n_tgt) / min(n_src, n_tgt) > data.max_ratio:
-            dropped["ratio"] += 1
-        else:
-            keep.append(i)
-    return keep, dropped
+def _encode_evaluation_split(
+    source: CorpusSource, split: str, tokenizer: Tokenizer
+) -> datasets.Dataset:
+    """An evaluation split with its raw text (the references) and ids, uncleaned."""
+    columns: dict[str, list[Any]] = {"src": [], "tgt": [], "src_ids": [], "tgt_ids": []}
+    for chunk in source.chunks(split):
+        columns["src"] += chunk.src
+        columns["tgt"] += chunk.tgt
+        columns["src_ids"] += tokenizer.encode_src(chunk.src)
+        columns["tgt_ids"] += tokenizer.encode_tgt(chunk.tgt)
+    return datasets.Dataset.from_dict(columns, features=ID_FEATURES)
 
 
-def _length_stats(src_ids: list[list[int]], tgt_ids: list[list[int]]) -> dict[str, float]:
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir())
+
+
+def _length_stats(src_lengths: np.ndarray, tgt_lengths: np.ndarray) -> dict[str, float]:
     """Mean and 95th percentile of subword pieces per sentence (EOS not counted)."""
-    src = np.array([len(x) - 1 for x in src_ids] or [0])
-    tgt = np.array([len(x) for x in tgt_ids] or [0])
+    src = np.asarray(src_lengths, dtype=np.int64) - 1 if len(src_lengths) else np.zeros(1)
+    tgt = np.asarray(tgt_lengths, dtype=np.int64) if len(tgt_lengths) else np.zeros(1)
     return {
         "src_mean": round(float(src.mean()), 2),
         "src_p95": float(np.percentile(src, 95)),
@@ -458,12 +472,12 @@ def _length_stats(src_ids: list[list[int]], tgt_ids: list[list[int]]) -> dict[st
     }
 
 
-def _unk_rate(src_ids: list[list[int]], tgt_ids: list[list[int]]) -> dict[str, float]:
+def _unk_rate(ids: SplitIds) -> dict[str, float]:
     """Share of <unk> among the subword pieces of each side (EOS not counted)."""
     rates = {}
-    for side, rows, extra in (("src", src_ids, 1), ("tgt", tgt_ids, 0)):
-        total = sum(len(r) - extra for r in rows)
-        rates[side] = sum(r.count(UNK_ID) for r in rows) / total if total else 0.0
+    for side, flat, eos in (("src", ids.src, len(ids.src)), ("tgt", ids.tgt, 0)):
+        total = len(flat.ids) - eos
+        rates[side] = int((flat.ids == UNK_ID).sum()) / total if total else 0.0
     return rates
 
 

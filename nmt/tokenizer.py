@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sentencepiece as spm
 
 from nmt.config import TokenizerConfig
@@ -185,6 +187,14 @@ class Tokenizer:
         """Target ids: pieces only; the data pipeline adds BOS/EOS for decoder input/output."""
         return self._tgt.encode(_case_normalised(texts, self.config))
 
+    def encode_src_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """`encode_src` as int32 ids back to back plus lengths (the corpus store's layout)."""
+        return _flat(self._src.encode(_case_normalised(texts, self.config)), EOS_ID)
+
+    def encode_tgt_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """`encode_tgt` as int32 ids back to back plus lengths."""
+        return _flat(self._tgt.encode(_case_normalised(texts, self.config)), None)
+
     def decode_tgt(self, ids: list[list[int]]) -> list[str]:
         """Text of target ids: cut at the first EOS, drop pad/bos, detokenize."""
         return self._decode(self._tgt, ids, self.tgt_lang)
@@ -280,6 +290,21 @@ def _subsequence_positions(raw: str, final: str) -> list[int]:
 def _case_normalised(texts: list[str], config: TokenizerConfig) -> list[str]:
     """The texts as the models see them: lowercased when `tokenizer.lowercase` is set."""
     return [t.lower() for t in texts] if config.lowercase else list(texts)
+
+
+def _flat(rows: list[list[int]], suffix: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows back to back (each followed by `suffix` if given) and their lengths."""
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    pieces = np.fromiter(itertools.chain.from_iterable(rows), np.int32, int(lengths.sum()))
+    if suffix is None:
+        return pieces, lengths
+    lengths += 1
+    ends = np.cumsum(lengths) - 1
+    flat = np.full(int(lengths.sum()), suffix, dtype=np.int32)
+    is_piece = np.ones(len(flat), dtype=bool)
+    is_piece[ends] = False
+    flat[is_piece] = pieces
+    return flat, lengths
 
 
 def _strip_specials(ids: list[int]) -> list[int]:

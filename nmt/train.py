@@ -30,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from nmt.allocator import keep_freed_memory
-from nmt.batching import Batch, SplitIds, TokenBatchSampler, batch_stream
+from nmt.batching import Batch, TokenBatchSampler, batch_stream
 from nmt.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -155,7 +155,7 @@ class Trainer:
         seed_everything(config.train.seed + self.dist.rank)
 
         self.data = self._prepare()
-        self.train_ids = SplitIds.of(self.data.splits["train"])
+        self.train_ids = self.data.train
         tok = self.data.tokenizer
         self.model = build_model(
             config.model, tok.src_vocab_size, tok.tgt_vocab_size, joint_vocab=tok.joint

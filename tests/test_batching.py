@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
 import random
+from collections.abc import Iterable
 from pathlib import Path
 
 import datasets
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from nmt.batching import Batch, SplitIds, TokenBatchSampler
+from nmt.batching import Batch, SplitIds, TokenBatchSampler, _chunk_sizes, batch_stream
 from nmt.config import config_from_dict
 from nmt.data import prepare_data
 from nmt.specials import BOS_ID, EOS_ID, PAD_ID
@@ -32,11 +34,31 @@ def test_sampler_respects_budget_and_covers_each_row_once() -> None:
     sampler = TokenBatchSampler(src, tgt, batch_tokens=200, seed=3)
     for epoch in range(3):
         sampler.set_epoch(epoch)
-        batches = list(sampler)
+        batches = _lists(sampler)
         assert len(batches) == len(sampler)
         assert sorted(i for b in batches for i in b) == list(range(500))
         assert [7] in batches
         assert all(_padded_size(b, src, tgt) <= 200 for b in batches if b != [7])
+
+
+def _lists(batches: Iterable[np.ndarray]) -> list[list[int]]:
+    return [batch.tolist() for batch in batches]
+
+
+def test_batch_cut_matches_adding_rows_one_by_one() -> None:
+    """The cut over runs of equal widths is the plain greedy one, row by row."""
+    rng = np.random.default_rng(0)
+    for budget in (1, 7, 100, 1000):
+        widths = np.sort(rng.integers(1, 60, 2000)) if budget > 1 else np.array([3, 3, 5])
+        widths[::7] = rng.integers(1, 60, len(widths[::7]))  # not monotone, as in real order
+        sizes, count, widest = [], 0, 0
+        for width in widths.tolist():
+            if count and max(widest, width) * (count + 1) > budget:
+                sizes.append(count)
+                count, widest = 0, 0
+            count, widest = count + 1, max(widest, width)
+        sizes.append(count)
+        assert _chunk_sizes(widths, budget) == sizes
 
 
 def test_sampler_is_deterministic_by_seed_and_epoch() -> None:
@@ -45,7 +67,7 @@ def test_sampler_is_deterministic_by_seed_and_epoch() -> None:
     def batches(seed: int, epoch: int) -> list[list[int]]:
         sampler = TokenBatchSampler(src, tgt, 150, seed=seed)
         sampler.set_epoch(epoch)
-        return list(sampler)
+        return _lists(sampler)
 
     assert batches(1, 0) == batches(1, 0)
     assert batches(1, 0) != batches(2, 0)
@@ -106,15 +128,36 @@ def test_sampler_and_batches_on_prepared_data(
     config = config_from_dict(
         {"data": {"preset": None, "files": tiny_corpus_files}, "tokenizer": {"vocab_size": 300}}
     )
-    split = prepare_data(config, tmp_path).splits["train"]
-    ids = SplitIds.of(split)
+    prepared = prepare_data(config, tmp_path)
+    ids = prepared.train
+    train_de = Path(tiny_corpus_files["train"][0]).read_text(encoding="utf-8").splitlines()
+    expected = prepared.tokenizer.encode_src(train_de)  # the tiny corpus needs no cleaning
     src_lengths, tgt_lengths = ids.batch_lengths()
-    assert src_lengths[0] == len(split[0]["src_ids"])
-    assert tgt_lengths[0] == len(split[0]["tgt_ids"]) + 1
+    assert len(ids) == len(expected) and src_lengths[0] == len(expected[0])
     for indices in TokenBatchSampler(src_lengths, tgt_lengths, 400, seed=1):
         batch = ids.batch(indices)
         assert batch.src.numel() <= 400 and batch.tgt_out.numel() <= 400
-        assert batch.src[0, : src_lengths[indices[0]]].tolist() == split[indices[0]]["src_ids"]
+        first = int(indices[0])
+        assert batch.src[0, : src_lengths[first]].tolist() == expected[first]
+
+
+def test_training_ids_are_mapped_not_copied(
+    tiny_corpus_files: dict[str, list[str]], tmp_path: Path
+) -> None:
+    """The store is mapped from disk; a pickled (DataLoader worker) copy is just its folder."""
+    config = config_from_dict(
+        {"data": {"preset": None, "files": tiny_corpus_files}, "tokenizer": {"vocab_size": 300}}
+    )
+    ids = prepare_data(config, tmp_path).train
+    assert isinstance(ids.src.ids, np.memmap) and ids.src.ids.dtype == np.uint16
+    assert isinstance(ids.tgt.offsets, np.memmap) and isinstance(ids.tgt.lengths, np.memmap)
+    assert len(pickle.dumps(ids)) < 1000 < ids.src.ids.nbytes
+    order = [np.arange(0, 5), np.arange(100, 103), np.array([399, 7])]
+    here = list(batch_stream(ids, order))
+    workers = list(batch_stream(ids, order, workers=2))
+    for a, b in zip(here, workers, strict=True):
+        assert a.indices == b.indices and torch.equal(a.src, b.src)
+        assert torch.equal(a.tgt_in, b.tgt_in)
 
 
 def _ids(n: int, seed: int = 0) -> tuple[list[list[int]], list[list[int]], SplitIds]:
@@ -143,8 +186,6 @@ def test_batches_of_any_rows_pad_as_the_reference() -> None:
 
 def test_dataloader_workers_build_the_same_batches() -> None:
     """The CUDA path builds batches in worker processes; they must be the batches built here."""
-    from nmt.batching import batch_stream
-
     _, _, ids = _ids(60)
     order = [[0, 1, 2], [10, 11], [20, 21, 22, 23], [59]]
     here = list(batch_stream(ids, order))

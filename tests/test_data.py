@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from nmt.config import Config, config_from_dict
+from nmt.corpus_store import FlatIds
 from nmt.data import DataError, format_summary, load_corpus, prepare_data
 from nmt.specials import EOS_ID
 
@@ -30,6 +31,11 @@ def _files_config(files: dict[str, list[str]], **data: object) -> Config:
     return config_from_dict(
         {"data": {"preset": None, "files": files, "src_lang": "de", "tgt_lang": "en", **data}}
     )
+
+
+def _rows(flat: FlatIds) -> list[list[int]]:
+    """The rows of one side of a store, as lists."""
+    return [flat.ids[flat.offsets[i] : flat.offsets[i + 1]].tolist() for i in range(len(flat))]
 
 
 def _tiny_lines(tiny_corpus_dir: Path, lang: str, n: int) -> list[str]:
@@ -206,9 +212,10 @@ def test_cleaning_counts_each_reason(tiny_corpus_dir: Path, tmp_path: Path) -> N
     prepared = prepare_data(_cleaning_corpus(tiny_corpus_dir, tmp_path), tmp_path / "work")
     train = prepared.stats["splits"]["train"]
     assert train["dropped"] == {"train_limit": 0, "empty": 3, "too_long": 2, "ratio": 2}
-    assert train["pairs"] == 207 and train["kept"] == 200 == len(prepared.splits["train"])
-    for row in prepared.splits["train"]:
-        n_src, n_tgt = len(row["src_ids"]) - 1, len(row["tgt_ids"])
+    assert train["pairs"] == 207 and train["kept"] == 200 == len(prepared.train)
+    for src_ids, tgt_ids in zip(_rows(prepared.train.src), _rows(prepared.train.tgt)):
+        n_src, n_tgt = len(src_ids) - 1, len(tgt_ids)
+        assert src_ids[-1] == EOS_ID and EOS_ID not in tgt_ids
         assert 0 < n_src <= 100 and 0 < n_tgt <= 100 and max(n_src, n_tgt) <= 3 * min(n_src, n_tgt)
     # Only the training split is cleaned.
     assert prepared.stats["splits"]["valid"] == {"pairs": 4, "kept": 4, "dropped": {}}
@@ -224,8 +231,9 @@ def test_train_limit_keeps_the_first_pairs(
     prepared = prepare_data(config, tmp_path)
     train = prepared.stats["splits"]["train"]
     assert train["pairs"] == 400 and train["dropped"]["train_limit"] == 300
-    kept = prepared.splits["train"]["src"][:]
-    assert kept == [s for s in _tiny_lines(tiny_corpus_dir, "de", 100) if s in set(kept)]
+    kept = _rows(prepared.train.src)
+    first = prepared.tokenizer.encode_src(_tiny_lines(tiny_corpus_dir, "de", 100))
+    assert kept == [ids for ids in first if ids in kept]
     assert train["kept"] == len(kept) == 100 - sum(train["dropped"].values()) + 300
 
 
@@ -237,8 +245,10 @@ def test_prepare_real_multi30k(data_dir: Path, tmp_path: Path) -> None:
     stats = first.stats
     assert stats["cache"] == {"dir": stats["cache"]["dir"], "hit": False, "tokenizer_reused": False}
     assert stats["vocab"] == {"src": 1000, "tgt": 1000, "joint": True}
-    assert set(first.splits) == {"train", "valid", "test"}
-    assert set(first.splits["train"].column_names) == {"src", "tgt", "src_ids", "tgt_ids"}
+    assert set(first.splits) == {"valid", "test"}
+    assert set(first.splits["valid"].column_names) == {"src", "tgt", "src_ids", "tgt_ids"}
+    assert len(first.train) == stats["splits"]["train"]["kept"] > 1900
+    assert stats["store"]["dtype"] == "uint16"  # 1000 pieces fit in 16 bits
     assert all(ids[-1] == EOS_ID for ids in first.splits["valid"]["src_ids"][:])
     assert 5 < stats["lengths"]["train"]["src_mean"] <= stats["lengths"]["train"]["src_p95"]
     assert 0.0 <= stats["unk_rate"]["src"] < 0.05
@@ -254,11 +264,12 @@ def test_prepare_reuses_tokenizer_and_cache(
     stats = first.stats
     assert not stats["cache"]["hit"] and not stats["cache"]["tokenizer_reused"]
     model_file = tmp_path / "tokenizer" / "joint.model"
-    arrow_files = sorted(Path(stats["cache"]["dir"]).rglob("*.arrow"))
-    mtimes = [p.stat().st_mtime_ns for p in [model_file, *arrow_files]]
+    cache_files = sorted(p for p in Path(stats["cache"]["dir"]).rglob("*") if p.is_file())
+    mtimes = [p.stat().st_mtime_ns for p in [model_file, *cache_files]]
     second = prepare_data(config, tmp_path)
     assert second.stats["cache"]["hit"] and second.stats["cache"]["tokenizer_reused"]
-    assert [p.stat().st_mtime_ns for p in [model_file, *arrow_files]] == mtimes
+    assert [p.stat().st_mtime_ns for p in [model_file, *cache_files]] == mtimes
+    assert _rows(second.train.tgt) == _rows(first.train.tgt)
     assert second.splits["valid"]["tgt_ids"][:] == first.splits["valid"]["tgt_ids"][:]
     assert second.tokenizer.to_state() == first.tokenizer.to_state()
 
@@ -280,4 +291,6 @@ def test_cache_follows_settings_and_data(tiny_corpus_dir: Path, tmp_path: Path) 
     third = prepare_data(config, work)
     assert not third.stats["cache"]["tokenizer_reused"] and not third.stats["cache"]["hit"]
     assert third.tokenizer.to_state() != first.tokenizer.to_state()
-    assert all(t == t.upper() for t in third.splits["train"]["tgt"][:])
+    targets = third.tokenizer.decode_tgt(_rows(third.train.tgt))
+    assert len(targets) == third.stats["splits"]["train"]["kept"] > 0
+    assert all(t == t.upper() for t in targets)

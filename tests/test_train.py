@@ -315,7 +315,7 @@ def test_resume_with_another_world_size_keeps_the_global_data_position(
 ) -> None:
     """Saved by one process, resumed by two (gloo): the per-rank data position is mapped to the
     rows the saved run had consumed, so no data is skipped."""
-    from nmt.batching import SplitIds, TokenBatchSampler
+    from nmt.batching import TokenBatchSampler
     from nmt.data import prepare_data
 
     raw = tiny_config_dict(data_dir, tmp_path / "run")
@@ -354,7 +354,7 @@ def test_resume_with_another_world_size_keeps_the_global_data_position(
     assert resumed is not None and resumed.world_size == 2
 
     config = config_from_dict(raw)
-    lengths = SplitIds.of(prepare_data(config, tmp_path / "run").splits["train"]).batch_lengths()
+    lengths = prepare_data(config, tmp_path / "run").train.batch_lengths()
     one = TokenBatchSampler(*lengths, 512, seed=config.train.seed)
     two = TokenBatchSampler(*lengths, 512, seed=config.train.seed, world_size=2)
     rows_seen = one.rows_before(3)

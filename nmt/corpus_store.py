@@ -1,0 +1,181 @@
+"""The tokenized training corpus on disk, memory-mapped: what training reads its batches from.
+
+Per side (`src`, `tgt`) a folder holds three files:
+  <side>.tokens       every row's ids back to back, raw, in the smallest integer type the
+                      vocabulary allows (uint8 up to 256 pieces, uint16 up to 65,536, else int32)
+  <side>.offsets.npy  int64 [N + 1]: row i is tokens[offsets[i]:offsets[i + 1]]
+  <side>.lengths.npy  [N], the smallest unsigned type that holds the longest row
+and store.json names the token type and the counts. Readers map the files (np.memmap), so a
+training process holds no copy of the corpus: its pages are the operating system's page cache,
+shared by every rank on the machine, and only the rows of the batches being built are touched.
+A writer appends chunk by chunk, so preparing a corpus never holds it whole either.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pyarrow
+import pyarrow.compute
+
+from nmt.specials import PAD_ID
+
+STORE_VERSION = 1
+META_FILE = "store.json"
+SIDES = ("src", "tgt")
+
+
+class StoreError(ValueError):
+    """A store folder that is missing, incomplete or of another version."""
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The smallest integer type holding ids below `vocab_size`."""
+    for dtype in (np.uint8, np.uint16):
+        if vocab_size <= np.iinfo(dtype).max + 1:
+            return np.dtype(dtype)
+    return np.dtype(np.int32)
+
+
+def length_dtype(longest: int) -> np.dtype:
+    for dtype in (np.uint8, np.uint16):
+        if longest <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.uint32)
+
+
+@dataclass
+class Encoded:
+    """Ids of consecutive rows of one side: `ids` back to back, `lengths` per row."""
+
+    ids: np.ndarray
+    lengths: np.ndarray
+
+    def select(self, keep: np.ndarray) -> Encoded:
+        """The rows where the bool mask `keep` is True."""
+        return Encoded(self.ids[np.repeat(keep, self.lengths)], self.lengths[keep])
+
+
+class FlatIds:
+    """Token ids of one side of a split: a flat array, row offsets and row lengths.
+
+    In memory (from an Arrow column, for the small evaluation splits) or mapped from a store
+    folder (`open`). A mapped FlatIds pickles as its folder, so DataLoader workers map the
+    same files instead of receiving a copy.
+    """
+
+    def __init__(
+        self,
+        ids: np.ndarray,
+        offsets: np.ndarray,
+        lengths: np.ndarray,
+        source: tuple[Path, str] | None = None,
+    ) -> None:
+        self.ids, self.offsets, self.lengths = ids, offsets, lengths
+        self.source = source  # (folder, side) when mapped from a store
+
+    @classmethod
+    def from_arrow(cls, column: pyarrow.ChunkedArray | pyarrow.Array) -> FlatIds:
+        """From a list<int> column (as `datasets` stores src_ids/tgt_ids)."""
+        if isinstance(column, pyarrow.ChunkedArray):
+            column = column.combine_chunks()
+        lengths = pyarrow.compute.list_value_length(column).to_numpy(zero_copy_only=False)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = pyarrow.compute.list_flatten(column).to_numpy(zero_copy_only=False)
+        return cls(np.asarray(flat, dtype=np.int32), offsets, lengths)
+
+    @classmethod
+    def open(cls, folder: Path, side: str) -> FlatIds:
+        """Map one side of a store folder written by `StoreWriter` (read only)."""
+        meta = read_meta(folder)
+        tokens = folder / f"{side}.tokens"
+        count = meta["tokens"][side]
+        dtype = np.dtype(meta["dtype"])
+        # np.memmap refuses empty files; an empty side needs no mapping.
+        ids = np.memmap(tokens, dtype, mode="r", shape=(count,)) if count else np.zeros(0, dtype)
+        offsets = np.load(folder / f"{side}.offsets.npy", mmap_mode="r")
+        lengths = np.load(folder / f"{side}.lengths.npy", mmap_mode="r")
+        return cls(ids, offsets, lengths, source=(folder, side))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.source is not None:
+            return (FlatIds.open, self.source)
+        return (FlatIds, (self.ids, self.offsets, self.lengths))
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def padded(
+        self, rows: np.ndarray, prefix: int | None = None, suffix: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """[B, L] int64 ids of `rows` (with an optional first/last token added) and the bool
+        mask (True = token), padded with PAD_ID."""
+        lengths = self.lengths[rows].astype(np.int64)
+        extra = (prefix is not None) + (suffix is not None)
+        width = int(lengths.max()) + extra if len(rows) else 0
+        columns = np.arange(width)[None, :]
+        shift = 1 if prefix is not None else 0
+        inside = (columns >= shift) & (columns < lengths[:, None] + shift)
+        gather = self.offsets[rows][:, None] + np.clip(columns - shift, 0, None)
+        gather = np.minimum(gather, max(len(self.ids) - 1, 0))
+        out = np.where(inside, self.ids[gather] if len(self.ids) else PAD_ID, PAD_ID)
+        out = out.astype(np.int64)
+        if prefix is not None:
+            out[:, 0] = prefix
+        if suffix is not None:
+            out[np.arange(len(rows)), lengths + shift] = suffix
+        total = lengths + extra
+        mask = columns < total[:, None]
+        return out, mask
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    path = folder / META_FILE
+    if not path.is_file():
+        raise StoreError(f"no tokenized corpus in {folder} (missing {META_FILE})")
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    if meta.get("version") != STORE_VERSION:
+        raise StoreError(f"{path}: store version {meta.get('version')!r}, expected {STORE_VERSION}")
+    return dict(meta)
+
+
+class StoreWriter:
+    """Appends rows chunk by chunk; `close` writes offsets, lengths and store.json (last, so a
+    folder without it is incomplete)."""
+
+    def __init__(self, folder: Path, dtype: np.dtype) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.dtype = folder, np.dtype(dtype)
+        self._files: dict[str, IO[bytes]] = {
+            side: open(folder / f"{side}.tokens", "wb") for side in SIDES
+        }
+        self._lengths: dict[str, list[np.ndarray]] = {side: [] for side in SIDES}
+
+    def append(self, src: Encoded, tgt: Encoded) -> None:
+        if len(src.lengths) != len(tgt.lengths):
+            raise ValueError(f"{len(src.lengths)} source rows but {len(tgt.lengths)} target rows")
+        for side, part in zip(SIDES, (src, tgt)):
+            self._files[side].write(np.ascontiguousarray(part.ids, dtype=self.dtype).tobytes())
+            self._lengths[side].append(np.asarray(part.lengths, dtype=np.int64))
+
+    def close(self) -> int:
+        """Finish the store; returns the number of rows."""
+        tokens, rows = {}, 0
+        for side in SIDES:
+            self._files[side].close()
+            lengths = np.concatenate(self._lengths[side] or [np.zeros(0, np.int64)])
+            offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            longest = int(lengths.max()) if len(lengths) else 0
+            np.save(self.folder / f"{side}.offsets.npy", offsets)
+            np.save(self.folder / f"{side}.lengths.npy", lengths.astype(length_dtype(longest)))
+            tokens[side], rows = int(offsets[-1]), len(lengths)
+        meta = {"version": STORE_VERSION, "dtype": self.dtype.name, "rows": rows, "tokens": tokens}
+        (self.folder / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        return rows
