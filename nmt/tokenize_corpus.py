@@ -81,14 +81,20 @@ def encode_chunks(
     workers: int,
 ) -> Iterator[EncodedChunk]:
     """`encode_chunk` of every chunk, in order: here for a single chunk or a single worker,
-    else in `workers` processes (spawned: safe beside torch's threads and CUDA)."""
+    else in `workers` processes.
+
+    Workers are forked where the platform can (as DataLoader workers are): they start at once
+    and re-import nothing, which matters for a caller's script without a `__main__` guard;
+    they run only SentencePiece and numpy, never torch or CUDA.
+    """
     stream = iter(chunks)
     head = list(itertools.islice(stream, 2))
     if workers <= 1 or len(head) < 2:
         for chunk in itertools.chain(head, stream):
             yield encode_chunk(chunk, tokenizer, cleaning, dtype)
         return
-    context = multiprocessing.get_context("spawn")
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     setup = (tokenizer.to_state(), cleaning, np.dtype(dtype).name)
     with context.Pool(workers, initializer=_start_worker, initargs=setup) as pool:
         pending: deque[AsyncResult[EncodedChunk]] = deque()
