@@ -140,8 +140,8 @@ class TokenBatchSampler:
     which keeps shards disjoint and complete. Only if no batch has two rows left to split (tiny
     corpora) are the first batches of the epoch repeated at the end.
 
-    A batch is an int64 array, a view into the epoch's one array of rows: an epoch of millions
-    of rows costs 8 bytes per row, not a Python list of Python ints.
+    A batch is an integer array, a view into the epoch's one array of rows: an epoch of
+    millions of rows costs 4 bytes per row, not a Python list of Python ints.
     """
 
     def __init__(
@@ -167,6 +167,7 @@ class TokenBatchSampler:
         self.tgt_lengths = np.asarray(tgt_lengths)
         self.batch_tokens, self.shuffle, self.seed = batch_tokens, shuffle, seed
         self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self._length_key = _length_key(self.src_lengths, self.tgt_lengths)
         # Rows with equal (src, tgt) lengths are interchangeable for cutting, so the batch sizes
         # along the sorted order are the same in every epoch: compute them once.
         widths = np.maximum(self.src_lengths, self.tgt_lengths)[self._sorted_rows(None)]
@@ -210,9 +211,28 @@ class TokenBatchSampler:
         return batches // self.world_size
 
     def _sorted_rows(self, rng: np.random.Generator | None) -> np.ndarray:
-        n = len(self.src_lengths)
-        tie = rng.permutation(n) if rng is not None else np.arange(n)
-        return np.lexsort((tie, self.tgt_lengths, self.src_lengths))
+        """Rows by (source length, target length), ties in the order of a random permutation
+        (by row number without `rng`). A stable sort of one small integer key (a radix sort)
+        takes a fraction of a lexsort's time and memory on millions of rows."""
+        if rng is None:
+            return np.argsort(self._length_key, kind="stable")
+        n = len(self._length_key)
+        tie = rng.permutation(n)
+        index = np.int32 if n < np.iinfo(np.int32).max else np.int64
+        by_tie = np.empty(n, dtype=index)  # the rows in increasing order of their tie value
+        by_tie[tie] = np.arange(n, dtype=index)
+        del tie
+        return by_tie[np.argsort(self._length_key[by_tie], kind="stable")]
+
+
+def _length_key(src_lengths: np.ndarray, tgt_lengths: np.ndarray) -> np.ndarray:
+    """One integer per row ordered as (src, tgt) lengths, in the smallest type that holds it."""
+    if not len(src_lengths):
+        return np.zeros(0, dtype=np.uint8)
+    base = int(tgt_lengths.max()) + 1
+    largest = int(src_lengths.max()) * base + base - 1
+    dtype = next(t for t in (np.uint16, np.uint32, np.uint64) if largest <= np.iinfo(t).max)
+    return src_lengths.astype(dtype) * dtype(base) + tgt_lengths.astype(dtype)
 
 
 def _chunk_sizes(widths: np.ndarray, budget: int) -> list[int]:

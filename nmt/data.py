@@ -69,7 +69,6 @@ ID_FEATURES = datasets.Features(
         "tgt_ids": datasets.Sequence(datasets.Value("int32")),
     }
 )
-__all__ = ["DROP_REASONS", "DataError", "PreparedData", "load_corpus", "prepare_data"]
 
 
 class DataError(ValueError):
@@ -496,6 +495,12 @@ def format_summary(stats: dict[str, Any]) -> str:
         lines.append(
             f"pieces/sentence {name}: src mean {s['src_mean']:.1f} p95 {s['src_p95']:.0f}, "
             f"tgt mean {s['tgt_mean']:.1f} p95 {s['tgt_p95']:.0f}"
+        )
+    if "store" in stats:
+        store = stats["store"]
+        lines.append(
+            f"training ids: {store['dtype']}, {store['bytes'] / 2**20:.1f} MB on disk "
+            "(memory-mapped by training)"
         )
     if stats.get("unk_rate"):
         u = stats["unk_rate"]

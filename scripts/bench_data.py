@@ -7,7 +7,9 @@ written as plain text under --work-dir (a temporary folder by default; never the
 Validation and test are Multi30k's. For each size:
 - prepare: `nmt prepare` in a subprocess, from nothing (tokenizer trained on a sample of
   --sample pairs) and again with the tokenizer kept (only the cache rebuilt); wall time,
-  pairs/s, and the peak memory of the process and its tokenizing workers together (the sum
+  pairs/s, CPU seconds of the process and its workers (less at the mercy of other load on a
+  shared machine than wall time), and the peak memory of the process and its tokenizing
+  workers together (the sum
   of their proportional set sizes, so pages they share count once; sampled every 50 ms);
 - training: a fresh process builds `nmt.train.Trainer` (a small Transformer: the figures are
   about data) on the built cache and runs --steps optimiser steps; start-up = launch to the
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -115,6 +118,7 @@ def prepare(config: Path, folder: Path, fresh: bool) -> dict[str, Any]:
     if fresh:
         shutil.rmtree(run / "tokenizer", ignore_errors=True)
     command = [sys.executable, "-m", "nmt.cli", "prepare", "--config", str(config)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     peak_tree, peak_main = 0, 0
@@ -126,7 +130,15 @@ def prepare(config: Path, folder: Path, fresh: bool) -> dict[str, Any]:
     out, err = process.communicate()
     if process.returncode:
         raise SystemExit(f"prepare failed:\n{err.decode()[-3000:]}")
-    return {"seconds": seconds, "peak_rss_tree": peak_tree, "peak_rss_main": peak_main}
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # includes the waited-for workers
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "peak_rss_tree": peak_tree,
+        "peak_rss_main": peak_main,
+        "load": os.getloadavg()[0],
+    }
 
 
 def tree_pss(pid: int) -> dict[int, int]:
@@ -216,7 +228,9 @@ def report(stage: str, size: int, figures: dict[str, Any], fresh: bool = False) 
             f"{size:>9,} pairs  prepare ({what}): {figures['seconds']:7.1f} s, "
             f"{size / figures['seconds']:9,.0f} pairs/s, "
             f"peak memory (PSS) {figures['peak_rss_tree'] / mb:,.0f} MB "
-            f"(main process {figures['peak_rss_main'] / mb:,.0f} MB)",
+            f"(main process {figures['peak_rss_main'] / mb:,.0f} MB); "
+            f"{figures['cpu_seconds']:.1f} CPU-s ({size / figures['cpu_seconds']:,.0f} pairs per "
+            f"CPU-s); load average {figures['load']:.1f}",
             flush=True,
         )
     else:
