@@ -294,3 +294,47 @@ def test_cache_follows_settings_and_data(tiny_corpus_dir: Path, tmp_path: Path) 
     targets = third.tokenizer.decode_tgt(_rows(third.train.tgt))
     assert len(targets) == third.stats["splits"]["train"]["kept"] > 0
     assert all(t == t.upper() for t in targets)
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def test_tokenizer_sample_is_seeded_uniform_and_in_corpus_order() -> None:
+    from nmt.corpus_reader import PairChunk
+    from nmt.data import PairSample
+
+    def sample(size: int | None) -> list[str]:
+        pairs = PairSample(size)
+        for start in range(0, 5000, 700):
+            numbers = [str(i) for i in range(start, min(start + 700, 5000))]
+            pairs.add(PairChunk(numbers, ["" if int(n) % 10 == 0 else n for n in numbers]))
+        return pairs.sides()[0]
+
+    drawn = sample(1000)
+    assert len(drawn) == 1000 and drawn == sample(1000)  # seeded
+    assert [int(n) for n in drawn] == sorted(int(n) for n in drawn)  # corpus order
+    assert not any(int(n) % 10 == 0 for n in drawn)  # pairs with an empty side are skipped
+    assert 1500 < sum(map(int, drawn)) / len(drawn) < 3500  # spread over the whole corpus
+    assert len(sample(None)) == 4500 == len(sample(4500))
+
+
+def test_hub_dataset_without_the_column_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    datasets.Dataset.from_dict({"de": DE, "en": EN}).to_parquet(tmp_path / "hub" / "train.parquet")
+    config = config_from_dict(
+        {
+            "data": {
+                "preset": None,
+                "hub": {"name": str(tmp_path / "hub"), "splits": {"train": "train"}},
+            }
+        }
+    )
+    with pytest.raises(DataError, match="has no column 'translation'; it has de, en"):
+        load_corpus(config.data)
+    config.data.hub.translation_field = None
+    config.data.hub.src_field, config.data.hub.tgt_field = "de", "en"
+    assert load_corpus(config.data)["train"]["tgt"][:] == EN
