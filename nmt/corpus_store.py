@@ -5,7 +5,7 @@ Per side (`src`, `tgt`) a folder holds three files:
                       vocabulary allows (uint8 up to 256 pieces, uint16 up to 65,536, else int32)
   <side>.offsets.npy  int64 [N + 1]: row i is tokens[offsets[i]:offsets[i + 1]]
   <side>.lengths.npy  [N], the smallest unsigned type that holds the longest row
-and store.json names the token type and the counts. Readers map the files (np.memmap), so a
+and store.json names the token type and the counts. Readers map the files (mmap), so a
 training process holds no copy of the corpus: its pages are the operating system's page cache,
 shared by every rank on the machine, and only the rows of the batches being built are touched.
 A writer appends chunk by chunk, so preparing a corpus never holds it whole either.
@@ -14,6 +14,7 @@ A writer appends chunk by chunk, so preparing a corpus never holds it whole eith
 from __future__ import annotations
 
 import json
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -94,13 +95,9 @@ class FlatIds:
     def open(cls, folder: Path, side: str) -> FlatIds:
         """Map one side of a store folder written by `StoreWriter` (read only)."""
         meta = read_meta(folder)
-        tokens = folder / f"{side}.tokens"
-        count = meta["tokens"][side]
-        dtype = np.dtype(meta["dtype"])
-        # np.memmap refuses empty files; an empty side needs no mapping.
-        ids = np.memmap(tokens, dtype, mode="r", shape=(count,)) if count else np.zeros(0, dtype)
-        offsets = np.load(folder / f"{side}.offsets.npy", mmap_mode="r")
-        lengths = np.load(folder / f"{side}.lengths.npy", mmap_mode="r")
+        ids = _map(folder / f"{side}.tokens", np.dtype(meta["dtype"]), 0, meta["tokens"][side])
+        offsets = _map_npy(folder / f"{side}.offsets.npy")
+        lengths = _map_npy(folder / f"{side}.lengths.npy")
         return cls(ids, offsets, lengths, source=(folder, side))
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -133,6 +130,31 @@ class FlatIds:
         total = lengths + extra
         mask = columns < total[:, None]
         return out, mask
+
+
+def _map(path: Path, dtype: np.dtype, offset: int, count: int) -> np.ndarray:
+    """A read-only array over `count` items of a file from byte `offset`, mapped for random
+    access: without MADV_RANDOM every page fault reads ahead 128 KB around the row, and
+    random batches soon pull (and count in RSS) the whole corpus."""
+    if count == 0:
+        return np.zeros(0, dtype)
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        mapped.madvise(mmap.MADV_RANDOM)
+    return np.frombuffer(mapped, dtype=dtype, count=count, offset=offset)
+
+
+def _map_npy(path: Path) -> np.ndarray:
+    """A 1-d .npy file mapped like `_map` (header parsed by numpy's own format reader)."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        offset = f.tell()
+    return _map(path, dtype, offset, int(np.prod(shape)))
 
 
 def read_meta(folder: Path) -> dict[str, Any]:

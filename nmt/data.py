@@ -51,7 +51,8 @@ from nmt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 2  # of the tokenized cache (2: the memory-mapped store)
+TOKENIZER_VERSION = 1  # of trained tokenizers: unchanged, so runs made before resume on theirs
 TOKENIZER_FINGERPRINT = "fingerprint.json"
 MULTI30K_LANGS = ("en", "de", "fr", "cs")
 MULTI30K_SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
@@ -237,7 +238,7 @@ def prepare_data(config: Config, work_dir: Path) -> PreparedData:
         raise DataError("the corpus has no 'train' split")
     tok_dir = work_dir / "tokenizer"
     tok_print = {
-        "version": CACHE_VERSION,
+        "version": TOKENIZER_VERSION,
         "train": sources["train"],
         "langs": [config.data.src_lang, config.data.tgt_lang],
         "train_limit": config.data.train_limit,

@@ -51,15 +51,20 @@ def main() -> None:
     parser.add_argument("--config", default=str(REPO / "configs" / "multi30k_de_en.yaml"))
     parser.add_argument("--sample", type=int, default=100_000, help="tokenizer sample, pairs")
     parser.add_argument("--steps", type=int, default=20, help="training steps after start-up")
-    parser.add_argument("--stage", choices=["all", "prepare", "train"], default="all")
+    parser.add_argument(
+        "--stage",
+        choices=["all", "prepare", "rebuild", "train"],
+        default="all",
+        help="prepare: from nothing and with the tokenizer kept; rebuild: only the latter",
+    )
     args = parser.parse_args()
     print(f"CPU: {cpu_name()}, {usable_cpus()} usable cores; load average {os.getloadavg()}")
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_data_"))
     for size in [int(s) for s in args.sizes.split(",")]:
         folder = work / f"pairs_{size}"
         config = write_config(folder, Path(args.data_dir), size, args)
-        if args.stage in ("all", "prepare"):
-            for fresh in (True, False):
+        if args.stage in ("all", "prepare", "rebuild"):
+            for fresh in (True, False) if args.stage != "rebuild" else (False,):
                 report("prepare", size, prepare(config, folder, fresh), fresh=fresh)
         if args.stage in ("all", "train"):
             report("train", size, train_probe(config, args.steps))

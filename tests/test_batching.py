@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import pickle
 import random
 from collections.abc import Iterable
@@ -159,8 +160,9 @@ def test_training_ids_are_mapped_not_copied(
         {"data": {"preset": None, "files": tiny_corpus_files}, "tokenizer": {"vocab_size": 300}}
     )
     ids = prepare_data(config, tmp_path).train
-    assert isinstance(ids.src.ids, np.memmap) and ids.src.ids.dtype == np.uint16
-    assert isinstance(ids.tgt.offsets, np.memmap) and isinstance(ids.tgt.lengths, np.memmap)
+    for array in (ids.src.ids, ids.tgt.offsets, ids.tgt.lengths):
+        assert isinstance(array.base.obj, mmap.mmap) and not array.flags.writeable
+    assert ids.src.ids.dtype == np.uint16 and ids.tgt.lengths.dtype == np.uint8
     assert len(pickle.dumps(ids)) < 1000 < ids.src.ids.nbytes
     order = [np.arange(0, 5), np.arange(100, 103), np.array([399, 7])]
     here = list(batch_stream(ids, order))
