@@ -134,8 +134,10 @@ class FlatIds:
 
 def _map(path: Path, dtype: np.dtype, offset: int, count: int) -> np.ndarray:
     """A read-only array over `count` items of a file from byte `offset`, mapped for random
-    access: without MADV_RANDOM every page fault reads ahead 128 KB around the row, and
-    random batches soon pull (and count in RSS) the whole corpus."""
+    access (MADV_RANDOM: a page fault reads its page from disk, not 128 KB of read-ahead
+    around a random row). Pages already in the page cache are still mapped a few at a time
+    around each row touched, so the file-backed RSS of a training process grows towards the
+    corpus size over an epoch: shared, reclaimable page cache, not the process's own memory."""
     if count == 0:
         return np.zeros(0, dtype)
     with open(path, "rb") as f:
