@@ -71,8 +71,8 @@ class SplitIds:
     def batch_lengths(self) -> tuple[np.ndarray, np.ndarray]:
         """Padded lengths per row as `batch` makes them: S = len(src_ids), T = len(tgt_ids) + 1."""
         tgt = self.tgt.lengths
-        wide = len(tgt) and int(tgt.max()) >= np.iinfo(np.uint16).max
-        return self.src.lengths, np.add(tgt, 1, dtype=np.int64 if wide else np.uint16)
+        narrow = len(tgt) == 0 or int(tgt.max()) < np.iinfo(np.uint16).max
+        return self.src.lengths, tgt.astype(np.uint16 if narrow else np.int64) + 1
 
     def batch(self, indices: Rows) -> Batch:
         """The padded batch of these rows (in this order), built without a loop over rows."""

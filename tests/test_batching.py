@@ -120,6 +120,7 @@ def _split(src: list[list[int]], tgt: list[list[int]]) -> SplitIds:
 
 def test_batch_pads_and_shifts() -> None:
     ids = _split([[9, 9], [5, 6, EOS_ID], [5, EOS_ID]], [[9], [7, 8, 9], [7]])
+    assert [x.tolist() for x in ids.batch_lengths()] == [[2, 3, 2], [2, 4, 2]]
     batch = ids.batch([1, 2])
     assert isinstance(batch, Batch) and batch.indices == [1, 2]
     assert batch.src.tolist() == [[5, 6, EOS_ID], [5, EOS_ID, PAD_ID]]
