@@ -23,8 +23,10 @@ EXAMPLES = """examples:
   nmt align --checkpoint runs/multi30k_de_en_de-en/best.pt --src test.de --tgt test.en
   nmt evaluate --checkpoint runs/multi30k_de_en_de-en/best.pt --src test.de --ref test.en
   nmt serve --checkpoint runs/multi30k_de_en_de-en/best.pt --port 8000
-  nmt export --checkpoint runs/multi30k_de_en_de-en/best.pt --format ctranslate2 \
+  nmt export --checkpoint runs/multi30k_de_en_de-en/best.pt --format ctranslate2 \\
       --quantization int8 --output models/de-en-ct2
+  nmt compare --configs configs/multi30k/rnn.yaml configs/multi30k/transformer.yaml \\
+      --budget-minutes 10 --parallel 2 --output study
 """
 
 
@@ -34,6 +36,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     Imported here, not at the top, so that `nmt --help` does not pay for torch and datasets.
     """
     from nmt.ct2_export import ExportError
+    from nmt.compare.runs import StudyError
     from nmt.data import DataError
     from nmt.ensemble import EnsembleError
     from nmt.evaluate import EvaluationError
@@ -49,6 +52,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         EvaluationError,
         EnsembleError,
         ExportError,
+        StudyError,
         TokenizerError,
         TrainingError,
         TranslationError,
@@ -706,6 +710,116 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_serve)
 
 
+# --------------------------------------------------------------------------- compare
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    """Train the --configs as an equal-budget study (or take finished RUN_DIRs), then report."""
+    import json
+    import shlex
+
+    from nmt.compare.assemble import CompareOptions, compare_runs
+    from nmt.compare.report import write_report
+    from nmt.compare.runs import read_run
+    from nmt.compare.study import Budget, StudyPlan, run_study
+    from nmt.cpu import default_threads
+
+    if bool(args.configs) == bool(args.runs):
+        raise ConfigError("give --configs CFG... (train a study) or RUN_DIR... (compare runs)")
+    output = Path(args.output)
+    threads = args.threads or default_threads(args.parallel)
+    command = shlex.join(_compare_command(args, threads))
+    study = None
+    if args.configs:
+        plan = StudyPlan(
+            configs=tuple(args.configs),
+            output=output,
+            budget=Budget(args.budget_minutes or 0.0, args.budget_steps or 0),
+            parallel=args.parallel,
+            threads=threads,
+            precision=args.precision,
+            device=args.device,
+            overrides=tuple(args.set),
+        )
+        runs = [read_run(r.run_dir, r.name) for r in run_study(plan, command)]
+        study = json.loads((output / "study.json").read_text())
+    else:
+        runs = [read_run(Path(r)) for r in args.runs]
+    options = CompareOptions(
+        beam_size=args.beam,
+        threads=threads,
+        device=args.device,
+        baseline=args.baseline,
+        significance=args.significance,
+        command=command,
+        study=study,
+    )
+    paths = write_report(compare_runs(runs, options), output)
+    print("\n".join(f"{kind}: {path}" for kind, path in paths.items()))
+
+
+def _compare_command(args: argparse.Namespace, threads: int) -> list[str]:
+    """The command with every setting spelled out (defaults included), for the report."""
+    words = ["nmt", "compare", *args.runs]
+    if args.configs:
+        budget = ["--budget-minutes", f"{args.budget_minutes:g}"] if args.budget_minutes else []
+        budget = budget or ["--budget-steps", str(args.budget_steps)]
+        words += ["--configs", *args.configs, *budget, "--parallel", str(args.parallel)]
+        words += ["--precision", args.precision] + (["--set", *args.set] if args.set else [])
+    words += ["--threads", str(threads), "--device", args.device, "--beam", str(args.beam)]
+    words += ["--significance", args.significance]
+    words += ["--baseline", args.baseline] if args.baseline else []
+    return words + ["--output", args.output]
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="train configs under one budget (or take finished runs) and compare them",
+        description="With --configs: train every config with the same budget, threads and "
+        "precision (the budget schedule: warmup and cosine decay measured in the budget) "
+        "into OUTPUT/runs/, resuming an interrupted study, then compare. With RUN_DIRs: "
+        "compare finished runs. Every model decodes the test split in this process with "
+        "the same settings; the report (report.html, self-contained; report.json; "
+        "report.md with plots/) gives BLEU/chrF/TER with 95%% intervals and paired "
+        "significance, cost and speed, curves, BLEU by length, attention and examples.",
+    )
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="finished run folders to compare")
+    p.add_argument("--configs", nargs="+", metavar="CFG", help="configs to train as a study")
+    p.add_argument("--output", required=True, help="study folder: runs/, report.*, plots/")
+    p.add_argument("--budget-minutes", type=float, help="training minutes per config")
+    p.add_argument("--budget-steps", type=int, help="optimiser steps per config (any machine)")
+    p.add_argument("--parallel", type=int, default=1, help="trainings side by side (default 1)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="threads per training and for decoding (default: usable cores / --parallel)",
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="training precision of every run (default auto: the same for all on one device)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+    p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides for every config, e.g. --set data.src_lang=en data.tgt_lang=de",
+    )
+    p.add_argument("--beam", type=int, default=5, help="beam size of the scored translations")
+    p.add_argument("--baseline", help="run name the others are tested against (default: first)")
+    p.add_argument(
+        "--significance",
+        choices=["bs", "ar"],
+        default="bs",
+        help="paired bootstrap resampling (bs, default) or approximate randomisation (ar)",
+    )
+    p.set_defaults(func=_cmd_compare)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -729,6 +843,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_average,
         _add_export,
         _add_serve,
+        _add_compare,
     ):
         add(sub)
     return parser

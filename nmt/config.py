@@ -133,7 +133,9 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-9
     weight_decay: float = 0.0
-    schedule: Literal["inverse_sqrt", "noam", "plateau", "constant", "cosine"] = "inverse_sqrt"
+    schedule: Literal["inverse_sqrt", "noam", "plateau", "constant", "cosine", "budget"] = (
+        "inverse_sqrt"
+    )
     warmup_steps: int = 4000
     min_lr: float = 1e-6
     plateau_factor: float = 0.5
@@ -146,8 +148,10 @@ class TrainConfig:
     max_epochs: int = 100
     # Wall-clock budget in minutes (0 = none); the run saves and stops when it is spent.
     max_minutes: float = 0.0
+    budget_warmup: float = 0.05  # schedule budget: warm-up share of the run's budget
     log_every: int = 100
     valid_every: int = 1000
+    valid_every_minutes: float = 0.0  # also validate every N minutes of training; 0 = off
     valid_beam_size: int = 1
     # Validation BLEU on at most this many sentences (null = all).
     valid_limit: int | None = None
@@ -361,6 +365,8 @@ def validate(config: Config) -> None:
     _non_negative("train.warmup_steps", tr.warmup_steps)
     _non_negative("train.clip_norm", tr.clip_norm)
     _non_negative("train.max_minutes", tr.max_minutes)
+    _non_negative("train.valid_every_minutes", tr.valid_every_minutes)
+    _probability("train.budget_warmup", tr.budget_warmup)
     _non_negative("train.keep_best", tr.keep_best)
     _positive("train.keep_last", tr.keep_last)
     _non_negative("train.patience", tr.patience)

@@ -139,7 +139,10 @@ def bleu_metric(tgt_lang: str | None, literature: bool = False, lowercase: bool 
     return BLEU(tokenize=bleu_tokenizer(tgt_lang), trg_lang=tgt_lang or "", lowercase=lowercase)
 
 
-def _metrics(tgt_lang: str | None, literature: bool, lowercase: bool) -> tuple[BLEU, CHRF, TER]:
+def scoring_metrics(
+    tgt_lang: str | None, literature: bool, lowercase: bool
+) -> tuple[BLEU, CHRF, TER]:
+    """The BLEU, chrF and TER metric objects `score_corpus` uses (also for significance tests)."""
     asian = tgt_lang in ("ja", "zh", "ko")
     lowercase = lowercase and not literature
     # sacreBLEU's TER is case-insensitive by default already.
@@ -180,7 +183,7 @@ def score_corpus(
         hyps = literature_tokenize(hyps, tgt_lang)
         if tokenize_refs:
             refs = literature_tokenize(refs, tgt_lang)
-    bleu, chrf, ter = _metrics(tgt_lang, literature, lowercase)
+    bleu, chrf, ter = scoring_metrics(tgt_lang, literature, lowercase)
     bleu_score = bleu.corpus_score(hyps, [refs])
     chrf_score = chrf.corpus_score(hyps, [refs])
     ter_score = ter.corpus_score(hyps, [refs])

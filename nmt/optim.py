@@ -31,16 +31,27 @@ def build_optimizer(
     return cls(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=fused or None)
 
 
-def lr_factor(step: int, config: TrainConfig, d_model: int) -> float:
-    """Multiplier of `train.lr` at optimiser step `step` (1-based) for step-based schedules.
+def lr_factor(
+    step: int, config: TrainConfig, d_model: int, budget_used: float | None = None
+) -> float:
+    """Multiplier of `train.lr` at optimiser step `step` (1-based).
 
     inverse_sqrt: linear warmup to lr, then lr * sqrt(warmup / step) (fairseq's shape).
     noam: lr * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5) (Vaswani et al.; lr is the
       paper's scale factor, typically 1-2).
     cosine: linear warmup, then cosine decay to min_lr at max_steps.
     constant / plateau: warmup then lr (plateau halves it on stalled validation BLEU).
+    budget: linear warmup over the first `budget_warmup` share of the run's budget, then cosine
+      decay to min_lr when the budget ends. `budget_used` is the share spent (a time budget's
+      elapsed share, from the trainer); without it, step / max_steps. A schedule measured in
+      budget, not steps, is what lets models of different speeds train for the same minutes
+      without one being cut off mid-warmup.
     """
     step = max(step, 1)
+    if config.schedule == "budget":
+        return _budget_factor(
+            budget_used if budget_used is not None else step / config.max_steps, config
+        )
     warmup = config.warmup_steps
     if config.schedule == "noam":
         return d_model**-0.5 * min(step**-0.5, step * max(warmup, 1) ** -1.5)
@@ -54,6 +65,16 @@ def lr_factor(step: int, config: TrainConfig, d_model: int) -> float:
         floor = config.min_lr / config.lr
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     return warm
+
+
+def _budget_factor(used: float, config: TrainConfig) -> float:
+    used = min(max(used, 0.0), 1.0)
+    warmup = config.budget_warmup
+    if used < warmup:
+        return max(used / warmup, 1e-3)  # never exactly 0: the first step must move
+    progress = (used - warmup) / max(1.0 - warmup, 1e-9)
+    floor = config.min_lr / config.lr
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class LearningRate:
@@ -70,8 +91,10 @@ class LearningRate:
         self.best_metric = -math.inf
         self.bad_validations = 0
 
-    def step(self, step: int) -> float:
-        lr = self.config.lr * lr_factor(step, self.config, self.d_model) * self.plateau_scale
+    def step(self, step: int, budget_used: float | None = None) -> float:
+        """Set and return the rate of step `step`; `budget_used`: see `lr_factor`."""
+        factor = lr_factor(step, self.config, self.d_model, budget_used)
+        lr = self.config.lr * factor * self.plateau_scale
         lr = max(lr, self.config.min_lr) if step > self.config.warmup_steps else lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr

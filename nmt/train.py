@@ -113,6 +113,7 @@ class Progress:
     nonfinite_in_row: int = 0
     bad_validations: int = 0
     best_bleu: float = -1.0
+    train_seconds: float = 0.0  # wall-clock seconds of training up to this checkpoint
     snapshots: list[dict[str, Any]] = field(default_factory=list)  # runfolder.Snapshot dicts
 
 
@@ -174,6 +175,8 @@ class Trainer:
         self.last_validated_step = -1
         self._signal = False
         self._started = time.monotonic()
+        self._seconds_before = self.progress.train_seconds  # earlier sessions of this run
+        self._valid_slot = self._minutes_slot(self._seconds_before)  # see _validation_due
 
     # ------------------------------------------------------------------ set-up
 
@@ -378,7 +381,8 @@ class Trainer:
                 if not micro:
                     self.stop_reason = "max_epochs"
                     break
-                lr = self.lr.step(self.progress.step + 1)
+                clock = self._shared_clock()
+                lr = self.lr.step(self.progress.step + 1, self._budget_used(clock))
                 if self.thread_budget is not None:
                     self.thread_budget.apply()
                 result = self._update(micro, stop_requested=self._stop_request() is not None)
@@ -394,7 +398,7 @@ class Trainer:
                     window_nll = torch.zeros((), device=self.device)
                 if result.stop:
                     self.stop_reason = self._stop_request() or "another rank stopped"
-                if result.applied and self.progress.step % cfg.valid_every == 0:
+                if result.applied and self._validation_due(clock):
                     self._validate_and_save()
                     window_start = time.monotonic()  # validation time is not training speed
                 if self.stop_reason:
@@ -438,15 +442,59 @@ class Trainer:
         if not self.config.train.max_minutes:
             bar.update(1)
             return
-        minutes = min((time.monotonic() - self._started) / 60, float(self.config.train.max_minutes))
+        minutes = min(self._budget_seconds() / 60, float(self.config.train.max_minutes))
         bar.update(minutes - bar.n)
+
+    def _train_seconds(self) -> float:
+        """Wall-clock seconds this run has trained, over all its sessions."""
+        return self._seconds_before + time.monotonic() - self._started
+
+    def _budget_seconds(self) -> float:
+        """Seconds counted against train.max_minutes: this session's, except under the budget
+        schedule, whose clock is the whole run's (a resumed run finishes the same schedule)."""
+        if self.config.train.schedule == "budget":
+            return self._train_seconds()
+        return time.monotonic() - self._started
+
+    def _shared_clock(self) -> float:
+        """The run's training seconds as all ranks agree on them (their mean): decisions taken
+        by the clock (learning rate, validation) must not differ between ranks. The all-reduce
+        happens only when such a decision is configured."""
+        seconds = self._train_seconds()
+        cfg = self.config.train
+        timed = cfg.valid_every_minutes > 0 or (cfg.schedule == "budget" and cfg.max_minutes > 0)
+        if not (self.dist.enabled and timed):
+            return seconds
+        return sum_across(self.dist, seconds, self.device) / self.dist.world_size
+
+    def _budget_used(self, clock: float) -> float | None:
+        """The share of a time-bounded run's budget spent (minutes or steps, whichever is
+        further), for the budget schedule; None without a time budget."""
+        cfg = self.config.train
+        if not cfg.max_minutes:
+            return None
+        minutes_used = (clock - self._seconds_before * (cfg.schedule != "budget")) / 60
+        return max(minutes_used / cfg.max_minutes, self.progress.step / cfg.max_steps)
+
+    def _minutes_slot(self, seconds: float) -> int:
+        minutes = self.config.train.valid_every_minutes
+        return int(seconds // (minutes * 60)) if minutes > 0 else 0
+
+    def _validation_due(self, clock: float) -> bool:
+        """Every train.valid_every steps, and when the clock enters a new
+        train.valid_every_minutes slot."""
+        if self.progress.step % self.config.train.valid_every == 0:
+            return True
+        slot = self._minutes_slot(clock)
+        due, self._valid_slot = slot > self._valid_slot, slot
+        return due
 
     def _stop_request(self) -> str | None:
         """Why this rank wants to stop (a signal, the time budget), if it does."""
         if self._signal:
             return "signal"
         max_minutes = self.config.train.max_minutes
-        if max_minutes and time.monotonic() - self._started > max_minutes * 60:
+        if max_minutes and self._budget_seconds() > max_minutes * 60:
             return "max_minutes"
         return None
 
@@ -461,6 +509,7 @@ class Trainer:
             "lr": lr,
             "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
             "epoch": self.progress.epoch,
+            "train_seconds": round(self._train_seconds(), 1),
         }
         bar.set_postfix(
             step=self.progress.step,
@@ -510,7 +559,13 @@ class Trainer:
         self._save_last(metrics, rng_states)
         if self.metrics:
             self.metrics.write(
-                "valid", self.progress.step, {**metrics, "best_bleu": self.progress.best_bleu}
+                "valid",
+                self.progress.step,
+                {
+                    **metrics,
+                    "best_bleu": self.progress.best_bleu,
+                    "train_seconds": round(self._train_seconds(), 1),
+                },
             )
         log.info(
             "step %d: valid loss %.4f, ppl %.2f, BLEU %.2f (best %.2f)",
@@ -536,6 +591,7 @@ class Trainer:
         if rng_states is not None:
             progress = dict(
                 self.progress.__dict__,
+                train_seconds=round(self._train_seconds(), 3),
                 snapshots=[dataclasses.asdict(s) for s in self.run_folder.snapshots],
             )
             training = TrainingState(
