@@ -720,7 +720,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
     from nmt.compare.assemble import CompareOptions, compare_runs
     from nmt.compare.report import write_report
-    from nmt.compare.runs import read_run
+    from nmt.compare.runs import read_run, unique_names
     from nmt.compare.study import Budget, StudyPlan, run_study
     from nmt.cpu import default_threads
 
@@ -744,7 +744,8 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         runs = [read_run(r.run_dir, r.name) for r in run_study(plan, command)]
         study = json.loads((output / "study.json").read_text())
     else:
-        runs = [read_run(Path(r)) for r in args.runs]
+        folders = [Path(r) for r in args.runs]
+        runs = [read_run(path, name) for path, name in zip(folders, unique_names(folders))]
     options = CompareOptions(
         beam_size=args.beam,
         threads=threads,
@@ -754,7 +755,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         command=command,
         study=study,
     )
-    paths = write_report(compare_runs(runs, options), output)
+    paths = write_report(compare_runs(runs, options, output), output)
     print("\n".join(f"{kind}: {path}" for kind, path in paths.items()))
 
 

@@ -148,7 +148,7 @@ class TrainConfig:
     max_epochs: int = 100
     # Wall-clock budget in minutes (0 = none); the run saves and stops when it is spent.
     max_minutes: float = 0.0
-    budget_warmup: float = 0.05  # schedule budget: warm-up share of the run's budget
+    budget_warmup: float = 0.1  # schedule budget: warm-up share of the run's budget
     log_every: int = 100
     valid_every: int = 1000
     valid_every_minutes: float = 0.0  # also validate every N minutes of training; 0 = off

@@ -113,7 +113,7 @@ class Progress:
     nonfinite_in_row: int = 0
     bad_validations: int = 0
     best_bleu: float = -1.0
-    train_seconds: float = 0.0  # wall-clock seconds of training up to this checkpoint
+    train_seconds: float = 0.0  # seconds spent training (not validating) up to this checkpoint
     snapshots: list[dict[str, Any]] = field(default_factory=list)  # runfolder.Snapshot dicts
 
 
@@ -176,6 +176,7 @@ class Trainer:
         self._signal = False
         self._started = time.monotonic()
         self._seconds_before = self.progress.train_seconds  # earlier sessions of this run
+        self._valid_seconds = 0.0  # this session's time spent validating
         self._valid_slot = self._minutes_slot(self._seconds_before)  # see _validation_due
 
     # ------------------------------------------------------------------ set-up
@@ -446,12 +447,14 @@ class Trainer:
         bar.update(minutes - bar.n)
 
     def _train_seconds(self) -> float:
-        """Wall-clock seconds this run has trained, over all its sessions."""
-        return self._seconds_before + time.monotonic() - self._started
+        """Seconds this run has spent training, validation excluded, over all its sessions."""
+        return self._seconds_before + time.monotonic() - self._started - self._valid_seconds
 
     def _budget_seconds(self) -> float:
-        """Seconds counted against train.max_minutes: this session's, except under the budget
-        schedule, whose clock is the whole run's (a resumed run finishes the same schedule)."""
+        """Seconds counted against train.max_minutes: this session's wall clock, except under
+        the budget schedule, whose clock is the run's training time over all its sessions (a
+        resumed run finishes the same schedule; validating, which takes longest for the
+        weakest models, does not eat their training time)."""
         if self.config.train.schedule == "budget":
             return self._train_seconds()
         return time.monotonic() - self._started
@@ -529,11 +532,13 @@ class Trainer:
         from nmt.validate import validate
 
         self.last_validated_step = self.progress.step
+        started = time.monotonic()
         rng_states = gather_rng_states(self.dist, self.device)
         metrics: dict[str, Any] = {}
         if self.dist.is_main:
             metrics = validate(self.model, self.data, self.config, self.device, self.precision)
         wait_for_main(self.dist)
+        self._valid_seconds += time.monotonic() - started
         bleu = sum_across(self.dist, metrics.get("bleu", 0.0), self.device)  # rank 0's BLEU
         improved = bleu > self.progress.best_bleu
         self.progress.bad_validations = 0 if improved else self.progress.bad_validations + 1

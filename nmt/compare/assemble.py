@@ -67,8 +67,9 @@ def _ordered(runs: list[RunRecord], baseline: str | None) -> list[RunRecord]:
     return sorted(runs, key=lambda r: r.name != baseline)
 
 
-def compare_runs(runs: list[RunRecord], options: CompareOptions) -> Comparison:
-    """Decode the test set with every run's model, score and compare them."""
+def compare_runs(runs: list[RunRecord], options: CompareOptions, output: Path) -> Comparison:
+    """Decode the test set with every run's model (measurements kept in output/decoded),
+    score and compare them."""
     runs = _ordered(runs, options.baseline)
     tests = {r.name: load_test_set(r.config.data) for r in runs}
     check_comparable({r.name: Comparability.of(r.config, tests[r.name].identity) for r in runs})
@@ -77,7 +78,7 @@ def compare_runs(runs: list[RunRecord], options: CompareOptions) -> Comparison:
     decode = dataclasses.replace(runs[0].config.decode, beam_size=options.beam_size)
     settings = DecodeSettings(decode, options.threads, options.device)
     rows = heatmap_rows(test.src)
-    measured = [measure_run(run, test.src, settings, rows) for run in runs]
+    measured = [measure_run(r, test.src, settings, rows, output / "decoded") for r in runs]
     models = _quality(runs, measured, test, options.significance)
     for model, run, m in zip(models["models"], runs, measured):
         model.update(_cost_and_curves(run, m))

@@ -3,22 +3,30 @@
 Per model: the beam translations (scored), greedy translations, both timed, so the sentences
 per second stand side by side; then a greedy pass with attention for the alignment statistics
 and the heatmaps (untimed: building alignments is bookkeeping, not decoding).
+
+A measurement is kept in `<output>/decoded/<name>.json` with what it depends on (checkpoint
+hash, decoding settings, threads, test set): rebuilding a report (another baseline, another
+significance test) does not decode again. Delete the folder to measure again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from nmt.alignment import Alignment
+from nmt.checkpoint import file_sha256
 from nmt.compare.runs import RunRecord
 from nmt.compare.stats import AlignmentStats, alignment_stats
 from nmt.config import DecodeConfig
+from nmt.files import write_json_atomic
 from nmt.translator import TranslationError, Translator
 
 log = logging.getLogger(__name__)
@@ -45,6 +53,19 @@ class Measurement:
     alignment: AlignmentStats | None  # None: the model has no attention
     heatmaps: dict[int, Alignment]  # test index -> alignment of its greedy translation
 
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["heatmaps"] = {str(i): a.to_dict() for i, a in self.heatmaps.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Measurement:
+        values = dict(data)
+        if data["alignment"] is not None:
+            values["alignment"] = AlignmentStats(**data["alignment"])
+        values["heatmaps"] = {int(i): Alignment.from_dict(a) for i, a in data["heatmaps"].items()}
+        return cls(**values)
+
 
 def _timed(translator: Translator, sources: list[str], beam: int) -> tuple[list[str], float]:
     start = time.perf_counter()
@@ -53,6 +74,32 @@ def _timed(translator: Translator, sources: list[str], beam: int) -> tuple[list[
 
 
 def measure_run(
+    run: RunRecord,
+    sources: list[str],
+    settings: DecodeSettings,
+    heatmap_rows: list[int],
+    cache_dir: Path,
+) -> Measurement:
+    """The run's measurement: from `cache_dir` if it was taken with the same checkpoint,
+    settings and test set, else decoded now (and kept there)."""
+    key = {
+        "checkpoint_sha256": file_sha256(run.checkpoint),
+        "decode": dataclasses.asdict(settings),
+        "sources": sources,
+        "heatmap_rows": heatmap_rows,
+    }
+    path = cache_dir / f"{run.name}.json"
+    if path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved["key"] == json.loads(json.dumps(key)):
+            log.info("%s: decoded already (%s)", run.name, path)
+            return Measurement.from_dict(saved["measurement"])
+    measurement = _decode(run, sources, settings, heatmap_rows)
+    write_json_atomic(path, {"key": key, "measurement": measurement.to_dict()})
+    return measurement
+
+
+def _decode(
     run: RunRecord, sources: list[str], settings: DecodeSettings, heatmap_rows: list[int]
 ) -> Measurement:
     """Translate `sources` with the run's checkpoint (beam and greedy, timed), and the

@@ -7,6 +7,7 @@ question, every model in one chart with one colour each throughout.
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,7 +71,7 @@ def heatmap_grid(alignments: dict[str, Alignment], title: str) -> bytes:
     panels = len(alignments)
     columns = min(panels, 4)
     rows = (panels + columns - 1) // columns
-    fig = Figure(figsize=(3.2 * columns, 3.0 * rows + 0.4))
+    fig = Figure(figsize=(max(3.4 * columns, 6.0), 3.2 * rows + 0.6))
     for i, (name, a) in enumerate(alignments.items()):
         ax = fig.add_subplot(rows, columns, i + 1)
         ax.imshow(a.word_soft, cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto")
@@ -79,7 +80,7 @@ def heatmap_grid(alignments: dict[str, Alignment], title: str) -> bytes:
         ax.set_yticks(range(len(a.tgt_words)))
         ax.set_yticklabels(a.tgt_words, fontsize=6)
         ax.set_title(name, fontsize=8)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(textwrap.fill(title, 90), fontsize=8)
     return _png(fig)
 
 
@@ -106,5 +107,5 @@ def all_plots(report: dict[str, Any], heatmaps: list[dict[str, Alignment]]) -> d
     for i, (row, panels) in enumerate(zip(report["heatmap_sentences"], heatmaps)):
         if panels:
             title = f"test sentence {row['index']}: {row['source']}"
-            plots[f"attention_{i + 1}.png"] = heatmap_grid(panels, title[:120])
+            plots[f"attention_{i + 1}.png"] = heatmap_grid(panels, title)
     return plots

@@ -156,7 +156,7 @@ def _environment(report: dict[str, Any]) -> Section:
     env = report["environment"]
     keys = ["cpu", "cuda_device", "threads", "platform", "python", "torch", "sacrebleu"]
     keys += ["sentencepiece", "datasets", "nmt", "git_commit"]
-    rows = [[k, str(env.get(k))] for k in keys]
+    rows = [[k, str(env[k])] for k in keys if env.get(k) is not None]
     commands = [env["command"]]
     study = report.get("study")
     if study:

@@ -52,6 +52,16 @@ class RunRecord:
         return f"{self.config.data.src_lang}-{self.config.data.tgt_lang}"
 
 
+def unique_names(paths: list[Path]) -> list[str]:
+    """Config file stems or run folder names; a name used twice gets its parent folder's name
+    in front (a_rnn, b_rnn)."""
+    names = [p.stem if p.suffix in (".yaml", ".yml") else p.name for p in paths]
+    return [
+        f"{p.resolve().parent.name}_{name}" if names.count(name) > 1 else name
+        for p, name in zip(paths, names)
+    ]
+
+
 def usable_checkpoint(run_dir: Path) -> Path:
     """best.pt, else last.pt: the model to compare (a run stopped before any validation has
     neither)."""

@@ -20,14 +20,20 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nmt.compare.runs import Comparability, StudyError, check_comparable, load_test_set
+from nmt.compare.runs import (
+    Comparability,
+    StudyError,
+    check_comparable,
+    load_test_set,
+    unique_names,
+)
 from nmt.config import Config, ConfigError, load_config
 from nmt.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
 FINISHED = ("max_minutes", "max_steps", "max_epochs", "patience")  # summary.json stop reasons
-VALIDATIONS = 8  # validations per run: enough points for the curves, little time taken
+VALIDATIONS = 6  # validations per run: enough points for the curves, little time taken
 FOREVER = 100_000_000  # a step or epoch limit the budget always ends first
 
 
@@ -86,7 +92,7 @@ class PlannedRun:
 
 # Settings every run of a study shares, before the user's --set (which may change them) ...
 STUDY_DEFAULTS = (
-    "train.valid_limit=200",
+    "train.valid_limit=100",
     "train.log_every=25",
     "train.patience=0",
     "train.average_last=0",
@@ -107,20 +113,11 @@ def study_overrides(plan: StudyPlan, run_dir: Path) -> tuple[str, ...]:
     return (*STUDY_DEFAULTS, *plan.overrides, *fixed)
 
 
-def run_names(config_paths: tuple[str, ...]) -> list[str]:
-    """File stems; a stem used twice gets its folder's name in front (a/rnn, b/rnn)."""
-    stems = [Path(p).stem for p in config_paths]
-    return [
-        f"{Path(p).parent.name}_{stem}" if stems.count(stem) > 1 else stem
-        for p, stem in zip(config_paths, stems)
-    ]
-
-
 def plan_runs(plan: StudyPlan) -> list[PlannedRun]:
     """Load every config with the study's overrides (a config that fails is named before
     anything trains) and check that their scores will be comparable."""
     runs = []
-    names = run_names(plan.configs)
+    names = unique_names([Path(p) for p in plan.configs])
     if len(set(names)) != len(names):
         raise StudyError(f"configs listed twice: {', '.join(plan.configs)}")
     for name, path in zip(names, plan.configs):
@@ -146,13 +143,32 @@ def run_state(run_dir: Path) -> str:
     return "new"
 
 
-def _start(run: PlannedRun) -> subprocess.Popen:
+def _share_prepared_data(run: PlannedRun, runs: list[PlannedRun]) -> None:
+    """Copy another run's SentencePiece models and tokenized data into a new run, so the
+    study trains the tokenizer once. Safe whatever the configs: prepare_data reuses them only
+    when their fingerprints match the run's own settings, and prepares its own otherwise."""
+    from nmt.data import TOKENIZER_FINGERPRINT
+
+    if (run.run_dir / "tokenizer").exists():
+        return
+    for donor in runs:
+        ready = (donor.run_dir / "tokenizer" / TOKENIZER_FINGERPRINT).is_file()
+        if donor is not run and ready and (donor.run_dir / "cache").is_dir():
+            in_progress = shutil.ignore_patterns(".*")  # caches being written are dot-named
+            for part in ("tokenizer", "cache"):
+                shutil.copytree(donor.run_dir / part, run.run_dir / part, ignore=in_progress)
+            log.info("%s: using the tokenizer and data prepared for %s", run.name, donor.name)
+            return
+
+
+def _start(run: PlannedRun, runs: list[PlannedRun]) -> subprocess.Popen:
     """Launch the run's training in its own process, logging to <run_dir>/train.log."""
     state = run_state(run.run_dir)
     if state == "new":  # a run that died before its first checkpoint starts afresh
         for leftover in ("metrics.jsonl", "summary.json", "tensorboard"):
             path = run.run_dir / leftover
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        _share_prepared_data(run, runs)
     run.run_dir.mkdir(parents=True, exist_ok=True)
     command = run.command(resume=state == "resume")
     log.info(
@@ -176,7 +192,7 @@ def train_all(runs: list[PlannedRun], parallel: int) -> None:
         while pending or active:
             while pending and len(active) < parallel:
                 run = pending.pop(0)
-                active[run.name] = (run, _start(run))
+                active[run.name] = (run, _start(run, runs))
             time.sleep(0.5)
             for name, (run, process) in list(active.items()):
                 code = process.poll()
