@@ -471,13 +471,12 @@ class Trainer:
         return sum_across(self.dist, seconds, self.device) / self.dist.world_size
 
     def _budget_used(self, clock: float) -> float | None:
-        """The share of a time-bounded run's budget spent (minutes or steps, whichever is
-        further), for the budget schedule; None without a time budget."""
+        """The share of the run's budget spent (minutes or steps, whichever is further) for the
+        budget schedule; None for other schedules or without a time budget."""
         cfg = self.config.train
-        if not cfg.max_minutes:
+        if cfg.schedule != "budget" or not cfg.max_minutes:
             return None
-        minutes_used = (clock - self._seconds_before * (cfg.schedule != "budget")) / 60
-        return max(minutes_used / cfg.max_minutes, self.progress.step / cfg.max_steps)
+        return max(clock / (cfg.max_minutes * 60), self.progress.step / cfg.max_steps)
 
     def _minutes_slot(self, seconds: float) -> int:
         minutes = self.config.train.valid_every_minutes

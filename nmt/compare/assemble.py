@@ -36,6 +36,14 @@ from nmt.evaluate import bleu_by_length, corpus_bleu, remove_word_spaces
 from nmt.runlog import environment_info
 
 FORMAT = 1  # report.json's layout version
+DECODING_KEYS = (
+    "beam_size",
+    "length_penalty",
+    "max_len_a",
+    "max_len_b",
+    "batch_tokens",
+    "precision",
+)
 METHODS = {"bs": "paired bootstrap resampling", "ar": "approximate randomisation"}
 
 
@@ -98,8 +106,7 @@ def compare_runs(runs: list[RunRecord], options: CompareOptions, output: Path) -
             "tgt_lang": tgt_lang,
         },
         "decoding": {
-            **{k: getattr(decode, k) for k in ("beam_size", "length_penalty", "max_len_a")},
-            **{k: getattr(decode, k) for k in ("max_len_b", "batch_tokens", "precision")},
+            **{key: getattr(decode, key) for key in DECODING_KEYS},
             "threads": options.threads,
             "device": options.device,
         },

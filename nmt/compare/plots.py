@@ -84,6 +84,11 @@ def heatmap_grid(alignments: dict[str, Alignment], title: str) -> bytes:
     return _png(fig)
 
 
+def heatmap_file(index: int) -> str:
+    """The file name of the heatmaps of the report's `index`-th heatmap sentence."""
+    return f"attention_{index + 1}.png"
+
+
 def all_plots(report: dict[str, Any], heatmaps: list[dict[str, Alignment]]) -> dict[str, bytes]:
     """Every figure of a report (file name -> PNG), from its JSON and the heatmap alignments."""
     models = report["models"]
@@ -107,5 +112,5 @@ def all_plots(report: dict[str, Any], heatmaps: list[dict[str, Alignment]]) -> d
     for i, (row, panels) in enumerate(zip(report["heatmap_sentences"], heatmaps)):
         if panels:
             title = f"test sentence {row['index']}: {row['source']}"
-            plots[f"attention_{i + 1}.png"] = heatmap_grid(panels, title)
+            plots[heatmap_file(i)] = heatmap_grid(panels, title)
     return plots

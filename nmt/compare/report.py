@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nmt.compare.assemble import Comparison
-from nmt.compare.plots import all_plots
+from nmt.compare.plots import all_plots, heatmap_file
 from nmt.files import write_bytes_atomic, write_json_atomic
 
 SECTIONS = ("Quality", "Cost", "Plots", "Alignment", "Examples", "Environment")
@@ -133,11 +133,10 @@ def _alignment(report: dict[str, Any], names: list[str]) -> Section:
         "sentence's diagonal, and how often the most-attended source piece moves left from "
         "one target piece to the next."
     ]
-    sentences = report["heatmap_sentences"]
     images = [
-        (n, f"Attention on test sentence {sentences[int(n[10:-4]) - 1]['index']}")
-        for n in names
-        if n.startswith("attention_")
+        (name, f"Attention on test sentence {row['index']}")
+        for i, row in enumerate(report["heatmap_sentences"])
+        if (name := heatmap_file(i)) in names
     ]
     return Section("Alignment", text, (header, rows), images)
 

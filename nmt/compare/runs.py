@@ -105,7 +105,7 @@ def _curve(run_dir: Path, kind: str, keys: tuple[str, ...]) -> list[dict[str, fl
     points = []
     for r in records:
         seconds = r.get("train_seconds", r["time"] - start)
-        point = {"step": float(r["step"]), "minutes": round(seconds / 60, 3)}
+        point: dict[str, float] = {"step": int(r["step"]), "minutes": round(seconds / 60, 3)}
         point.update({k: float(r[k]) for k in keys if k in r})
         points.append(point)
     return points

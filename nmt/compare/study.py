@@ -134,7 +134,8 @@ def plan_runs(plan: StudyPlan) -> list[PlannedRun]:
 
 
 def run_state(run_dir: Path) -> str:
-    """ "done" (ended by its budget), "resume" (a last.pt to continue from) or "new"."""
+    """Where a run stands: "done" (ended by its budget), "resume" (stopped, with a last.pt to
+    continue from) or "new"."""
     summary = run_dir / "summary.json"
     if (run_dir / "last.pt").is_file():
         if summary.is_file() and json.loads(summary.read_text()).get("stop_reason") in FINISHED:
