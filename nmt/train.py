@@ -359,10 +359,11 @@ class Trainer:
         self._started = time.monotonic()
         handlers = self._install_signal_handlers()
         bar = self._progress_bar()
+        # Speed windows run on the training clock, which stops while validating.
         window_tokens, window_nll, window_start = (
             0,
             torch.zeros((), device=self.device),
-            time.monotonic(),
+            self._train_seconds(),
         )
         batches = self._batches()
         log.info(
@@ -393,15 +394,14 @@ class Trainer:
                 window_tokens += result.tokens
                 window_nll += result.nll
                 if result.applied and self.progress.step % cfg.log_every == 0:
-                    elapsed = time.monotonic() - window_start
+                    elapsed = self._train_seconds() - window_start
                     self._log_train(bar, lr, float(window_nll), window_tokens, elapsed)
-                    window_tokens, window_start = 0, time.monotonic()
+                    window_tokens, window_start = 0, self._train_seconds()
                     window_nll = torch.zeros((), device=self.device)
                 if result.stop:
                     self.stop_reason = self._stop_request() or "another rank stopped"
                 if result.applied and self._validation_due(clock):
                     self._validate_and_save()
-                    window_start = time.monotonic()  # validation time is not training speed
                 if self.stop_reason:
                     break
             if self.stop_reason == "signal":

@@ -17,7 +17,8 @@ from nmt.optim import lr_factor
 SECTIONS = ("Quality", "Cost", "Plots", "Alignment", "Examples", "Environment")
 MODEL_FIELDS = {"name", "architecture", "run_dir", "checkpoint", "quality", "by_length"}
 MODEL_FIELDS |= {"cost", "curves", "alignment", "stop_reason"}
-COST_FIELDS = {"parameters", "model_mb", "train_minutes", "steps", "train_tokens_per_s"}
+COST_FIELDS = {"parameters", "model_mb", "train_minutes", "steps", "train_steps_per_minute"}
+COST_FIELDS |= {"train_tokens_per_s"}
 COST_FIELDS |= {"greedy_sentences_per_s", "beam_sentences_per_s"}
 
 

@@ -178,13 +178,17 @@ def _quality(
 def _cost_and_curves(run: RunRecord, m: Measurement) -> dict[str, Any]:
     points = run.valid_curve + run.train_curve
     speeds = [p["tokens_per_s"] for p in run.train_curve if "tokens_per_s" in p]
+    minutes = max((p["minutes"] for p in points), default=None)
+    steps = int(max((p["step"] for p in points), default=0))
     return {
         "stop_reason": run.summary.get("stop_reason"),
         "cost": {
             "parameters": m.parameters,
             "model_mb": model_file_mb(Path(run.checkpoint)),
-            "train_minutes": max((p["minutes"] for p in points), default=None),
-            "steps": int(max((p["step"] for p in points), default=0)),
+            "train_minutes": minutes,
+            "steps": steps,
+            # a study's runs see the same batches in the same order: steps compare directly
+            "train_steps_per_minute": round(steps / minutes, 1) if minutes else None,
             "train_tokens_per_s": round(statistics.median(speeds)) if speeds else None,
             "greedy_sentences_per_s": m.greedy_sentences_per_s,
             "beam_sentences_per_s": m.beam_sentences_per_s,

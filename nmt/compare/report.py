@@ -75,7 +75,7 @@ def _quality(report: dict[str, Any]) -> Section:
 
 
 def _cost(report: dict[str, Any]) -> Section:
-    header = ["model", "parameters", "file MB", "train min", "steps", "train tok/s"]
+    header = ["model", "parameters", "file MB", "train min", "steps", "steps/min", "train tok/s"]
     header += ["greedy sent/s", f"beam {report['decoding']['beam_size']} sent/s", "architecture"]
     rows = []
     for m in report["models"]:
@@ -87,6 +87,7 @@ def _cost(report: dict[str, Any]) -> Section:
                 _num(c["model_mb"]),
                 _num(c["train_minutes"]),
                 f"{c['steps']:,}",
+                _num(c["train_steps_per_minute"]),
                 _num(c["train_tokens_per_s"], 0),
                 _num(c["greedy_sentences_per_s"]),
                 _num(c["beam_sentences_per_s"]),
