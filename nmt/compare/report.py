@@ -46,6 +46,11 @@ def _p(score: dict[str, Any] | None) -> str:
     return f"{p:.4f}" + (" *" if p < 0.05 else "")
 
 
+def _file_name(test: dict[str, Any]) -> str:
+    """The test source's file name (its folder is the machine's business) or hub split."""
+    return Path(test["src"]).name if test.get("src") else str(test.get("hub"))
+
+
 def _quality(report: dict[str, Any]) -> Section:
     models = report["models"]
     has_lit = any(m["quality"]["bleu_literature"] for m in models)
@@ -60,7 +65,7 @@ def _quality(report: dict[str, Any]) -> Section:
     sig = report["significance"]
     test, dec = report["test_set"], report["decoding"]
     text = [
-        f"Test set: {test['sentences']} sentences ({test.get('src') or test.get('hub')}), "
+        f"Test set: {test['sentences']} sentences ({_file_name(test)}), "
         f"{test['src_lang']}→{test['tgt_lang']}; beam {dec['beam_size']}, length penalty "
         f"{dec['length_penalty']}. p: {sig['method']} against the baseline "
         f"{sig['baseline']} (* p < 0.05). Lower TER is better.",
