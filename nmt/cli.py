@@ -35,8 +35,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     Imported here, not at the top, so that `nmt --help` does not pay for torch and datasets.
     """
-    from nmt.ct2_export import ExportError
     from nmt.compare.runs import StudyError
+    from nmt.ct2_export import ExportError
     from nmt.data import DataError
     from nmt.ensemble import EnsembleError
     from nmt.evaluate import EvaluationError

@@ -114,14 +114,16 @@ def _curve(run_dir: Path, kind: str, keys: tuple[str, ...]) -> list[dict[str, fl
 def load_test_set(data: DataConfig) -> TestSet:
     """The test split's raw source and reference lines (not length-filtered: every sentence
     counts), and the literature's tokenized references for the Multi30k preset."""
-    from nmt.data import corpus_files, load_hub_corpus, preset_dir
+    from nmt.data import CorpusSource, corpus_files, preset_dir
     from nmt.files import read_lines
 
     split = data.test_split
     if data.hub is not None and not data.files:
-        rows = load_hub_corpus(data)[split]
+        chunks = list(CorpusSource(data).chunks(split))
+        sources = [line for chunk in chunks for line in chunk.src]
+        references = [line for chunk in chunks for line in chunk.tgt]
         spec = f"hub:{data.hub.name}/{data.hub.config}/{data.hub.splits.get(split, split)}"
-        return TestSet(spec, list(rows["src"]), list(rows["tgt"]), None, {"hub": spec})
+        return TestSet(spec, sources, references, None, {"hub": spec})
     files = corpus_files(data)
     if split not in files:
         raise StudyError(f"the corpus has no {split!r} split (data.test_split)")
