@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from serving import free_port, wait_healthy
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -133,9 +132,7 @@ LIVE_API_KEY = "live-test-key"
 def live_server(tiny_checkpoint: Path, tiny_checkpoint_en_de: Path) -> Iterator[LiveServer]:
     """The real `nmt serve` on a free 127.0.0.1 port, hosting de-en and en-de, with an API key:
     for clients that need real HTTP (a browser, LibreTranslate's client)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     command = [
         sys.executable,
         "-m",
@@ -159,16 +156,7 @@ def live_server(tiny_checkpoint: Path, tiny_checkpoint_en_de: Path) -> Iterator[
     process = subprocess.Popen(command)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"nmt serve did not become healthy (exit code {process.poll()})")
-            time.sleep(0.2)
+        wait_healthy(lambda path: httpx.get(url + path, timeout=5), process=process)
         yield LiveServer(url=url, api_key=LIVE_API_KEY)
     finally:
         process.send_signal(signal.SIGTERM)

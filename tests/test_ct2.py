@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import tiny_config_dict
-from test_serve import _free_port, _wait_healthy
+from serving import free_port, wait_healthy
 
 from nmt.checkpoint import file_sha256
 from nmt.cli import main
@@ -239,14 +239,14 @@ def test_real_server_on_the_directory_names_the_engine(
     tiny_checkpoint: Path, data_dir: Path, tmp_path: Path
 ) -> None:
     directory = export_ctranslate2(tiny_checkpoint, tmp_path / "ct2-int8", "int8")
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "nmt.cli", "serve", "--checkpoint", str(directory)]
     command += ["--port", str(port), "--accelerator", "cpu", "--threads", "1"]
     command += ["--max-batch-size", "4", "--log-level", "warning"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as http:
-            _wait_healthy(http.get)
+            wait_healthy(http.get)
             model = http.get("/info").json()["model"]
             assert model["engine"] == "ctranslate2" and model["quantization"].startswith("int8")
             texts = _sources(data_dir, 4)

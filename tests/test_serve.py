@@ -24,6 +24,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from litserve.utils import wrap_litserve_start
+from serving import free_port, wait_healthy
 
 from serve.api import TranslatorAPI, next_batch_timeout
 from serve.app import ServeSettings, build_server
@@ -40,18 +41,6 @@ GOOD = {"text": "Ein Hund läuft über die Wiese."}
 def _source_lines(data_dir: Path, count: int) -> list[str]:
     with gzip.open(data_dir / "multi30k" / "test_2016_flickr.de.gz", "rt", encoding="utf-8") as f:
         return [next(f).rstrip("\n") for _ in range(count)]
-
-
-def _wait_healthy(get, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if get("/health").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("server did not become healthy")
 
 
 def _batches_over_one(metrics_text: str) -> float:
@@ -76,7 +65,7 @@ def client(tiny_checkpoint: Path):
         wrap_litserve_start(server) as started,
         TestClient(started.app, headers={"X-API-Key": API_KEY}) as c,
     ):
-        _wait_healthy(c.get)
+        wait_healthy(c.get)
         yield c
 
 
@@ -266,7 +255,7 @@ def test_request_waiting_too_long_gets_504_then_server_recovers(tiny_checkpoint:
         assert c.get("/health").status_code == 503  # the worker is still starting
         early = c.post("/translate", json=GOOD)
         assert early.status_code == 504 and "timed out" in early.json()["detail"]
-        _wait_healthy(c.get)
+        wait_healthy(c.get)
         assert c.post("/translate", json=GOOD).status_code == 200
         assert (
             'nmt_http_requests_total{endpoint="/translate",status="504"} 1'
@@ -369,12 +358,6 @@ def test_worker_threads_share_the_usable_cores_among_all_workers_of_all_devices(
 # --------------------------------------------------------------------------- the real server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _descendants(pid: int) -> set[int]:
     children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
@@ -405,7 +388,7 @@ def _running(pid: int) -> bool:
 def test_real_server_batches_matches_cli_and_stops_cleanly(
     tiny_checkpoint: Path, data_dir: Path, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     command = [
         sys.executable,
         "-m",
@@ -430,7 +413,7 @@ def test_real_server_batches_matches_cli_and_stops_cleanly(
     base = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=base, timeout=30.0) as http:
-            _wait_healthy(http.get)
+            wait_healthy(http.get)
             texts = _source_lines(data_dir, 6)
             response = http.post("/translate", json={"texts": texts, "alignment": True})
             assert response.status_code == 200
@@ -519,7 +502,7 @@ def test_killed_worker_is_replaced_while_serving_and_a_crash_loop_stops_the_serv
 ) -> None:
     """kill -9 of the worker under load: its requests get 503 JSON, none hangs, a new worker
     serves within about the model's load time; three deaths within a minute stop the server."""
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         _serve_command(tiny_checkpoint, port),
         stdout=subprocess.PIPE,
@@ -530,7 +513,7 @@ def test_killed_worker_is_replaced_while_serving_and_a_crash_loop_stops_the_serv
     try:
         with httpx.Client(base_url=base, timeout=60.0) as http:  # a hang would time out
             started = time.monotonic()
-            _wait_healthy(http.get)
+            wait_healthy(http.get)
             load_seconds = time.monotonic() - started  # the whole start-up: an upper bound
             worker = _next_worker(http, None)
 
@@ -553,7 +536,7 @@ def test_killed_worker_is_replaced_while_serving_and_a_crash_loop_stops_the_serv
             assert statuses.count(200) >= 16
 
             replacement = _next_worker(http, worker)
-            _wait_healthy(http.get, timeout=30 + 3 * load_seconds)
+            wait_healthy(http.get, timeout=30 + 3 * load_seconds)
             assert post(0).status_code == 200
             assert process.poll() is None
 
@@ -622,7 +605,7 @@ def test_an_ensemble_is_served_as_one_model(tiny_checkpoint: Path, client: TestC
     server = build_server(settings)
     request = {"text": GOOD["text"], "beam_size": 2, "alignment": True}
     with wrap_litserve_start(server) as started, TestClient(started.app) as ensemble:
-        _wait_healthy(ensemble.get)
+        wait_healthy(ensemble.get)
         model = ensemble.get("/info").json()["model"]
         assert model["arch"] == "ensemble" and model["members"] == [str(tiny_checkpoint)] * 2
         both = ensemble.post("/translate", json=request).json()["translations"][0]

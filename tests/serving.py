@@ -1,0 +1,35 @@
+"""Helpers for tests that start a real `nmt serve` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(
+    get: Callable[[str], httpx.Response],
+    timeout: float = 120.0,
+    process: subprocess.Popen | None = None,
+) -> None:
+    """Poll /health until it answers 200; fail early when the server `process` has exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"nmt serve exited with code {process.returncode}")
+        try:
+            if get("/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("server did not become healthy")
