@@ -106,10 +106,15 @@ def fail_requests_of_worker(server: ls.LitServer, worker: int, status: int, deta
     `response_buffer` item (litserve.utils.ResponseBufferItem: event, worker_id, response).
     Setting `response` to (HTTPException, ERROR) and the event makes LitServe's request handler
     raise that exception, which FastAPI answers as JSON `{"detail": ...}`.
+
+    Requests no worker has claimed yet are answered too: a worker sends START through a
+    multiprocessing queue whose feeder thread dies with it, and a START still in flight reaches
+    this process after the death is seen, so an unclaimed request may be one the dead worker
+    had taken and would otherwise wait forever. Clients retry a 503; a lost request never ends.
     """
     failed = 0
     for item in list(server.response_buffer.values()):
-        if item.worker_id == worker and not item.event.is_set():
+        if item.worker_id in (worker, None) and not item.event.is_set():
             item.response = (HTTPException(status_code=status, detail=detail), LitAPIStatus.ERROR)
             item.event.set()
             failed += 1
