@@ -312,6 +312,17 @@ class Translator:
         finally:
             self.model.train(was_training)
 
+    def translate_with(self, texts: Sequence[str], options: TranslateOptions) -> list[Translation]:
+        """`translate` with one call's settings as a TranslateOptions."""
+        return self.translate(
+            texts,
+            beam_size=options.beam_size,
+            max_len=options.max_len,
+            n_best=options.n_best,
+            with_alignment=options.with_alignment,
+            truncate=options.truncate,
+        )
+
     def align(self, sources: Sequence[str], targets: Sequence[str]) -> list[ForcedAlignment]:
         """Forced alignment: each source with its given target, no decoding (see
         nmt.forced_alignment). Empty texts and texts longer than the model accepts raise
@@ -564,14 +575,7 @@ def translate_chunks(
 
     with tqdm(total=total, unit="sent", desc="translating", disable=total is None) as bar:
         for chunk in chunks:
-            yield translator.translate(
-                chunk,
-                beam_size=options.beam_size,
-                max_len=options.max_len,
-                n_best=options.n_best,
-                with_alignment=options.with_alignment,
-                truncate=options.truncate,
-            )
+            yield translator.translate_with(chunk, options)
             bar.update(len(chunk))
 
 

@@ -237,14 +237,7 @@ class TranslatorAPI(ls.LitAPI):
                 targets = [target for job in jobs for target in job.targets or []]
                 results: list[Any] = self.translator.align(texts, targets)
             else:
-                results = self.translator.translate(
-                    texts,
-                    beam_size=options.beam_size,
-                    max_len=options.max_len,
-                    n_best=options.n_best,
-                    with_alignment=options.with_alignment,
-                    truncate=options.truncate,
-                )
+                results = self.translator.translate_with(texts, options)
         except Exception as e:  # noqa: BLE001 - every failure must become a response
             if len(jobs) > 1:
                 return [outcome for job in jobs for outcome in self._translate_group([job])]

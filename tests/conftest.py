@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from serving import free_port, wait_healthy
+from serving import free_port, serve_command, wait_healthy
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -133,26 +132,11 @@ def live_server(tiny_checkpoint: Path, tiny_checkpoint_en_de: Path) -> Iterator[
     """The real `nmt serve` on a free 127.0.0.1 port, hosting de-en and en-de, with an API key:
     for clients that need real HTTP (a browser, LibreTranslate's client)."""
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "nmt.cli",
-        "serve",
-        "--checkpoint",
-        str(tiny_checkpoint),
-        "--checkpoint",
-        str(tiny_checkpoint_en_de),
-        "--port",
-        str(port),
-        "--api-key",
-        LIVE_API_KEY,
-        "--accelerator",
-        "cpu",
-        "--threads",
-        "1",
-        "--log-level",
-        "warning",
-    ]
+    command = serve_command(
+        port,
+        *("--checkpoint", str(tiny_checkpoint), "--checkpoint", str(tiny_checkpoint_en_de)),
+        *("--api-key", LIVE_API_KEY),
+    )
     process = subprocess.Popen(command)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -14,6 +15,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def serve_command(port: int, *options: str) -> list[str]:
+    """`nmt serve` on 127.0.0.1:`port`, on the CPU with one thread and quiet logs; `options`
+    name the checkpoints and anything else."""
+    return [
+        *(sys.executable, "-m", "nmt.cli", "serve", "--port", str(port)),
+        *("--accelerator", "cpu", "--threads", "1", "--log-level", "warning"),
+        *options,
+    ]
 
 
 def wait_healthy(

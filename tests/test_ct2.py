@@ -9,13 +9,12 @@ from __future__ import annotations
 import gzip
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 from conftest import tiny_config_dict
-from serving import free_port, wait_healthy
+from serving import free_port, serve_command, wait_healthy
 
 from nmt.checkpoint import file_sha256
 from nmt.cli import main
@@ -240,9 +239,7 @@ def test_real_server_on_the_directory_names_the_engine(
 ) -> None:
     directory = export_ctranslate2(tiny_checkpoint, tmp_path / "ct2-int8", "int8")
     port = free_port()
-    command = [sys.executable, "-m", "nmt.cli", "serve", "--checkpoint", str(directory)]
-    command += ["--port", str(port), "--accelerator", "cpu", "--threads", "1"]
-    command += ["--max-batch-size", "4", "--log-level", "warning"]
+    command = serve_command(port, "--checkpoint", str(directory), "--max-batch-size", "4")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as http:

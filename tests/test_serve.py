@@ -24,7 +24,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from litserve.utils import wrap_litserve_start
-from serving import free_port, wait_healthy
+from serving import free_port, serve_command, wait_healthy
 
 from serve.api import TranslatorAPI, next_batch_timeout
 from serve.app import ServeSettings, build_server
@@ -389,26 +389,10 @@ def test_real_server_batches_matches_cli_and_stops_cleanly(
     tiny_checkpoint: Path, data_dir: Path, tmp_path: Path
 ) -> None:
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "nmt.cli",
-        "serve",
-        "--checkpoint",
-        str(tiny_checkpoint),
-        "--port",
-        str(port),
-        "--max-batch-size",
-        "8",
-        "--batch-timeout",
-        "0.2",
-        "--accelerator",
-        "cpu",
-        "--threads",
-        "1",
-        "--log-level",
-        "warning",
-    ]
+    command = serve_command(
+        port,
+        *("--checkpoint", str(tiny_checkpoint), "--max-batch-size", "8", "--batch-timeout", "0.2"),
+    )
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -453,26 +437,8 @@ def test_real_server_batches_matches_cli_and_stops_cleanly(
 
 
 def _serve_command(checkpoint: Path, port: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "nmt.cli",
-        "serve",
-        "--checkpoint",
-        str(checkpoint),
-        "--port",
-        str(port),
-        "--max-batch-size",
-        "4",
-        "--batch-timeout",
-        "0.05",
-        "--accelerator",
-        "cpu",
-        "--threads",
-        "1",
-        "--log-level",
-        "warning",
-    ]
+    options = ("--checkpoint", str(checkpoint), "--max-batch-size", "4", "--batch-timeout", "0.05")
+    return serve_command(port, *options)
 
 
 def _next_worker(http: httpx.Client, old: int | None, attempts: int = 600) -> int:
