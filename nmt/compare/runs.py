@@ -83,27 +83,31 @@ def read_run(run_dir: Path, name: str | None = None) -> RunRecord:
         raise StudyError(f"run folder {run_dir}: unusable checkpoint: {e}") from None
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    records = read_metrics(run_dir)
     return RunRecord(
         name=name or run_dir.name,
         run_dir=run_dir,
         checkpoint=checkpoint_path,
         config=checkpoint.config,
         policy=scoring_policy(checkpoint.config),
-        valid_curve=_curve(run_dir, "valid", ("bleu",)),
-        train_curve=_curve(run_dir, "train", ("loss", "tokens_per_s")),
+        valid_curve=_curve(records, "valid", ("bleu",)),
+        train_curve=_curve(records, "train", ("loss", "tokens_per_s")),
         summary=summary,
     )
 
 
-def _curve(run_dir: Path, kind: str, keys: tuple[str, ...]) -> list[dict[str, float]]:
-    """Points of one metrics.jsonl series with the minutes trained at each. Runs logged before
-    `train_seconds` was recorded fall back to wall-clock time since their first record."""
-    records = read_metrics(run_dir, kind)
-    if not records:
+def _curve(
+    records: list[dict[str, Any]], kind: str, keys: tuple[str, ...]
+) -> list[dict[str, float]]:
+    """Points of one series of a run's metrics.jsonl `records` with the minutes trained at
+    each. Runs logged before `train_seconds` was recorded fall back to wall-clock time since
+    their first record."""
+    series = [r for r in records if r["kind"] == kind]
+    if not series:
         return []
-    start = min(r["time"] for r in read_metrics(run_dir))
+    start = min(r["time"] for r in records)
     points = []
-    for r in records:
+    for r in series:
         seconds = r.get("train_seconds", r["time"] - start)
         point: dict[str, float] = {"step": int(r["step"]), "minutes": round(seconds / 60, 3)}
         point.update({k: float(r[k]) for k in keys if k in r})
