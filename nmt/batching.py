@@ -78,8 +78,9 @@ class SplitIds:
         """The padded batch of these rows (in this order), built without a loop over rows."""
         rows = np.asarray(indices, dtype=np.int64)
         src, src_mask = self.src.padded(rows)
-        tgt_in, tgt_mask = self.tgt.padded(rows, prefix=BOS_ID)
-        tgt_out, _ = self.tgt.padded(rows, suffix=EOS_ID)
+        tgt_read = self.tgt.read(rows)
+        tgt_in, tgt_mask = self.tgt.padded(rows, prefix=BOS_ID, read=tgt_read)
+        tgt_out, _ = self.tgt.padded(rows, suffix=EOS_ID, read=tgt_read)
         return Batch(
             src=torch.from_numpy(src),
             src_mask=torch.from_numpy(src_mask),
@@ -143,7 +144,8 @@ class TokenBatchSampler:
     corpora) are the first batches of the epoch repeated at the end.
 
     A batch is an integer array, a view into the epoch's one array of rows: an epoch of
-    millions of rows costs 4 bytes per row, not a Python list of Python ints.
+    millions of rows costs 4 bytes per row, not a Python list of Python ints, and sorting it
+    takes a few more bytes per row only for a moment (`_stable_sort`).
     """
 
     def __init__(
@@ -214,18 +216,46 @@ class TokenBatchSampler:
 
     def _sorted_rows(self, rng: np.random.Generator | None) -> np.ndarray:
         """Rows by (source length, target length), ties in the order of a random permutation
-        (by row number without `rng`). A stable sort of one small integer key (a radix sort)
-        takes a fraction of a lexsort's time and memory on millions of rows."""
-        if rng is None:
-            return np.argsort(self._length_key, kind="stable")
+        (by row number without `rng`): a stable sort of one small integer key."""
         n = len(self._length_key)
         index = np.int32 if n < np.iinfo(np.int32).max else np.int64
+        if rng is None:
+            return _stable_sort(np.arange(n, dtype=index), self._length_key)
         tie = np.arange(n, dtype=index)
         rng.shuffle(tie)  # the permutation rng.permutation(n) draws, in half the memory
         by_tie = np.empty(n, dtype=index)  # the rows in increasing order of their tie value
         by_tie[tie] = np.arange(n, dtype=index)
         del tie
-        return by_tie[np.argsort(self._length_key[by_tie], kind="stable")]
+        return _stable_sort(by_tie, self._length_key)
+
+
+SORT_CHUNK = 1 << 18
+
+
+def _stable_sort(rows: np.ndarray, key: np.ndarray, chunk: int = SORT_CHUNK) -> np.ndarray:
+    """`rows` stably sorted by `key[rows]`.
+
+    A 16-bit key (lengths up to 254, any usual max_len) is counting-sorted chunk by chunk, so
+    the temporaries are a chunk's: a whole argsort would take an int64 result and a radix
+    buffer, 16+ bytes a row at once, hundreds of MB at every epoch of a corpus of millions.
+    """
+    if key.dtype.itemsize > 2:
+        return rows[np.argsort(key[rows], kind="stable")]
+    slots = 1 << (8 * key.dtype.itemsize)
+    counts = np.zeros(slots, dtype=np.int64)
+    for start in range(0, len(rows), chunk):
+        counts += np.bincount(key[rows[start : start + chunk]], minlength=slots)
+    next_free = np.cumsum(counts) - counts  # where each key's next row goes
+    out = np.empty_like(rows)
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        keys = key[part]
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        rank = np.arange(len(keys)) - np.searchsorted(keys, keys, side="left")  # within its key
+        out[next_free[keys] + rank] = part[order]
+        next_free += np.bincount(keys, minlength=slots)
+    return out
 
 
 def _length_key(src_lengths: np.ndarray, tgt_lengths: np.ndarray) -> np.ndarray:

@@ -7,14 +7,16 @@ Per side (`src`, `tgt`) a folder holds three files:
   <side>.lengths.npy  [N], the smallest unsigned type that holds the longest row
 and store.json names the token type and the counts. Readers map the files (mmap), so a
 training process holds no copy of the corpus: its pages are the operating system's page cache,
-shared by every rank on the machine, and only the rows of the batches being built are touched.
-A writer appends chunk by chunk, so preparing a corpus never holds it whole either.
+shared by every rank on the machine. Batches read their rows with pread (`StoredRows`), so a
+training process maps no page of the corpus but its length arrays. A writer appends chunk by
+chunk, so preparing a corpus never holds it whole either.
 """
 
 from __future__ import annotations
 
 import json
 import mmap
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -65,8 +67,9 @@ class FlatIds:
     """Token ids of one side of a split: a flat array, row offsets and row lengths.
 
     In memory (from an Arrow column, for the small evaluation splits) or mapped from a store
-    folder (`open`). A mapped FlatIds pickles as its folder, so DataLoader workers map the
-    same files instead of receiving a copy.
+    folder (`open`), whose batches read their rows from the file (`read`). A mapped FlatIds
+    pickles as its folder, so DataLoader workers map the same files instead of receiving a
+    copy.
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class FlatIds:
     ) -> None:
         self.ids, self.offsets, self.lengths = ids, offsets, lengths
         self.source = source  # (folder, side) when mapped from a store
+        self.stored = StoredRows(tokens_file(*source), ids.dtype, lengths) if source else None
 
     @classmethod
     def from_arrow(cls, column: pyarrow.ChunkedArray | pyarrow.Array) -> FlatIds:
@@ -95,7 +99,7 @@ class FlatIds:
     def open(cls, folder: Path, side: str) -> FlatIds:
         """Map one side of a store folder written by `StoreWriter` (read only)."""
         meta = read_meta(folder)
-        ids = _map(folder / f"{side}.tokens", np.dtype(meta["dtype"]), 0, meta["tokens"][side])
+        ids = _map(tokens_file(folder, side), np.dtype(meta["dtype"]), 0, meta["tokens"][side])
         offsets = _map_npy(folder / f"{side}.offsets.npy")
         lengths = _map_npy(folder / f"{side}.lengths.npy")
         return cls(ids, offsets, lengths, source=(folder, side))
@@ -108,20 +112,32 @@ class FlatIds:
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Ids holding `rows` and where each row starts in them: read from the store file,
+        or the whole array in memory."""
+        if self.stored is not None:
+            return self.stored.read(rows)
+        return self.ids, self.offsets[rows]
+
     def padded(
-        self, rows: np.ndarray, prefix: int | None = None, suffix: int | None = None
+        self,
+        rows: np.ndarray,
+        prefix: int | None = None,
+        suffix: int | None = None,
+        read: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """[B, L] int64 ids of `rows` (with an optional first/last token added) and the bool
-        mask (True = token), padded with PAD_ID."""
+        mask (True = token), padded with PAD_ID. `read`: `self.read(rows)`, if already done."""
+        ids, starts = read if read is not None else self.read(rows)
         lengths = self.lengths[rows].astype(np.int64)
         extra = (prefix is not None) + (suffix is not None)
         width = int(lengths.max()) + extra if len(rows) else 0
         columns = np.arange(width)[None, :]
         shift = 1 if prefix is not None else 0
         inside = (columns >= shift) & (columns < lengths[:, None] + shift)
-        gather = self.offsets[rows][:, None] + np.clip(columns - shift, 0, None)
-        gather = np.minimum(gather, max(len(self.ids) - 1, 0))
-        out = np.where(inside, self.ids[gather] if len(self.ids) else PAD_ID, PAD_ID)
+        gather = starts[:, None] + np.clip(columns - shift, 0, None)
+        gather = np.minimum(gather, max(len(ids) - 1, 0))
+        out = np.where(inside, ids[gather] if len(ids) else PAD_ID, PAD_ID)
         out = out.astype(np.int64)
         if prefix is not None:
             out[:, 0] = prefix
@@ -130,6 +146,54 @@ class FlatIds:
         total = lengths + extra
         mask = columns < total[:, None]
         return out, mask
+
+
+OFFSET_BLOCK = 64
+
+
+class StoredRows:
+    """Reads rows of one side of a store with pread, for batches.
+
+    Reading rows through the mapping would map far more than the rows: for a file already in
+    the page cache the kernel maps the cached pages around every faulting address
+    (fault-around), so one batch of a few hundred random rows maps tens of MB and a training
+    process's RSS grows towards the corpus size. pread copies just the rows. Row offsets come
+    from the lengths and the offset of every 64th row, 1/64 of the offsets file's memory.
+    """
+
+    def __init__(self, path: Path, dtype: np.dtype, lengths: np.ndarray) -> None:
+        self.file = open(path, "rb")  # pread keeps no file position: safe to share across fork
+        self.itemsize = np.dtype(dtype).itemsize
+        self.dtype, self.lengths = np.dtype(dtype), lengths
+        n = len(lengths)
+        block_sums = np.add.reduceat(lengths, np.arange(0, n, OFFSET_BLOCK), dtype=np.int64)
+        self.block_starts = np.zeros(len(block_sums), dtype=np.int64)
+        np.cumsum(block_sums[:-1], out=self.block_starts[1:])
+
+    def offsets(self, rows: np.ndarray) -> np.ndarray:
+        """The token offset of each row: its block's start plus the lengths before it there."""
+        first = rows - rows % OFFSET_BLOCK
+        columns = np.arange(OFFSET_BLOCK)
+        before = columns[None, :] < (rows - first)[:, None]
+        inside = np.minimum(first[:, None] + columns, max(len(self.lengths) - 1, 0))
+        partial = np.where(before, self.lengths[inside], 0).sum(axis=1, dtype=np.int64)
+        return self.block_starts[rows // OFFSET_BLOCK] + partial
+
+    def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ids of `rows` back to back and where each row starts in them."""
+        lengths = self.lengths[rows].astype(np.int64)
+        size, fd = self.itemsize, self.file.fileno()
+        pieces = [
+            os.pread(fd, count * size, offset * size)
+            for offset, count in zip(self.offsets(rows).tolist(), lengths.tolist())
+        ]
+        starts = np.zeros(len(rows), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        return np.frombuffer(b"".join(pieces), dtype=self.dtype), starts
+
+
+def tokens_file(folder: Path, side: str) -> Path:
+    return folder / f"{side}.tokens"
 
 
 def _map(path: Path, dtype: np.dtype, offset: int, count: int) -> np.ndarray:
@@ -177,7 +241,7 @@ class StoreWriter:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder, self.dtype = folder, np.dtype(dtype)
         self._files: dict[str, IO[bytes]] = {
-            side: open(folder / f"{side}.tokens", "wb") for side in SIDES
+            side: open(tokens_file(folder, side), "wb") for side in SIDES
         }
         self._lengths: dict[str, list[np.ndarray]] = {side: [] for side in SIDES}
 

@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from nmt.batching import Batch, SplitIds, TokenBatchSampler, _chunk_sizes, batch_stream
+from nmt.batching import (
+    Batch,
+    SplitIds,
+    TokenBatchSampler,
+    _chunk_sizes,
+    _stable_sort,
+    batch_stream,
+)
 from nmt.config import config_from_dict
 from nmt.data import prepare_data
 from nmt.specials import BOS_ID, EOS_ID, PAD_ID
@@ -70,6 +77,17 @@ def test_epoch_order_is_the_lexicographic_one() -> None:
     rows = np.lexsort((np.random.default_rng([9, 3]).permutation(len(src)), tgt, src))
     assert sampler._sorted_rows(np.random.default_rng([9, 3])).tolist() == rows.tolist()
     assert sampler._sorted_rows(None).tolist() == np.lexsort((tgt, src)).tolist()
+
+
+@pytest.mark.parametrize("key_type", [np.uint8, np.uint16, np.uint32])
+def test_chunked_counting_sort_is_a_stable_argsort(key_type: type) -> None:
+    rng = np.random.default_rng(3)
+    key = rng.integers(0, 40, 1000).astype(key_type)
+    rows = rng.permutation(1000).astype(np.int32)
+    expected = rows[np.argsort(key[rows], kind="stable")]
+    for chunk in (7, 64, 5000):
+        assert np.array_equal(_stable_sort(rows, key, chunk=chunk), expected)
+    assert len(_stable_sort(rows[:0], key)) == 0
 
 
 def test_sampler_is_deterministic_by_seed_and_epoch() -> None:
@@ -156,7 +174,8 @@ def test_sampler_and_batches_on_prepared_data(
 def test_training_ids_are_mapped_not_copied(
     tiny_corpus_files: dict[str, list[str]], tmp_path: Path
 ) -> None:
-    """The store is mapped from disk; a pickled (DataLoader worker) copy is just its folder."""
+    """The store is mapped from disk; a pickled (DataLoader worker) copy is just its folder;
+    batches read their rows from the file, not through the mapping."""
     config = config_from_dict(
         {"data": {"preset": None, "files": tiny_corpus_files}, "tokenizer": {"vocab_size": 300}}
     )
@@ -171,6 +190,23 @@ def test_training_ids_are_mapped_not_copied(
     for a, b in zip(here, workers, strict=True):
         assert a.indices == b.indices and torch.equal(a.src, b.src)
         assert torch.equal(a.tgt_in, b.tgt_in)
+    if Path("/proc/self/smaps").exists():  # batches read rows without mapping their pages
+        assert _resident_kb("src.tokens") == _resident_kb("tgt.offsets.npy") == 0
+    every_row = np.arange(len(ids))
+    assert ids.tgt.stored is not None
+    assert np.array_equal(ids.tgt.stored.offsets(every_row), ids.tgt.offsets[:-1])
+
+
+def _resident_kb(file_name: str) -> int:
+    """Resident kB of this process's mappings of files named `file_name` (Linux smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+            inside = fields[-1].endswith("/" + file_name)
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
 
 
 def _ids(n: int, seed: int = 0) -> tuple[list[list[int]], list[list[int]], SplitIds]:
