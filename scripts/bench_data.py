@@ -16,7 +16,7 @@ Validation and test are Multi30k's. For each size:
   first batch in hand, and to the end of the first step; RSS = the process's peak (VmHWM) and,
   at the end, its private (anonymous) and file-backed (mapped corpus) memory.
 
-  python scripts/bench_data.py --sizes 30000,1000000 --work-dir /work/runs/bench_data
+  python scripts/bench_data.py --sizes 30000,1000000 --work-dir runs/bench_data
   python scripts/bench_data.py --sizes 5000000 --stage train   # cache already built
 """
 
