@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class HubSource:
-    """A Hugging Face hub dataset (needs network), e.g. name=wmt14, config=de-en."""
+    """A Hugging Face hub dataset (needs network), e.g. name=wmt/wmt14, config=de-en."""
 
     name: str = ""
     config: str | None = None

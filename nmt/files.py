@@ -23,6 +23,7 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp_name, 0o666 & ~_umask())  # as open() would create it, not mkstemp's 0o600
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -41,6 +42,20 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 def write_json_atomic(path: str | Path, value: Any) -> None:
     """Indented UTF-8 JSON with a final newline."""
     write_bytes_atomic(path, (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode())
+
+
+def _umask() -> int:
+    """The process's umask, read from /proc where it can be (setting it to read it back is
+    not thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def _fsync_dir(folder: Path) -> None:

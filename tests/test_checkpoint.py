@@ -46,6 +46,9 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
     copy_atomic(path, tmp_path / "best.pt")
     assert (tmp_path / "best.pt").read_bytes() == path.read_bytes()
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")  # the mode open() gives a new file under this umask
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
 
 
 class _RunsCode:
