@@ -23,26 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from results_table import score_both_settings
 
 from nmt.cpu import cpu_name
-from nmt.evaluate import ScoringPolicy, score_corpus
 from nmt.files import read_lines
 from nmt.translator import Translator
 
 
 def score_split(translator: Translator, data_dir: Path, split: str) -> dict[str, Any]:
     """Both settings' scores of `split` (val or test_2016_flickr), decoded with the defaults."""
-    src, tgt = translator.info.src_lang, translator.info.tgt_lang
-    multi30k = data_dir / "multi30k"
-    sources = read_lines(multi30k / f"{split}.{src}.gz")
+    sources = read_lines(data_dir / "multi30k" / f"{split}.{translator.info.src_lang}.gz")
     hyps = [t.text for t in translator.translate(sources)]
-    policy = ScoringPolicy.of(translator.tokenizer)
-    standard = score_corpus(
-        hyps, read_lines(multi30k / f"{split}.{tgt}.gz"), tgt, lowercase=policy.lowercase
-    )
-    literature = score_corpus(
-        hyps, read_lines(multi30k / "tok" / f"{split}.lc.norm.tok.{tgt}"), tgt, literature=True
-    )
+    standard, literature = score_both_settings(translator, data_dir, split, sources, hyps)
     return {
         "split": split,
         "sentences": len(hyps),

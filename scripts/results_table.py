@@ -71,6 +71,28 @@ def tune_length_penalty(
     return best, scores
 
 
+def score_both_settings(
+    translator: Translator, data_dir: Path, split: str, sources: list[str], hyps: list[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`hyps` of Multi30k's `split` scored by sacreBLEU (cased, detokenized, raw references,
+    with the model's scoring policy) and in the literature's setting."""
+    tgt = translator.info.tgt_lang
+    multi30k = data_dir / "multi30k"
+    policy = ScoringPolicy.of(translator.tokenizer)
+    standard = score_corpus(
+        hyps,
+        read_lines(multi30k / f"{split}.{tgt}.gz"),
+        tgt,
+        srcs=sources,
+        remove_spaces=policy.remove_spaces,
+        lowercase=policy.lowercase,
+    )
+    literature = score_corpus(
+        hyps, read_lines(multi30k / "tok" / f"{split}.lc.norm.tok.{tgt}"), tgt, literature=True
+    )
+    return standard, literature
+
+
 def score_run(
     run_dir: Path, data_dir: Path, beam: int, alphas: list[float] | None = None
 ) -> dict[str, Any]:
@@ -84,18 +106,9 @@ def score_run(
     sources = read_lines(data_dir / "multi30k" / f"test_2016_flickr.{src}.gz")
     hyps = [t.text for t in translator.translate(sources, beam_size=beam)]
     write_lines(hyps, run_dir / f"test.hyp.{tgt}")
-    raw_refs = read_lines(data_dir / "multi30k" / f"test_2016_flickr.{tgt}.gz")
-    tok_refs = read_lines(data_dir / "multi30k" / "tok" / f"test_2016_flickr.lc.norm.tok.{tgt}")
-    policy = ScoringPolicy.of(translator.tokenizer)
-    standard = score_corpus(
-        hyps,
-        raw_refs,
-        tgt,
-        srcs=sources,
-        remove_spaces=policy.remove_spaces,
-        lowercase=policy.lowercase,
+    standard, literature = score_both_settings(
+        translator, data_dir, "test_2016_flickr", sources, hyps
     )
-    literature = score_corpus(hyps, tok_refs, tgt, literature=True)
     result = {
         "run": str(run_dir),
         "checkpoint": checkpoint.name,
