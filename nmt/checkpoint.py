@@ -145,18 +145,19 @@ def copy_atomic(src: str | Path, dst: str | Path) -> None:
     write_atomic(dst, copy)
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
+def load_checkpoint(path: str | Path, mmap: bool = False) -> Checkpoint:
     """Load a checkpoint onto the CPU without executing code from it.
 
     Always to the CPU: `load_state_dict` moves weights and optimizer moments to their
     parameters' device, while random-number states must stay CPU tensors, and Adam's step
-    counters on the CPU spare a host sync per parameter and step.
+    counters on the CPU spare a host sync per parameter and step. `mmap`: map the file, so
+    tensors are read only when used (to read a checkpoint's config or languages).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch's own text advises weights_only=False: never repeat it
         if isinstance(e, pickle.UnpicklingError) and "GLOBAL" in str(e):
             raise CheckpointError(

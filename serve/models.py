@@ -56,7 +56,7 @@ def language_pair(path: str) -> tuple[str, str]:
     if Path(path).is_dir():
         data = read_metadata(Path(path))["config"]["data"]
         return data["src_lang"], data["tgt_lang"]
-    tokenizer = load_checkpoint(path).tokenizer
+    tokenizer = load_checkpoint(path, mmap=True).tokenizer
     return tokenizer["src_lang"], tokenizer["tgt_lang"]
 
 
