@@ -20,6 +20,7 @@ Precision: under autocast the recurrent layers may run in float32 outside it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 import torch
@@ -51,32 +52,14 @@ def make_rnn(
     dropout: float,
     bidirectional: bool = False,
 ) -> nn.RNNBase:
-    """A batch-first stacked RNN; `dropout` applies between layers."""
-    between = dropout if layers > 1 else 0.0
-    if cell == "lstm":
-        return nn.LSTM(
+    """A batch-first stacked RNN (tanh for the plain cell); `dropout` applies between layers."""
+    classes: dict[str, Callable[..., nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+    if cell in classes:
+        between = dropout if layers > 1 else 0.0
+        return classes[cell](
             input_size,
             hidden_size,
             layers,
-            batch_first=True,
-            dropout=between,
-            bidirectional=bidirectional,
-        )
-    if cell == "gru":
-        return nn.GRU(
-            input_size,
-            hidden_size,
-            layers,
-            batch_first=True,
-            dropout=between,
-            bidirectional=bidirectional,
-        )
-    if cell == "rnn":
-        return nn.RNN(
-            input_size,
-            hidden_size,
-            layers,
-            nonlinearity="tanh",
             batch_first=True,
             dropout=between,
             bidirectional=bidirectional,
