@@ -49,20 +49,26 @@ def curves(
     return _png(fig)
 
 
-def length_bars(buckets: Sequence[str], bleu: dict[str, list[float | None]]) -> bytes:
-    """Grouped bars: BLEU per source-length bucket, one bar per model in each group."""
-    fig = Figure(figsize=(7.5, 4.2))
+def length_bars(
+    buckets: Sequence[str], sentences: Sequence[int], bleu: dict[str, list[float | None]]
+) -> bytes:
+    """Grouped bars: BLEU per source-length bucket, one bar per model in each group; a bucket
+    without test sentences is left out, the others name their count (small ones are noisy)."""
+    kept = [i for i, n in enumerate(sentences) if n]
+    buckets = [f"{buckets[i]} words\n({sentences[i]:,} sentences)" for i in kept]
+    bleu = {name: [scores[i] for i in kept] for name, scores in bleu.items()}
+    fig = Figure(figsize=(9.0, 4.2))
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / max(len(bleu), 1)
     for i, (name, scores) in enumerate(bleu.items()):
         xs = [b + (i - (len(bleu) - 1) / 2) * width for b in range(len(buckets))]
         ax.bar(xs, [s or 0.0 for s in scores], width, label=name, color=_colour(i))
     ax.set_xticks(range(len(buckets)))
-    ax.set_xticklabels([f"{b} words" for b in buckets])
+    ax.set_xticklabels(buckets)
     ax.set_xlabel("source sentence length")
     ax.set_ylabel("BLEU")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="best")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the bars
     return _png(fig)
 
 
@@ -95,6 +101,7 @@ def all_plots(report: dict[str, Any], heatmaps: list[dict[str, Alignment]]) -> d
     valid = {m["name"]: m["curves"]["valid"] for m in models}
     train = {m["name"]: m["curves"]["train"] for m in models}
     buckets = [row["bucket"] for row in models[0]["by_length"]]
+    sentences = [row["sentences"] for row in models[0]["by_length"]]
     plots = {
         "valid_bleu_by_time.png": curves(
             valid, "minutes", "bleu", "training minutes", "validation BLEU (greedy)"
@@ -106,7 +113,7 @@ def all_plots(report: dict[str, Any], heatmaps: list[dict[str, Alignment]]) -> d
             train, "step", "loss", "optimiser steps", "training loss (per target token)"
         ),
         "bleu_by_length.png": length_bars(
-            buckets, {m["name"]: [r["bleu"] for r in m["by_length"]] for m in models}
+            buckets, sentences, {m["name"]: [r["bleu"] for r in m["by_length"]] for m in models}
         ),
     }
     for i, (row, panels) in enumerate(zip(report["heatmap_sentences"], heatmaps)):
