@@ -1,11 +1,14 @@
 #!/usr/bin/env python
 """Choose a Multi30k model's checkpoint and length penalty on the validation split alone.
 
-Every checkpoint is decoded on val with beam `--beam` and each GNMT alpha, scored in the
+Every candidate is decoded on val with beam `--beam` and each GNMT alpha, scored in the
 literature's setting (BLEU (lit.)); the best pair is printed with the `nmt export` command
-that makes it a slim model with those decoding defaults. The test split is not read.
+that makes it a slim model with those decoding defaults (for a single checkpoint). A
+candidate `A.pt,B.pt` is the ensemble of those checkpoints, so averaging and ensembling are
+compared on val too. The test split is not read.
 
   python scripts/choose_decoding.py runs/x/best.pt runs/x/averaged.pt \
+      runs/x/best.pt,runs/x/averaged.pt \
       --length-penalties 0.6 1.0 1.3 1.6 --output models/transformer_de-en.pt
 """
 
@@ -25,7 +28,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("checkpoints", nargs="+", help="candidate checkpoints")
+    parser.add_argument(
+        "checkpoints", nargs="+", help="candidate checkpoints; A.pt,B.pt is an ensemble"
+    )
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--length-penalties", type=float, nargs="+", default=[0.6, 1.0])
     parser.add_argument("--data-dir", default=os.environ.get("NMT_DATA_DIR", "data"))
@@ -36,13 +41,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     results = []
     for checkpoint in args.checkpoints:
-        translator = Translator.load(checkpoint)
+        translator = Translator.load_ensemble(checkpoint.split(","))
         alpha, by_alpha = tune_length_penalty(
             translator, Path(args.data_dir), args.beam, args.length_penalties
         )
         results.append((by_alpha[str(alpha)], checkpoint, alpha))
     bleu, checkpoint, alpha = max(results)
     print(f"best on val: {checkpoint}, length penalty {alpha}: BLEU (lit.) {bleu:.2f}")
+    if "," in checkpoint:
+        print(f"an ensemble: decode it with --checkpoint {checkpoint.replace(',', ' ')}")
+        return
     print(
         f"nmt export --checkpoint {checkpoint} --format torch --beam {args.beam} "
         f"--length-penalty {alpha} --output {args.output}"

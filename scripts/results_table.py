@@ -64,7 +64,8 @@ def tune_length_penalty(
         hyps = [t.text for t in translator.translate(sources, beam_size=beam)]
         scores[str(alpha)] = round(score_corpus(hyps, refs, tgt, literature=True)["bleu"], 2)
         print(
-            f"{translator.info.checkpoint}: valid BLEU (lit.) {scores[str(alpha)]:.2f} "
+            f"{translator.info.checkpoint or ' + '.join(translator.info.members)}: "
+            f"valid BLEU (lit.) {scores[str(alpha)]:.2f} "
             f"with length penalty {alpha}"
         )
     best = max(alphas, key=lambda a: scores[str(a)])
