@@ -199,9 +199,7 @@ def tokens_file(folder: Path, side: str) -> Path:
 def _map(path: Path, dtype: np.dtype, offset: int, count: int) -> np.ndarray:
     """A read-only array over `count` items of a file from byte `offset`, mapped for random
     access (MADV_RANDOM: a page fault reads its page from disk, not 128 KB of read-ahead
-    around a random row). Pages already in the page cache are still mapped a few at a time
-    around each row touched, so the file-backed RSS of a training process grows towards the
-    corpus size over an epoch: shared, reclaimable page cache, not the process's own memory."""
+    around a random row). For whole-array readers; batches read rows with `StoredRows`."""
     if count == 0:
         return np.zeros(0, dtype)
     with open(path, "rb") as f:
