@@ -163,7 +163,6 @@ class StoredRows:
 
     def __init__(self, path: Path, dtype: np.dtype, lengths: np.ndarray) -> None:
         self.file = open(path, "rb")  # pread keeps no file position: safe to share across fork
-        self.itemsize = np.dtype(dtype).itemsize
         self.dtype, self.lengths = np.dtype(dtype), lengths
         n = len(lengths)
         block_sums = np.add.reduceat(lengths, np.arange(0, n, OFFSET_BLOCK), dtype=np.int64)
@@ -182,7 +181,7 @@ class StoredRows:
     def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The ids of `rows` back to back and where each row starts in them."""
         lengths = self.lengths[rows].astype(np.int64)
-        size, fd = self.itemsize, self.file.fileno()
+        size, fd = self.dtype.itemsize, self.file.fileno()
         pieces = [
             os.pread(fd, count * size, offset * size)
             for offset, count in zip(self.offsets(rows).tolist(), lengths.tolist())

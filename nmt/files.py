@@ -23,7 +23,7 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp_name, 0o666 & ~_umask())  # as open() would create it, not mkstemp's 0o600
+        os.fchmod(fd, 0o666 & ~_umask())  # as open() would create it, not mkstemp's 0o600
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
