@@ -241,7 +241,12 @@ def _add_routes(
         if any(model is None for model in published.values()):
             return JSONResponse({"detail": "model not loaded yet"}, status_code=503)
         models = [
-            dict(model["info"], id=model_id, version=model["version"])
+            dict(
+                model["info"],
+                id=model_id,
+                version=model["version"],
+                worker_pid=model.get("worker_pid"),
+            )
             for model_id, model in published.items()
             if model is not None
         ]

@@ -346,7 +346,8 @@ class InfoResponse(BaseModel):
     )
     models: list[dict[str, Any]] = Field(
         default_factory=list,
-        description="Every model served (as `model`, each with its `id`), in the order given.",
+        description="Every model served (as `model`, each with its `id` and the `worker_pid` "
+        "of the worker that loaded it last), in the order given.",
     )
     serving: dict[str, Any] = Field(
         description="Batching, workers, devices, timeouts and request limits."

@@ -524,6 +524,67 @@ def test_killed_worker_is_replaced_while_serving_and_a_crash_loop_stops_the_serv
             process.wait()
 
 
+def _model_workers(http: httpx.Client) -> dict[str, int | None]:
+    """Each served model's id with the pid of the worker that loaded it last."""
+    response = http.get("/info")
+    assert response.status_code == 200, response.text
+    return {model["id"]: model["worker_pid"] for model in response.json()["models"]}
+
+
+@pytest.mark.slow
+def test_a_killed_worker_of_one_model_leaves_the_other_model_serving(
+    tiny_checkpoint: Path, tiny_checkpoint_en_de: Path
+) -> None:
+    """Two models, kill -9 of the second one's worker under load to both: the first model
+    answers 200 throughout and keeps its worker; the second gets 200/503 and a new worker."""
+    port = free_port()
+    command = serve_command(
+        port,
+        *("--checkpoint", str(tiny_checkpoint), "--checkpoint", str(tiny_checkpoint_en_de)),
+        *("--max-batch-size", "4", "--batch-timeout", "0.05"),
+    )
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60.0) as http:
+            wait_healthy(http.get)
+            workers = _model_workers(http)
+            assert set(workers) == {"de-en", "en-de"} and None not in workers.values()
+
+            def post(model: str, n: int) -> httpx.Response:
+                text = f"Ein Hund läuft {n} Runden." if model == "de-en" else f"A dog ran {n} km."
+                return http.post("/translate", json={"text": text, "model": model})
+
+            with ThreadPoolExecutor(8) as pool:
+                futures = {
+                    model: [pool.submit(post, model, n) for n in range(60)]
+                    for model in ("de-en", "en-de")
+                }
+                for _ in range(600):  # kill once the load is flowing
+                    if sum(f.done() for f in futures["en-de"]) >= 8:
+                        break
+                    time.sleep(0.05)
+                os.kill(workers["en-de"], signal.SIGKILL)
+                answers = {m: [f.result() for f in fs] for m, fs in futures.items()}
+            assert [a.status_code for a in answers["de-en"]] == [200] * 60
+            assert {a.status_code for a in answers["en-de"]} <= {200, 503}
+
+            for _ in range(600):
+                replaced = _model_workers(http) if http.get("/health").status_code == 200 else {}
+                if replaced.get("en-de") not in (None, workers["en-de"]):
+                    break
+                time.sleep(0.1)
+            else:
+                raise AssertionError("the en-de model's worker was not replaced")
+            assert replaced["de-en"] == workers["de-en"]
+            assert post("en-de", 0).status_code == 200
+            assert post("de-en", 0).status_code == 200
+            assert process.poll() is None
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def _assert_matches_cli(
     checkpoint: Path, texts: list[str], served: list[dict[str, Any]], tmp_path: Path
 ) -> None:
