@@ -618,6 +618,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         request_timeout=args.request_timeout,
         threads=args.threads,
         precision=args.precision,
+        length_penalty=args.length_penalty,
         log_level="debug" if args.verbose else args.log_level,
         shutdown_grace=args.shutdown_grace,
     )
@@ -699,6 +700,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="decoding precision (default: the checkpoint's decode.precision); bf16: the "
         "vocabulary projection in bf16 on CPU (autocast on GPUs), faster, outputs "
         "may differ slightly",
+    )
+    p.add_argument(
+        "--length-penalty",
+        type=float,
+        help="GNMT length-penalty alpha of beam search for every model served (default: each "
+        "checkpoint's decode.length_penalty; an ensemble's: its first member's)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(

@@ -104,6 +104,7 @@ class TranslatorAPI(ls.LitAPI):
         batch_wait: float = 0.0,
         threads: int | None = None,
         precision: str | None = None,
+        length_penalty: float | None = None,
         api_path: str = "/translate",
         ensemble: Sequence[str] = (),
         alignment_from: int | None = None,
@@ -126,6 +127,7 @@ class TranslatorAPI(ls.LitAPI):
         self.adapt_threads = False  # follow the machine's load below `threads` (ThreadBudget)
         self.thread_budget: ThreadBudget | None = None
         self.precision = precision  # None = the checkpoint's decode.precision
+        self.length_penalty = length_penalty  # None = the checkpoint's decode.length_penalty
         self.translator: Translator | None = None  # loaded by setup(), in the worker
         self.model_ref: ModelRef | None = None
 
@@ -156,6 +158,10 @@ class TranslatorAPI(ls.LitAPI):
         if self.precision:
             precision = decoding_precision(self.precision, device_caps(translator.device))
             translator.decode = dataclasses.replace(translator.decode, precision=precision)
+        if self.length_penalty is not None:
+            translator.decode = dataclasses.replace(
+                translator.decode, length_penalty=self.length_penalty
+            )
         # LitServe reports the worker ready when setup() returns: pay the one-time costs
         # (cuBLAS/cuDNN initialisation, first allocations) here, not in the first requests.
         translator.translate([WARM_UP_TEXT], max_len=4)

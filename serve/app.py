@@ -79,6 +79,7 @@ class ServeSettings:
     request_timeout: float = 30.0  # seconds a request may wait in the queue (then 504)
     threads: int | None = None  # torch threads per worker; None = usable cores / workers
     precision: str | None = None  # fp32 | bf16 decoding; None = the checkpoint's
+    length_penalty: float | None = None  # GNMT alpha of every model; None = each checkpoint's
     log_level: str = "info"
     shutdown_grace: float = 10.0  # seconds for LitServe's own shutdown before the group is killed
 
@@ -104,6 +105,8 @@ class ServeSettings:
             raise ConfigError(f"--batch-wait must be in 0..1 (a fraction), got {self.batch_wait}")
         if self.precision not in (None, "fp32", "bf16"):
             raise ConfigError(f"--precision must be fp32 or bf16, got {self.precision!r}")
+        if self.length_penalty is not None and self.length_penalty < 0:
+            raise ConfigError(f"--length-penalty must be >= 0, got {self.length_penalty}")
         if self.accelerator not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--accelerator must be auto, cpu or cuda, got {self.accelerator!r}")
         limits = self.limits
@@ -203,6 +206,7 @@ def _model_apis(
             batch_timeout=settings.batch_timeout,
             batch_wait=settings.batch_wait,
             precision=settings.precision,
+            length_penalty=settings.length_penalty,
             api_path=f"/models/{spec.id}",
             model_id=spec.id,
         )

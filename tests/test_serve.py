@@ -26,6 +26,7 @@ from fastapi.testclient import TestClient
 from litserve.utils import wrap_litserve_start
 from serving import free_port, serve_command, wait_healthy
 
+from nmt.config import ConfigError
 from serve.api import TranslatorAPI, next_batch_timeout
 from serve.app import ServeSettings, build_server
 from serve.metrics import ServerMetrics, parse_histogram
@@ -263,8 +264,8 @@ def test_request_waiting_too_long_gets_504_then_server_recovers(tiny_checkpoint:
         )
 
 
-def test_precision_setting_reaches_the_worker_and_info(tiny_checkpoint: Path) -> None:
-    """`nmt serve --precision bf16` decodes in bf16 and says so in /info."""
+def test_decoding_settings_reach_the_worker_and_info(tiny_checkpoint: Path) -> None:
+    """`nmt serve --precision bf16 --length-penalty 2.5` decodes so and says so in /info."""
     board, metrics = SharedJSON(), ServerMetrics()
     api = TranslatorAPI(
         checkpoint=str(tiny_checkpoint),
@@ -272,10 +273,13 @@ def test_precision_setting_reaches_the_worker_and_info(tiny_checkpoint: Path) ->
         model_board=board,
         threads=1,
         precision="bf16",
+        length_penalty=2.5,
     )
     api.setup("cpu")
     assert api.translator.decode.precision == "bf16"
+    assert api.translator.decode.length_penalty == 2.5
     assert board.read()["info"]["decode"]["precision"] == "bf16"
+    assert board.read()["info"]["decode"]["length_penalty"] == 2.5
     assert "nmt_translated_sentences_total 0\n" in metrics.render()  # the warm-up is not counted
     outcome = api.predict(
         [api.decode_request(TranslateRequest(texts=["Ein Hund läuft.", "Zwei Männer."]))]
@@ -283,6 +287,8 @@ def test_precision_setting_reaches_the_worker_and_info(tiny_checkpoint: Path) ->
     assert outcome.error is None and len(outcome.translations) == 2
     with pytest.raises(Exception, match="--precision"):
         ServeSettings(checkpoint=str(tiny_checkpoint), precision="fp16").check()
+    with pytest.raises(ConfigError, match="--length-penalty"):
+        ServeSettings(checkpoint=str(tiny_checkpoint), length_penalty=-1.0).check()
 
 
 def test_batch_wait_grows_with_load_and_never_delays_a_lone_request(tiny_checkpoint: Path) -> None:
