@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Score a shipped Multi30k model with its own decoding defaults and write its model card.
+"""Score a shipped Multi30k model (or an ensemble of them) and write its model card.
 
 The model is decoded exactly as `nmt translate --checkpoint MODEL` decodes it (no flags), on
 the validation split and on test_2016_flickr, and scored in two settings: sacreBLEU (cased,
@@ -7,14 +7,20 @@ detokenized, raw references) and the multimodal-MT literature's (lowercased, Mos
 hypotheses against the official tok/*.lc.norm.tok.* references). Writes MODEL's card beside
 it (<stem>.md) and the scores with their signatures (<stem>.json).
 
+Several models are an ensemble, decoded as `nmt translate --checkpoint A B --length-penalty X`
+(the length penalty chosen for the ensemble on val); its card is `--card` (.md and .json).
+
   python scripts/model_card.py models/transformer_de-en.pt \
       --trained-with "nmt train --config configs/multi30k_de_en.yaml ..." \
       --exported-with "nmt export --checkpoint ... --output models/transformer_de-en.pt ..."
+  python scripts/model_card.py models/transformer_de-en.pt models/lstm_bahdanau_de-en.pt \
+      --length-penalty 2.0 --card models/ensemble_de-en --chosen-with "python scripts/..."
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -52,7 +58,10 @@ def score_split(translator: Translator, data_dir: Path, split: str) -> dict[str,
 
 
 def card_text(
-    model: Path, translator: Translator, scores: list[dict[str, Any]], args: argparse.Namespace
+    models: list[Path],
+    translator: Translator,
+    scores: list[dict[str, Any]],
+    args: argparse.Namespace,
 ) -> str:
     info, decode = translator.info, translator.decode
     rows = "\n".join(
@@ -61,22 +70,41 @@ def card_text(
         for s in scores
     )
     signatures = scores[-1]["signatures"]
-    size = model.stat().st_size / 2**20
-    return f"""# {model.stem}
+    commands = [args.trained_with, args.exported_with, args.chosen_with]
+    made_with = "\n".join(c for c in commands if c)
+    paths = " ".join(m.as_posix() for m in models)
+    pair, millions = f"{info.src_lang}→{info.tgt_lang}", f"{info.parameters / 1e6:.1f}M"
+    data = "Multi30k's 29,000 training pairs only (text only; no images, no other data)"
+    if len(models) == 1:
+        size = models[0].stat().st_size / 2**20
+        what = (
+            f"{info.architecture}, {pair}, {millions} parameters,\ntrained on {data}.\n"
+            f"Slim checkpoint ({size:.1f} MB): weights stored in half precision and computed "
+            "in fp32, the\nSentencePiece models and the training config inside, no optimizer "
+            "state."
+        )
+        flags, decoded, step = "", "the model's own default", f"Trained step: {info.step}. "
+    else:
+        members = "\n".join(f"- `{m.as_posix()}` (see its card)" for m in models)
+        what = (
+            f"An ensemble of {len(models)} shipped models, {pair}, {millions} parameters in "
+            f"all,\neach trained on {data}.\nTheir log-probabilities are averaged at every "
+            f"step of one beam search.\n\n{members}"
+        )
+        flags, decoded, step = f" --length-penalty {decode.length_penalty}", "these", ""
+    written = f"{step}Card written {time.strftime('%Y-%m-%d')} on {cpu_name()}"
+    return f"""# {args.card.name}
 
-{info.architecture}, {info.src_lang}→{info.tgt_lang}, {info.parameters / 1e6:.1f}M parameters,
-trained on Multi30k's 29,000 training pairs only (text only; no images, no other data).
-Slim checkpoint ({size:.1f} MB): weights stored in half precision and computed in fp32, the
-SentencePiece models and the training config inside, no optimizer state.
+{what}
 
 ## Use
 ```bash
-nmt translate --checkpoint {model.as_posix()} <<< "..."
-nmt serve --checkpoint {model.as_posix()}
+nmt translate --checkpoint {paths}{flags} <<< "..."
+nmt serve --checkpoint {paths}{flags}
 ```
 
 ## Scores
-Decoded with the model's own defaults, chosen on the validation split: beam {decode.beam_size},
+Decoded with {decoded} settings, chosen on the validation split: beam {decode.beam_size},
 length penalty {decode.length_penalty}. The test split was scored once, with these settings.
 
 | split | sentences | BLEU (lit.) | sacreBLEU | chrF | TER |
@@ -89,11 +117,10 @@ length penalty {decode.length_penalty}. The test split was scored once, with the
 
 ## How it was made
 ```bash
-{args.trained_with}
-{args.exported_with}
-python scripts/model_card.py {model.as_posix()} --trained-with "..." --exported-with "..."
+{made_with}
+python scripts/model_card.py {paths}{flags} ...
 ```
-Trained step: {info.step}. Card written {time.strftime("%Y-%m-%d")} on {cpu_name()}
+{written}
 ({platform.machine()}, torch {torch.__version__}).
 
 ## Limits
@@ -106,17 +133,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("model", help="the slim checkpoint (nmt export --format torch)")
-    parser.add_argument("--trained-with", required=True, help="the training command(s)")
-    parser.add_argument("--exported-with", required=True, help="the export command")
+    parser.add_argument(
+        "models",
+        nargs="+",
+        help="the slim checkpoint (nmt export --format torch); several: their ensemble",
+    )
+    parser.add_argument("--trained-with", help="the training command(s)")
+    parser.add_argument("--exported-with", help="the export command")
+    parser.add_argument("--chosen-with", help="the command that chose the ensemble on val")
+    parser.add_argument(
+        "--length-penalty", type=float, help="an ensemble's, chosen on val (default: the first's)"
+    )
+    parser.add_argument("--card", type=Path, help="card path without suffix (an ensemble's)")
     parser.add_argument("--data-dir", default=os.environ.get("NMT_DATA_DIR", "data"))
     args = parser.parse_args()
-    model = Path(args.model)
-    translator = Translator.load(model)
+    models = [Path(m) for m in args.models]
+    if len(models) > 1 and args.card is None:
+        parser.error("an ensemble's card needs --card")
+    if len(models) == 1 and args.length_penalty is not None:
+        parser.error("a single model is scored with its own defaults: re-export it instead")
+    args.card = args.card or models[0].with_suffix("")
+    translator = Translator.load_ensemble(models)
+    if args.length_penalty is not None:
+        translator.decode = dataclasses.replace(
+            translator.decode, length_penalty=args.length_penalty
+        )
     data_dir = Path(args.data_dir)
     scores = [score_split(translator, data_dir, split) for split in ("val", "test_2016_flickr")]
     summary = {
-        "model": model.name,
+        "model": " ".join(m.name for m in models),
         "sha256": translator.info.sha256,
         "decode": {
             "beam_size": translator.decode.beam_size,
@@ -124,11 +169,12 @@ def main() -> None:
         },
         "scores": scores,
     }
-    model.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
-    model.with_suffix(".md").write_text(card_text(model, translator, scores, args))
+    card, data = args.card.with_suffix(".md"), args.card.with_suffix(".json")
+    data.write_text(json.dumps(summary, indent=2) + "\n")
+    card.write_text(card_text(models, translator, scores, args))
     for s in scores:
         print(f"{s['split']}: BLEU (lit.) {s['bleu_literature']:.2f}, sacreBLEU {s['bleu']:.2f}")
-    print(f"wrote {model.with_suffix('.md')} and {model.with_suffix('.json')}")
+    print(f"wrote {card} and {data}")
 
 
 if __name__ == "__main__":
