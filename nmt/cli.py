@@ -618,7 +618,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         request_timeout=args.request_timeout,
         threads=args.threads,
         precision=args.precision,
-        length_penalty=args.length_penalty,
+        length_penalties=tuple(args.length_penalty or ()),
         log_level="debug" if args.verbose else args.log_level,
         shutdown_grace=args.shutdown_grace,
     )
@@ -704,8 +704,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--length-penalty",
         type=float,
-        help="GNMT length-penalty alpha of beam search for every model served (default: each "
-        "checkpoint's decode.length_penalty; an ensemble's: its first member's)",
+        action="append",
+        help="GNMT length-penalty alpha of beam search: once for every model, or once per "
+        "--checkpoint in the same order (default: each checkpoint's decode.length_penalty; an "
+        "ensemble's: its first member's)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(

@@ -79,9 +79,17 @@ class ServeSettings:
     request_timeout: float = 30.0  # seconds a request may wait in the queue (then 504)
     threads: int | None = None  # torch threads per worker; None = usable cores / workers
     precision: str | None = None  # fp32 | bf16 decoding; None = the checkpoint's
-    length_penalty: float | None = None  # GNMT alpha of every model; None = each checkpoint's
+    # GNMT alpha of beam search: none given = each checkpoint's own; one = every model's; else
+    # one per model, in order (an ensemble's chosen on val need not be its first member's)
+    length_penalties: tuple[float, ...] = ()
     log_level: str = "info"
     shutdown_grace: float = 10.0  # seconds for LitServe's own shutdown before the group is killed
+
+    def length_penalty(self, model: int) -> float | None:
+        """Model `model`'s length penalty (None: its checkpoint's own)."""
+        if not self.length_penalties:
+            return None
+        return self.length_penalties[model if len(self.length_penalties) > 1 else 0]
 
     @property
     def models(self) -> list[tuple[str, ...]]:
@@ -105,8 +113,13 @@ class ServeSettings:
             raise ConfigError(f"--batch-wait must be in 0..1 (a fraction), got {self.batch_wait}")
         if self.precision not in (None, "fp32", "bf16"):
             raise ConfigError(f"--precision must be fp32 or bf16, got {self.precision!r}")
-        if self.length_penalty is not None and self.length_penalty < 0:
-            raise ConfigError(f"--length-penalty must be >= 0, got {self.length_penalty}")
+        if any(alpha < 0 for alpha in self.length_penalties):
+            raise ConfigError(f"--length-penalty must be >= 0, got {self.length_penalties}")
+        if len(self.length_penalties) not in (0, 1, len(self.models)):
+            raise ConfigError(
+                f"--length-penalty given {len(self.length_penalties)} times for "
+                f"{len(self.models)} models (--checkpoint): give it once for all, or once per model"
+            )
         if self.accelerator not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--accelerator must be auto, cpu or cuda, got {self.accelerator!r}")
         limits = self.limits
@@ -195,7 +208,7 @@ def _model_apis(
     """A LitAPI per model, at an internal path whose last part (LitServe's key for its
     workers) is the model's id; worker ids are offset to be unique across models."""
     apis: list[TranslatorAPI] = []
-    for spec in specs:
+    for index, spec in enumerate(specs):
         api = TranslatorAPI(
             checkpoint=spec.checkpoints[0],
             ensemble=spec.checkpoints[1:],
@@ -206,7 +219,7 @@ def _model_apis(
             batch_timeout=settings.batch_timeout,
             batch_wait=settings.batch_wait,
             precision=settings.precision,
-            length_penalty=settings.length_penalty,
+            length_penalty=settings.length_penalty(index),
             api_path=f"/models/{spec.id}",
             model_id=spec.id,
         )

@@ -287,8 +287,19 @@ def test_decoding_settings_reach_the_worker_and_info(tiny_checkpoint: Path) -> N
     assert outcome.error is None and len(outcome.translations) == 2
     with pytest.raises(Exception, match="--precision"):
         ServeSettings(checkpoint=str(tiny_checkpoint), precision="fp16").check()
-    with pytest.raises(ConfigError, match="--length-penalty"):
-        ServeSettings(checkpoint=str(tiny_checkpoint), length_penalty=-1.0).check()
+    with pytest.raises(ConfigError, match="--length-penalty must be >= 0"):
+        ServeSettings(checkpoint=str(tiny_checkpoint), length_penalties=(-1.0,)).check()
+
+
+def test_length_penalties_are_one_for_all_models_or_one_per_model(tiny_checkpoint: Path) -> None:
+    three = {"checkpoint": str(tiny_checkpoint), "more_models": ((str(tiny_checkpoint),),) * 2}
+    assert [ServeSettings(**three).length_penalty(i) for i in range(3)] == [None] * 3
+    one = ServeSettings(**three, length_penalties=(2.0,))
+    assert [one.length_penalty(i) for i in range(3)] == [2.0] * 3
+    each = ServeSettings(**three, length_penalties=(1.0, 2.0, 3.0))
+    assert [each.length_penalty(i) for i in range(3)] == [1.0, 2.0, 3.0]
+    with pytest.raises(ConfigError, match="given 2 times for 3 models"):
+        ServeSettings(**three, length_penalties=(1.0, 2.0)).check()
 
 
 def test_batch_wait_grows_with_load_and_never_delays_a_lone_request(tiny_checkpoint: Path) -> None:

@@ -145,9 +145,11 @@ def test_worker_indices_map_to_their_model(
         accelerator="cpu",
         workers_per_device=2,
         threads=1,
+        length_penalties=(1.0, 3.0),
     )
     server = build_server(settings)
     apis = server.litapi_connector.lit_apis
+    assert [api.length_penalty for api in apis] == [1.0, 3.0]  # one per model, in order
     assert [worker_of_api(server, i) for i in range(4)] == [
         (apis[0], 0),
         (apis[0], 1),
