@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -103,6 +104,27 @@ def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
     assert loaded.config == checkpoint.config and loaded.vocab == checkpoint.vocab
     assert loaded.training is not None and loaded.training.progress == {"step": 1}
     assert loaded.training.world_size == 1 and loaded.metrics == {"valid_bleu": 1.5}
+    assert loaded.tokenizer == checkpoint.tokenizer
+
+
+def test_tokenizer_protos_are_stored_compressed_and_older_files_still_load(
+    tmp_path: Path,
+) -> None:
+    """SentencePiece protos are written as xz-compressed uint8 tensors (torch.save's pickle
+    protocol 2 would store bytes 1.4x larger); files with plain bytes still load."""
+    proto = bytes(range(256)) * 64  # like a proto: every byte value, and repetitive
+    checkpoint = dataclasses.replace(
+        _payload(1.0), tokenizer={"version": 1, "models": {"joint": proto}}
+    )
+    save_checkpoint(checkpoint, tmp_path / "new.pt")
+    payload = torch.load(tmp_path / "new.pt", weights_only=True)
+    assert "models" not in payload["tokenizer"]
+    assert payload["tokenizer"]["models_xz"]["joint"].dtype == torch.uint8
+    assert (tmp_path / "new.pt").stat().st_size < len(proto)
+    assert load_checkpoint(tmp_path / "new.pt").tokenizer == checkpoint.tokenizer
+    payload["tokenizer"] = checkpoint.tokenizer  # as older versions wrote it
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt").tokenizer == checkpoint.tokenizer
 
 
 def test_text_file_is_not_a_checkpoint(tmp_path: Path) -> None:
