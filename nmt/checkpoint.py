@@ -217,13 +217,19 @@ def average_checkpoints(paths: list[str | Path]) -> Checkpoint:
         if checkpoint.model.keys() != keys:
             raise CheckpointError(f"{p} has different parameters from {paths[0]}")
     averaged: dict[str, torch.Tensor] = {}
+    # Tied tables (one tensor under several names) stay one tensor, so the average is tied
+    # like its inputs and a slim export stores the table once.
+    shared: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
     for key in keys:
         tensors = [checkpoint.model[key] for checkpoint in checkpoints]
-        if tensors[0].is_floating_point():
-            stacked = torch.stack([t.double() for t in tensors])
-            averaged[key] = stacked.mean(0).to(tensors[0].dtype)
-        else:
+        if not tensors[0].is_floating_point():
             averaged[key] = tensors[-1]
+            continue
+        tie = (tensors[0].data_ptr(), tuple(tensors[0].shape))
+        if tie not in shared:
+            stacked = torch.stack([t.double() for t in tensors])
+            shared[tie] = stacked.mean(0).to(tensors[0].dtype)
+        averaged[key] = shared[tie]
     return dataclasses.replace(
         checkpoints[-1].for_translation(),
         model=averaged,

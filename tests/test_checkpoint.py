@@ -97,6 +97,20 @@ def test_average_and_run_snapshots(tmp_path: Path) -> None:
     assert len(averaged.meta["averaged_from"]) == 3
 
 
+def test_averaging_keeps_tied_tables_tied(tmp_path: Path) -> None:
+    paths = []
+    for value in (1.0, 3.0):
+        checkpoint = _payload(value)
+        table = torch.full((4, 2), value)
+        checkpoint.model.update({"embedding": table, "output": table})
+        paths.append(tmp_path / f"{value}.pt")
+        save_checkpoint(checkpoint, paths[-1])
+    averaged = average_checkpoints(paths)
+    torch.testing.assert_close(averaged.model["embedding"], torch.full((4, 2), 2.0))
+    assert averaged.model["embedding"].data_ptr() == averaged.model["output"].data_ptr()
+    assert averaged.model["w"].data_ptr() != averaged.model["embedding"].data_ptr()
+
+
 def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
     checkpoint = _payload(1.5)
     save_checkpoint(checkpoint, tmp_path / "c.pt")
