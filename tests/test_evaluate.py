@@ -386,3 +386,20 @@ def test_cli_checkpoint_normalises_references_as_its_tokenizer_does(
     assert all(case in report["signatures"][m] for m in ("bleu", "chrf"))
     if remove:  # the decoder wrote no spaces: the references lost theirs too
         assert all(" " not in hyp for hyp in read_lines(tmp_path / "hyp.ja"))
+
+
+def test_paired_bootstrap_marks_a_p_value_that_is_only_a_bound() -> None:
+    from nmt.compare.report import _p
+    from nmt.compare.stats import paired_scores
+
+    refs = [f"a dog number {i} runs through the white snow" for i in range(60)]
+    noisy = [r if i % 3 else r.replace("white snow", "grass") for i, r in enumerate(refs)]
+    wrong = ["the cat sleeps" for _ in refs]
+    close = [r.replace("number", "no.") if i in (1, 4) else r for i, r in enumerate(noisy)]
+    systems = {"base": noisy, "close": close, "wrong": wrong}
+    scores, _ = paired_scores(systems, refs, "en", ScoringPolicy())
+    assert scores["base"]["bleu"]["p_value"] is None  # the baseline is not tested
+    assert scores["wrong"]["bleu"]["p_at_floor"] and _p(scores["wrong"]["bleu"]) == "≤ 0.0010 *"
+    close_p = scores["close"]["bleu"]
+    assert not close_p["p_at_floor"] and close_p["p_value"] > 0.05
+    assert _p(close_p) == f"{close_p['p_value']:.4f}"

@@ -43,7 +43,8 @@ def _p(score: dict[str, Any] | None) -> str:
     if score is None or score.get("p_value") is None:
         return "baseline" if score is not None else "–"
     p = score["p_value"]
-    return f"{p:.4f}" + (" *" if p < 0.05 else "")
+    bound = "≤ " if score.get("p_at_floor") else ""  # no resample as extreme: only a bound
+    return f"{bound}{p:.4f}" + (" *" if p < 0.05 else "")
 
 
 def _file_name(test: dict[str, Any]) -> str:

@@ -57,20 +57,29 @@ def paired_scores(
         if metric not in table:
             continue
         for (name, _), row in zip(named, table[metric]):
-            result[name][key] = _interval(row)
+            result[name][key] = _interval(row, SAMPLES[method])
     return result, {METRIC_KEYS[m]: str(s) for m, s in signatures.items()}
 
 
-def _interval(row: Any) -> dict[str, Any]:
-    """A sacreBLEU significance Result as our JSON: score, 95% interval, p-value."""
+def _interval(row: Any, samples: int) -> dict[str, Any]:
+    """A sacreBLEU significance Result as our JSON: score, 95% interval, p-value.
+
+    sacreBLEU's p is (c + 1) / (samples + 1) for the c samples at least as extreme, so its
+    smallest value, 1 / (samples + 1), says only "p at most this": `p_at_floor` marks it.
+    """
     score = float(row.score)  # sacreBLEU gives numpy floats here
     half = float(row.ci or 0.0)
     mean = float(row.mean) if row.mean is not None else score
-    return {
+    interval: dict[str, Any] = {
         "score": round(score, 2),
         "ci95": [round(mean - half, 2), round(mean + half, 2)],
-        "p_value": None if row.p_value is None else round(float(row.p_value), 4),
+        "p_value": None,
     }
+    if row.p_value is not None:
+        p = float(row.p_value)
+        interval["p_value"] = round(p, 4)
+        interval["p_at_floor"] = p * (samples + 1) <= 1.0 + 1e-9
+    return interval
 
 
 @dataclass(frozen=True)
