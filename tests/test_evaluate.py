@@ -396,10 +396,11 @@ def test_paired_bootstrap_marks_a_p_value_that_is_only_a_bound() -> None:
     noisy = [r if i % 3 else r.replace("white snow", "grass") for i, r in enumerate(refs)]
     wrong = ["the cat sleeps" for _ in refs]
     close = [r.replace("number", "no.") if i in (1, 4) else r for i, r in enumerate(noisy)]
-    systems = {"base": noisy, "close": close, "wrong": wrong}
+    systems = {"base": noisy, "close": close, "wrong": wrong, "same": list(noisy)}
     scores, _ = paired_scores(systems, refs, "en", ScoringPolicy())
     assert scores["base"]["bleu"]["p_value"] is None  # the baseline is not tested
     assert scores["wrong"]["bleu"]["p_at_floor"] and _p(scores["wrong"]["bleu"]) == "≤ 0.0010 *"
     close_p = scores["close"]["bleu"]
     assert not close_p["p_at_floor"] and close_p["p_value"] > 0.05
     assert _p(close_p) == f"{close_p['p_value']:.4f}"
+    assert scores["same"]["bleu"]["p_value"] == 1.0 and not scores["same"]["bleu"]["p_at_floor"]

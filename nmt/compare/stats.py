@@ -56,8 +56,12 @@ def paired_scores(
     for metric, key in METRIC_KEYS.items():
         if metric not in table:
             continue
-        for (name, _), row in zip(named, table[metric]):
+        for (name, hyps), row in zip(named, table[metric]):
             result[name][key] = _interval(row, SAMPLES[method])
+            if name != named[0][0] and list(hyps) == list(named[0][1]):
+                # sacreBLEU counts samples whose difference exceeds the real one (0 here),
+                # so identical outputs would get its smallest p: they do not differ at all.
+                result[name][key].update(p_value=1.0, p_at_floor=False)
     return result, {METRIC_KEYS[m]: str(s) for m, s in signatures.items()}
 
 
