@@ -203,6 +203,15 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+TensorIdentity = tuple[int, torch.dtype, tuple[int, ...]]
+
+
+def tensor_identity(tensor: torch.Tensor) -> TensorIdentity:
+    """Equal for the names of one tied tensor (same memory, dtype and shape) in a state dict,
+    so code that rebuilds weights can keep them tied."""
+    return (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
+
+
 def average_checkpoints(paths: list[str | Path]) -> Checkpoint:
     """Average the model weights of several checkpoints of one run (float tensors only).
 
@@ -219,13 +228,13 @@ def average_checkpoints(paths: list[str | Path]) -> Checkpoint:
     averaged: dict[str, torch.Tensor] = {}
     # Tied tables (one tensor under several names) stay one tensor, so the average is tied
     # like its inputs and a slim export stores the table once.
-    shared: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+    shared: dict[TensorIdentity, torch.Tensor] = {}
     for key in keys:
         tensors = [checkpoint.model[key] for checkpoint in checkpoints]
         if not tensors[0].is_floating_point():
             averaged[key] = tensors[-1]
             continue
-        tie = (tensors[0].data_ptr(), tuple(tensors[0].shape))
+        tie = tensor_identity(tensors[0])
         if tie not in shared:
             stacked = torch.stack([t.double() for t in tensors])
             shared[tie] = stacked.mean(0).to(tensors[0].dtype)

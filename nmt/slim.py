@@ -15,7 +15,14 @@ from typing import Any
 
 import torch
 
-from nmt.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_checkpoint
+from nmt.checkpoint import (
+    Checkpoint,
+    TensorIdentity,
+    file_sha256,
+    load_checkpoint,
+    save_checkpoint,
+    tensor_identity,
+)
 from nmt.config import ConfigError, DecodeConfig, validate
 
 WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -24,13 +31,13 @@ WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.fl
 def cast_weights(weights: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Floating-point tensors cast to `dtype`; tensors that share storage (tied embeddings)
     still share it afterwards, so a tied table is stored once."""
-    cast: dict[tuple[int, torch.dtype, tuple[int, ...]], torch.Tensor] = {}
+    cast: dict[TensorIdentity, torch.Tensor] = {}
     result: dict[str, torch.Tensor] = {}
     for name, tensor in weights.items():
         if not tensor.is_floating_point():
             result[name] = tensor
             continue
-        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
+        key = tensor_identity(tensor)
         if key not in cast:
             cast[key] = tensor.detach().to(dtype).contiguous()
         result[name] = cast[key]

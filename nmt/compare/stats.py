@@ -52,24 +52,24 @@ def paired_scores(
         named, metrics, [refs], test_type=method, n_samples=SAMPLES[method], n_ar_confidence=0
     )
     signatures, table = test()
+    baseline = list(named[0][1])
+    same_as_baseline = {name for name, hyps in named[1:] if list(hyps) == baseline}
     result: dict[str, dict[str, dict[str, Any]]] = {name: {} for name, _ in named}
     for metric, key in METRIC_KEYS.items():
         if metric not in table:
             continue
-        for (name, hyps), row in zip(named, table[metric]):
-            result[name][key] = _interval(row, SAMPLES[method])
-            if name != named[0][0] and list(hyps) == list(named[0][1]):
-                # sacreBLEU counts samples whose difference exceeds the real one (0 here),
-                # so identical outputs would get its smallest p: they do not differ at all.
-                result[name][key].update(p_value=1.0, p_at_floor=False)
+        for (name, _), row in zip(named, table[metric]):
+            result[name][key] = _interval(row, SAMPLES[method], name in same_as_baseline)
     return result, {METRIC_KEYS[m]: str(s) for m, s in signatures.items()}
 
 
-def _interval(row: Any, samples: int) -> dict[str, Any]:
+def _interval(row: Any, samples: int, same_as_baseline: bool) -> dict[str, Any]:
     """A sacreBLEU significance Result as our JSON: score, 95% interval, p-value.
 
-    sacreBLEU's p is (c + 1) / (samples + 1) for the c samples at least as extreme, so its
-    smallest value, 1 / (samples + 1), says only "p at most this": `p_at_floor` marks it.
+    sacreBLEU's p is (c + 1) / (samples + 1) for the c samples whose difference exceeds the
+    real one, so its smallest value, 1 / (samples + 1), says only "p at most this":
+    `p_at_floor` marks it. Outputs identical to the baseline's (real difference 0, none
+    exceeds it) would get that smallest p; they do not differ at all, so their p is 1.
     """
     score = float(row.score)  # sacreBLEU gives numpy floats here
     half = float(row.ci or 0.0)
@@ -80,7 +80,7 @@ def _interval(row: Any, samples: int) -> dict[str, Any]:
         "p_value": None,
     }
     if row.p_value is not None:
-        p = float(row.p_value)
+        p = 1.0 if same_as_baseline else float(row.p_value)
         interval["p_value"] = round(p, 4)
         interval["p_at_floor"] = p * (samples + 1) <= 1.0 + 1e-9
     return interval
