@@ -41,7 +41,7 @@ import datasets
 import numpy as np
 
 from nmt.batching import SplitIds
-from nmt.config import Config, DataConfig
+from nmt.config import Config, ConfigError, DataConfig
 from nmt.corpus_reader import CorpusError, PairChunk, hub_pairs, read_pairs
 from nmt.corpus_store import StoreWriter, token_dtype
 from nmt.cpu import usable_cpus
@@ -229,8 +229,13 @@ class PreparedData:
     stats: dict[str, Any]
 
 
-def prepare_data(config: Config, work_dir: Path) -> PreparedData:
-    """Stream, tokenize and clean the corpus, reusing work_dir's tokenizer and cache when valid."""
+def prepare_data(config: Config, work_dir: Path, keep_tokenizer: bool = False) -> PreparedData:
+    """Stream, tokenize and clean the corpus, reusing work_dir's tokenizer and cache when valid.
+
+    keep_tokenizer: a resumed run's model was trained on its tokenizer's ids, so that tokenizer
+    is kept even when the data files changed since (a copy or a touch changes their mtime);
+    the tokenized cache is rebuilt from the files as they are now.
+    """
     start = time.perf_counter()
     work_dir = Path(work_dir)
     sources = source_fingerprint(config.data)
@@ -244,7 +249,7 @@ def prepare_data(config: Config, work_dir: Path) -> PreparedData:
         "train_limit": config.data.train_limit,
         "tokenizer": dataclasses.asdict(config.tokenizer),
     }
-    tokenizer = _reusable_tokenizer(tok_dir, tok_print)
+    tokenizer = _reusable_tokenizer(tok_dir, tok_print, keep_tokenizer)
     reused = tokenizer is not None
     source = CorpusSource(config.data)
     if tokenizer is None:
@@ -291,11 +296,28 @@ def cache_key(config: Config, sources: dict[str, Any], tokenizer: Tokenizer) -> 
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _reusable_tokenizer(tok_dir: Path, fingerprint: dict[str, Any]) -> Tokenizer | None:
+def _reusable_tokenizer(
+    tok_dir: Path, fingerprint: dict[str, Any], keep: bool = False
+) -> Tokenizer | None:
     path = tok_dir / TOKENIZER_FINGERPRINT
     if not path.is_file():
         return None
-    if json.loads(path.read_text(encoding="utf-8")) != json.loads(json.dumps(fingerprint)):
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    wanted = json.loads(json.dumps(fingerprint))
+    if saved != wanted and keep:
+        settings = [key for key in wanted if key != "train" and saved.get(key) != wanted[key]]
+        if settings:
+            changes = "; ".join(f"{key}: {saved.get(key)} -> {wanted[key]}" for key in settings)
+            raise ConfigError(
+                f"{tok_dir} was trained with other settings than the config now asks for "
+                f"({changes}); a resumed run must keep the settings its model was trained with"
+            )
+        log.warning(
+            "the training files changed since %s was trained (size or modification time); "
+            "the resumed run keeps its tokenizer",
+            tok_dir,
+        )
+    elif saved != wanted:
         log.info("tokenizer in %s was trained with other settings or data; retraining", tok_dir)
         return None
     log.info("reusing tokenizer in %s", tok_dir)

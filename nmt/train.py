@@ -132,6 +132,7 @@ class Trainer:
 
     def __init__(self, config: Config, resume: bool = False):
         self.config = config
+        self.resume = resume
         self.device = resolve_device(config.train.device)
         self.dist = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
@@ -200,10 +201,10 @@ class Trainer:
         """Rank 0 trains the tokenizer and fills the cache (for a large corpus this can take
         hours: the others wait in a gloo barrier with a long timeout), then the others read it."""
         if self.dist.is_main:
-            data = prepare_data(self.config, self.run_dir)
+            data = prepare_data(self.config, self.run_dir, keep_tokenizer=self.resume)
         wait_for_main(self.dist)
         if not self.dist.is_main:
-            data = prepare_data(self.config, self.run_dir)
+            data = prepare_data(self.config, self.run_dir, keep_tokenizer=self.resume)
         return data
 
     def _sampler(self, rank: int, world_size: int) -> TokenBatchSampler:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import runpy
 from pathlib import Path
 
 import pytest
 
-from nmt.config import Config, config_from_dict
+from nmt.config import Config, ConfigError, config_from_dict
 from nmt.corpus_store import FlatIds
 from nmt.data import DataError, format_summary, load_corpus, prepare_data
 from nmt.specials import EOS_ID
@@ -294,6 +295,35 @@ def test_cache_follows_settings_and_data(tiny_corpus_dir: Path, tmp_path: Path) 
     targets = third.tokenizer.decode_tgt(_rows(third.train.tgt))
     assert len(targets) == third.stats["splits"]["train"]["kept"] > 0
     assert all(t == t.upper() for t in targets)
+
+
+def test_resume_keeps_its_tokenizer_when_the_files_change(
+    tiny_corpus_dir: Path, tmp_path: Path
+) -> None:
+    # A copy of the corpus (same text, new mtime) would retrain the tokenizer of a new run;
+    # a resumed run's model was trained on its tokenizer's ids, so that tokenizer stays.
+    de, en = _tiny_lines(tiny_corpus_dir, "de", 300), _tiny_lines(tiny_corpus_dir, "en", 300)
+    src, tgt = _write(tmp_path / "t.de", de), _write(tmp_path / "t.en", en)
+    config = _files_config({"train": [str(src), str(tgt)]})
+    config.tokenizer.vocab_size = 300
+    work = tmp_path / "work"
+    first = prepare_data(config, work)
+    model_file = work / "tokenizer" / "joint.model"
+    trained = model_file.stat().st_mtime_ns
+    os.utime(tgt, ns=(trained + 10**9, trained + 10**9))
+    resumed = prepare_data(config, work, keep_tokenizer=True)
+    assert resumed.stats["cache"]["tokenizer_reused"] and not resumed.stats["cache"]["hit"]
+    assert model_file.stat().st_mtime_ns == trained
+    assert resumed.tokenizer.to_state() == first.tokenizer.to_state()
+    # Other tokenizer settings would not fit the model's embeddings: a clear error.
+    config.tokenizer.vocab_size = 250
+    with pytest.raises(ConfigError, match=r"tokenizer: .*'vocab_size': 300.* -> .*250"):
+        prepare_data(config, work, keep_tokenizer=True)
+    # A new run on the changed files retrains it.
+    config.tokenizer.vocab_size = 300
+    fresh = prepare_data(config, work)
+    assert not fresh.stats["cache"]["tokenizer_reused"]
+    assert model_file.stat().st_mtime_ns != trained
 
 
 # --------------------------------------------------------------------------- streaming
