@@ -275,11 +275,18 @@ def test_prepare_reuses_tokenizer_and_cache(
     assert second.tokenizer.to_state() == first.tokenizer.to_state()
 
 
-def test_cache_follows_settings_and_data(tiny_corpus_dir: Path, tmp_path: Path) -> None:
+def _own_train_files(tiny_corpus_dir: Path, tmp_path: Path) -> tuple[Config, Path, list[str]]:
+    """A config over a private copy of 300 tiny training pairs (the test may rewrite them):
+    the config, the English file and its lines."""
     de, en = _tiny_lines(tiny_corpus_dir, "de", 300), _tiny_lines(tiny_corpus_dir, "en", 300)
     src, tgt = _write(tmp_path / "t.de", de), _write(tmp_path / "t.en", en)
     config = _files_config({"train": [str(src), str(tgt)]})
     config.tokenizer.vocab_size = 300
+    return config, tgt, en
+
+
+def test_cache_follows_settings_and_data(tiny_corpus_dir: Path, tmp_path: Path) -> None:
+    config, tgt, en = _own_train_files(tiny_corpus_dir, tmp_path)
     work = tmp_path / "work"
     first = prepare_data(config, work)
     # Cleaning settings change the cache but not the tokenizer.
@@ -302,10 +309,7 @@ def test_resume_keeps_its_tokenizer_when_the_files_change(
 ) -> None:
     # A copy of the corpus (same text, new mtime) would retrain the tokenizer of a new run;
     # a resumed run's model was trained on its tokenizer's ids, so that tokenizer stays.
-    de, en = _tiny_lines(tiny_corpus_dir, "de", 300), _tiny_lines(tiny_corpus_dir, "en", 300)
-    src, tgt = _write(tmp_path / "t.de", de), _write(tmp_path / "t.en", en)
-    config = _files_config({"train": [str(src), str(tgt)]})
-    config.tokenizer.vocab_size = 300
+    config, tgt, _ = _own_train_files(tiny_corpus_dir, tmp_path)
     work = tmp_path / "work"
     first = prepare_data(config, work)
     model_file = work / "tokenizer" / "joint.model"
