@@ -304,22 +304,22 @@ def _reusable_tokenizer(
         return None
     saved = json.loads(path.read_text(encoding="utf-8"))
     wanted = json.loads(json.dumps(fingerprint))
-    if saved != wanted and keep:
-        settings = [key for key in wanted if key != "train" and saved.get(key) != wanted[key]]
-        if settings:
-            changes = "; ".join(f"{key}: {saved.get(key)} -> {wanted[key]}" for key in settings)
-            raise ConfigError(
-                f"{tok_dir} was trained with other settings than the config now asks for "
-                f"({changes}); a resumed run must keep the settings its model was trained with"
-            )
+    if saved != wanted and not keep:
+        log.info("tokenizer in %s was trained with other settings or data; retraining", tok_dir)
+        return None
+    settings = [key for key in wanted if key != "train" and saved.get(key) != wanted[key]]
+    if settings:
+        changes = "; ".join(f"{key}: {saved.get(key)} -> {wanted[key]}" for key in settings)
+        raise ConfigError(
+            f"{tok_dir} was trained with other settings than the config now asks for "
+            f"({changes}); a resumed run must keep the settings its model was trained with"
+        )
+    if saved != wanted:
         log.warning(
             "the training files changed since %s was trained (size or modification time); "
             "the resumed run keeps its tokenizer",
             tok_dir,
         )
-    elif saved != wanted:
-        log.info("tokenizer in %s was trained with other settings or data; retraining", tok_dir)
-        return None
     log.info("reusing tokenizer in %s", tok_dir)
     return Tokenizer.load(tok_dir)
 

@@ -132,7 +132,6 @@ class Trainer:
 
     def __init__(self, config: Config, resume: bool = False):
         self.config = config
-        self.resume = resume
         self.device = resolve_device(config.train.device)
         self.dist = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
@@ -156,7 +155,7 @@ class Trainer:
         self._check_run_dir(resume)
         seed_everything(config.train.seed + self.dist.rank)
 
-        self.data = self._prepare()
+        self.data = self._prepare(keep_tokenizer=resume)
         self.train_ids = self.data.train
         tok = self.data.tokenizer
         self.model = build_model(
@@ -197,14 +196,14 @@ class Trainer:
             env = environment_info(self.device, self.precision, self.dist.world_size)
             write_json_atomic(self.run_dir / "env.json", env)
 
-    def _prepare(self) -> PreparedData:
+    def _prepare(self, keep_tokenizer: bool) -> PreparedData:
         """Rank 0 trains the tokenizer and fills the cache (for a large corpus this can take
         hours: the others wait in a gloo barrier with a long timeout), then the others read it."""
         if self.dist.is_main:
-            data = prepare_data(self.config, self.run_dir, keep_tokenizer=self.resume)
+            data = prepare_data(self.config, self.run_dir, keep_tokenizer)
         wait_for_main(self.dist)
         if not self.dist.is_main:
-            data = prepare_data(self.config, self.run_dir, keep_tokenizer=self.resume)
+            data = prepare_data(self.config, self.run_dir, keep_tokenizer)
         return data
 
     def _sampler(self, rank: int, world_size: int) -> TokenBatchSampler:
