@@ -471,12 +471,20 @@ class Trainer:
         return sum_across(self.dist, seconds, self.device) / self.dist.world_size
 
     def _budget_used(self, clock: float) -> float | None:
-        """The share of the run's budget spent (minutes or steps, whichever is further) for the
-        budget schedule; None for other schedules or without a time budget."""
+        """The share of the run spent for the budget schedule, None for other schedules.
+
+        The run ends at whichever of its limits (minutes, steps, epochs) comes first, and the
+        share furthest along is the one that will end it, so the rate has finished decaying
+        when the run stops, even when an epoch cap cuts a time budget short.
+        """
         cfg = self.config.train
-        if cfg.schedule != "budget" or not cfg.max_minutes:
+        if cfg.schedule != "budget":
             return None
-        return max(clock / (cfg.max_minutes * 60), self.progress.step / cfg.max_steps)
+        epochs = self.progress.epoch + self.progress.batch_in_epoch / max(len(self.sampler), 1)
+        shares = [self.progress.step / cfg.max_steps, epochs / cfg.max_epochs]
+        if cfg.max_minutes:
+            shares.append(clock / (cfg.max_minutes * 60))
+        return max(shares)
 
     def _minutes_slot(self, seconds: float) -> int:
         minutes = self.config.train.valid_every_minutes

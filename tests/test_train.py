@@ -84,6 +84,33 @@ def test_precision_of_a_run_on_this_cpu() -> None:
         resolve_precision("fp16", cpu)
 
 
+def test_budget_schedule_decays_by_the_epoch_cap_that_ends_the_run(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """Steps and minutes would allow far more; the two epochs end the run, so the rate must
+    have warmed up and decayed within them."""
+    config = _config(
+        data_dir,
+        tmp_path / "run",
+        schedule="budget",
+        budget_warmup=0.2,
+        min_lr=3e-6,
+        max_epochs=2,
+        max_steps=10_000,
+        max_minutes=600,
+        log_every=1,
+        valid_every=10_000,
+    )
+    summary = train(config)
+    rates = [r["lr"] for r in read_metrics(tmp_path / "run", "train")]
+    peak = rates.index(max(rates))
+    assert summary["stop_reason"] == "max_epochs" and len(rates) == summary["steps"] > 10
+    assert max(rates) == pytest.approx(config.train.lr, rel=0.1)
+    assert 0 < peak < len(rates) - 1
+    assert rates[peak:] == sorted(rates[peak:], reverse=True)
+    assert rates[-1] < config.train.lr * 0.02
+
+
 def test_resume_reproduces_uninterrupted_run(data_dir: Path, tmp_path: Path) -> None:
     full = _config(data_dir, tmp_path / "full", max_steps=12, log_every=1, valid_every=6)
     train(full)
