@@ -19,8 +19,8 @@ tokenizes and cleans the training split in worker processes (nmt.tokenize_corpus
 memory-mapped store of flat token arrays (nmt.corpus_store), which training maps instead of
 loading. The evaluation splits (small; their raw text is the references) are kept with their
 text as `datasets` tables. Everything lives under work_dir/cache/<key>/, where the key hashes
-the data files (path, size, mtime), the data and tokenizer settings and the tokenizer protos,
-so a cache is never served for other data or another tokenizer.
+the data files' contents, the data and tokenizer settings and the tokenizer protos, so a cache
+is never served for other data or another tokenizer, and a copied or touched corpus still hits.
 """
 
 from __future__ import annotations
@@ -233,8 +233,8 @@ def prepare_data(config: Config, work_dir: Path, keep_tokenizer: bool = False) -
     """Stream, tokenize and clean the corpus, reusing work_dir's tokenizer and cache when valid.
 
     keep_tokenizer: a resumed run's model was trained on its tokenizer's ids, so that tokenizer
-    is kept even when the data files changed since (a copy or a touch changes their mtime);
-    the tokenized cache is rebuilt from the files as they are now.
+    is kept even when the data files' contents changed since; the tokenized cache is rebuilt
+    from the files as they are now.
     """
     start = time.perf_counter()
     work_dir = Path(work_dir)
@@ -270,15 +270,24 @@ def prepare_data(config: Config, work_dir: Path, keep_tokenizer: bool = False) -
 
 
 def source_fingerprint(data: DataConfig) -> dict[str, Any]:
-    """What identifies the raw data per split: (path, size, mtime) of each file, or the hub spec."""
+    """What identifies the raw data per split: the size and content hash of each file, or the
+    hub spec. Contents, not time stamps: copying or touching a corpus must not retrain its
+    tokenizer (hashing reads about half a gigabyte a second, once per run)."""
     if data.hub is not None and not data.files:
         spec = dataclasses.asdict(data.hub)
         return {split: {"hub": spec, "split": theirs} for split, theirs in data.hub.splits.items()}
-    result = {}
-    for split, paths in corpus_files(data).items():
-        stats = [p.stat() for p in paths]
-        result[split] = [[str(p.resolve()), s.st_size, s.st_mtime_ns] for p, s in zip(paths, stats)]
-    return result
+    return {
+        split: [[p.stat().st_size, _content_hash(p)] for p in paths]
+        for split, paths in corpus_files(data).items()
+    }
+
+
+def _content_hash(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def cache_key(config: Config, sources: dict[str, Any], tokenizer: Tokenizer) -> str:
@@ -316,7 +325,7 @@ def _reusable_tokenizer(
         )
     if saved != wanted:
         log.warning(
-            "the training files changed since %s was trained (size or modification time); "
+            "the training files differ from those %s was trained on; "
             "the resumed run keeps its tokenizer",
             tok_dir,
         )

@@ -294,6 +294,11 @@ def test_cache_follows_settings_and_data(tiny_corpus_dir: Path, tmp_path: Path) 
     second = prepare_data(config, work)
     assert second.stats["cache"]["tokenizer_reused"] and not second.stats["cache"]["hit"]
     assert second.stats["splits"]["train"]["kept"] < first.stats["splits"]["train"]["kept"]
+    # A touched (or in-place copied) corpus is the same data: tokenizer and cache are reused.
+    later = tgt.stat().st_mtime_ns + 10**9
+    os.utime(tgt, ns=(later, later))
+    touched = prepare_data(config, work)
+    assert touched.stats["cache"]["hit"] and touched.stats["cache"]["tokenizer_reused"]
     # New data retrains the tokenizer.
     _write(tgt, [line.upper() for line in en])
     third = prepare_data(config, work)
@@ -307,14 +312,14 @@ def test_cache_follows_settings_and_data(tiny_corpus_dir: Path, tmp_path: Path) 
 def test_resume_keeps_its_tokenizer_when_the_files_change(
     tiny_corpus_dir: Path, tmp_path: Path
 ) -> None:
-    # A copy of the corpus (same text, new mtime) would retrain the tokenizer of a new run;
-    # a resumed run's model was trained on its tokenizer's ids, so that tokenizer stays.
-    config, tgt, _ = _own_train_files(tiny_corpus_dir, tmp_path)
+    # Changed training text would retrain the tokenizer of a new run; a resumed run's model
+    # was trained on its tokenizer's ids, so that tokenizer stays.
+    config, tgt, en = _own_train_files(tiny_corpus_dir, tmp_path)
     work = tmp_path / "work"
     first = prepare_data(config, work)
     model_file = work / "tokenizer" / "joint.model"
     trained = model_file.stat().st_mtime_ns
-    os.utime(tgt, ns=(trained + 10**9, trained + 10**9))
+    _write(tgt, [*en[:-1], en[-1] + " ."])
     resumed = prepare_data(config, work, keep_tokenizer=True)
     assert resumed.stats["cache"]["tokenizer_reused"] and not resumed.stats["cache"]["hit"]
     assert model_file.stat().st_mtime_ns == trained
