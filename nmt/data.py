@@ -20,7 +20,8 @@ memory-mapped store of flat token arrays (nmt.corpus_store), which training maps
 loading. The evaluation splits (small; their raw text is the references) are kept with their
 text as `datasets` tables. Everything lives under work_dir/cache/<key>/, where the key hashes
 the data files' contents, the data and tokenizer settings and the tokenizer protos, so a cache
-is never served for other data or another tokenizer, and a copied or touched corpus still hits.
+is never served for other data or another tokenizer, and a corpus touched or copied anew to
+the same place still hits (elsewhere, only its tokenizer is reused).
 """
 
 from __future__ import annotations
