@@ -77,6 +77,10 @@ class TokenizerConfig:
     # Multi30k literature trains on lowercased text). Output is then lowercase, so BLEU,
     # chrF and TER compare case-insensitively (signature case:lc).
     lowercase: bool = False
+    # Reuse the tokenizer inside this checkpoint instead of training one (its settings must
+    # match these; the reverse direction is fine). A model that joins an ensemble with the
+    # checkpoint, or is distilled from it, must share its target vocabulary.
+    from_checkpoint: str | None = None
 
 
 @dataclass

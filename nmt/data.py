@@ -50,6 +50,7 @@ from nmt.cpu import usable_cpus
 from nmt.specials import UNK_ID
 from nmt.tokenize_corpus import DROP_REASONS, Cleaning, encode_chunks
 from nmt.tokenizer import Tokenizer
+from nmt.tokenizer_reuse import checkpoint_tokenizer, protos_digest, tokenizer_settings
 
 log = logging.getLogger(__name__)
 
@@ -244,16 +245,25 @@ def prepare_data(config: Config, work_dir: Path, keep_tokenizer: bool = False) -
     if "train" not in sources:
         raise DataError("the corpus has no 'train' split")
     tok_dir = work_dir / "tokenizer"
+    borrowed = (
+        checkpoint_tokenizer(config.tokenizer, config.data)
+        if config.tokenizer.from_checkpoint
+        else None
+    )
     tok_print = {
         "version": TOKENIZER_VERSION,
-        "train": sources["train"],
+        "train": sources["train"] if borrowed is None else {"checkpoint": protos_digest(borrowed)},
         "langs": [config.data.src_lang, config.data.tgt_lang],
         "train_limit": config.data.train_limit,
-        "tokenizer": dataclasses.asdict(config.tokenizer),
+        "tokenizer": tokenizer_settings(config.tokenizer),
     }
     tokenizer = _reusable_tokenizer(tok_dir, tok_print, keep_tokenizer)
     reused = tokenizer is not None
     source = CorpusSource(config.data)
+    if tokenizer is None and borrowed is not None:
+        log.info("tokenizer from %s", config.tokenizer.from_checkpoint)
+        tokenizer = borrowed
+        _save_tokenizer(tokenizer, tok_dir, tok_print)
     if tokenizer is None:
         tokenizer = _train_tokenizer(config, source, tok_dir, tok_print)
     cache_dir = work_dir / "cache" / cache_key(config, sources, tokenizer)
@@ -286,15 +296,12 @@ def source_fingerprint(data: DataConfig) -> dict[str, Any]:
 
 def cache_key(config: Config, sources: dict[str, Any], tokenizer: Tokenizer) -> str:
     """Hash of everything the tokenized data depends on."""
-    protos = hashlib.sha256()
-    for name in sorted(tokenizer.models):
-        protos.update(name.encode() + tokenizer.models[name])
     key = {
         "version": CACHE_VERSION,
         "sources": sources,
         "data": dataclasses.asdict(config.data),
         "tokenizer": dataclasses.asdict(config.tokenizer),
-        "protos": protos.hexdigest(),
+        "protos": protos_digest(tokenizer),
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -398,6 +405,15 @@ def _train_tokenizer(
         json.dumps(fingerprint, indent=2), encoding="utf-8"
     )
     return tokenizer
+
+
+def _save_tokenizer(tokenizer: Tokenizer, tok_dir: Path, fingerprint: dict[str, Any]) -> None:
+    """Store a tokenizer taken from elsewhere like a trained one (fingerprint last)."""
+    (tok_dir / TOKENIZER_FINGERPRINT).unlink(missing_ok=True)
+    tokenizer.save(tok_dir)
+    (tok_dir / TOKENIZER_FINGERPRINT).write_text(
+        json.dumps(fingerprint, indent=2), encoding="utf-8"
+    )
 
 
 def _build_cache(
