@@ -74,7 +74,7 @@ def card_text(
     made_with = "\n".join(c for c in commands if c)
     paths = " ".join(m.as_posix() for m in models)
     pair, millions = f"{info.src_lang}→{info.tgt_lang}", f"{info.parameters / 1e6:.1f}M"
-    data = "Multi30k's 29,000 training pairs only (text only; no images, no other data)"
+    data = args.data
     if len(models) == 1:
         size = models[0].stat().st_size / 2**20
         what = (
@@ -143,6 +143,11 @@ def main() -> None:
     parser.add_argument("--chosen-with", help="the command that chose the ensemble on val")
     parser.add_argument(
         "--length-penalty", type=float, help="an ensemble's, chosen on val (default: the first's)"
+    )
+    parser.add_argument(
+        "--data",
+        default="Multi30k's 29,000 training pairs only (text only; no images, no other data)",
+        help="what the model (each member) was trained on, for the card",
     )
     parser.add_argument("--card", type=Path, help="card path without suffix (an ensemble's)")
     parser.add_argument("--data-dir", default=os.environ.get("NMT_DATA_DIR", "data"))
