@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 from typing import Any
 
-from nmt.checkpoint import load_checkpoint
+from nmt.checkpoint import CheckpointError, load_checkpoint
 from nmt.config import ConfigError, DataConfig, TokenizerConfig
 from nmt.tokenizer import Tokenizer
 
@@ -33,7 +33,10 @@ def checkpoint_tokenizer(config: TokenizerConfig, data: DataConfig) -> Tokenizer
     path = config.from_checkpoint
     if not path:
         raise ValueError("tokenizer.from_checkpoint is not set")
-    saved = Tokenizer.from_state(load_checkpoint(path, mmap=True).tokenizer)
+    try:
+        saved = Tokenizer.from_state(load_checkpoint(path, mmap=True).tokenizer)
+    except CheckpointError as e:
+        raise ConfigError(f"tokenizer.from_checkpoint: {e}") from None
     theirs, ours = tokenizer_settings(saved.config), tokenizer_settings(config)
     differ = [key for key in ours if theirs.get(key) != ours[key]]
     if differ:

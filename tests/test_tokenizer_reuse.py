@@ -66,7 +66,7 @@ def test_other_settings_or_languages_are_named(
         prepare_data(_config(tiny_corpus_files, tiny_checkpoint, vocab_size=500), tmp_path)
     with pytest.raises(ConfigError, match="translates de->en; its tokenizer cannot serve fr->en"):
         prepare_data(_config(tiny_corpus_files, tiny_checkpoint, "fr", "en"), tmp_path)
-    with pytest.raises(Exception, match="checkpoint not found"):
+    with pytest.raises(ConfigError, match="tokenizer.from_checkpoint: checkpoint not found"):
         prepare_data(_config(tiny_corpus_files, tmp_path / "missing.pt"), tmp_path)
 
 
