@@ -245,14 +245,10 @@ def prepare_data(config: Config, work_dir: Path, keep_tokenizer: bool = False) -
     if "train" not in sources:
         raise DataError("the corpus has no 'train' split")
     tok_dir = work_dir / "tokenizer"
-    borrowed = (
-        checkpoint_tokenizer(config.tokenizer, config.data)
-        if config.tokenizer.from_checkpoint
-        else None
-    )
+    origin, borrowed = _tokenizer_origin(config, sources, tok_dir, keep_tokenizer)
     tok_print = {
         "version": TOKENIZER_VERSION,
-        "train": sources["train"] if borrowed is None else {"checkpoint": protos_digest(borrowed)},
+        "train": origin,
         "langs": [config.data.src_lang, config.data.tgt_lang],
         "train_limit": config.data.train_limit,
         "tokenizer": tokenizer_settings(config.tokenizer),
@@ -304,6 +300,21 @@ def cache_key(config: Config, sources: dict[str, Any], tokenizer: Tokenizer) -> 
         "protos": protos_digest(tokenizer),
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _tokenizer_origin(
+    config: Config, sources: dict[str, Any], tok_dir: Path, keep: bool
+) -> tuple[Any, Tokenizer | None]:
+    """What the run's tokenizer comes from (its fingerprint's "train"), and the tokenizer
+    borrowed from `tokenizer.from_checkpoint` when one is needed: a resumed run keeps its own
+    copy, so it does not need that checkpoint any more."""
+    if not config.tokenizer.from_checkpoint:
+        return sources["train"], None
+    saved = tok_dir / TOKENIZER_FINGERPRINT
+    if keep and saved.is_file():
+        return json.loads(saved.read_text(encoding="utf-8"))["train"], None
+    borrowed = checkpoint_tokenizer(config.tokenizer, config.data)
+    return {"checkpoint": protos_digest(borrowed)}, borrowed
 
 
 def _reusable_tokenizer(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,21 @@ def test_other_settings_or_languages_are_named(
         prepare_data(_config(tiny_corpus_files, tiny_checkpoint, "fr", "en"), tmp_path)
     with pytest.raises(ConfigError, match="tokenizer.from_checkpoint: checkpoint not found"):
         prepare_data(_config(tiny_corpus_files, tmp_path / "missing.pt"), tmp_path)
+
+
+def test_a_resumed_run_keeps_its_copy(
+    tiny_checkpoint: Path, tiny_corpus_files: dict[str, list[str]], tmp_path: Path
+) -> None:
+    teacher = tmp_path / "teacher.pt"
+    shutil.copyfile(tiny_checkpoint, teacher)
+    config = _config(tiny_corpus_files, teacher)
+    first = prepare_data(config, tmp_path / "run")
+    teacher.unlink()
+    resumed = prepare_data(config, tmp_path / "run", keep_tokenizer=True)
+    assert resumed.stats["cache"]["tokenizer_reused"] and resumed.stats["cache"]["hit"]
+    assert resumed.tokenizer.models == first.tokenizer.models
+    with pytest.raises(ConfigError, match="tokenizer.from_checkpoint: checkpoint not found"):
+        prepare_data(config, tmp_path / "new")
 
 
 @pytest.mark.slow
