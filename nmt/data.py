@@ -256,12 +256,8 @@ def prepare_data(config: Config, work_dir: Path, keep_tokenizer: bool = False) -
     tokenizer = _reusable_tokenizer(tok_dir, tok_print, keep_tokenizer)
     reused = tokenizer is not None
     source = CorpusSource(config.data)
-    if tokenizer is None and borrowed is not None:
-        log.info("tokenizer from %s", config.tokenizer.from_checkpoint)
-        tokenizer = borrowed
-        _save_tokenizer(tokenizer, tok_dir, tok_print)
     if tokenizer is None:
-        tokenizer = _train_tokenizer(config, source, tok_dir, tok_print)
+        tokenizer = _new_tokenizer(config, source, borrowed, tok_dir, tok_print)
     cache_dir = work_dir / "cache" / cache_key(config, sources, tokenizer)
     hit = (cache_dir / "stats.json").is_file()
     if not hit:
@@ -308,12 +304,13 @@ def _tokenizer_origin(
     """What the run's tokenizer comes from (its fingerprint's "train"), and the tokenizer
     borrowed from `tokenizer.from_checkpoint` when one is needed: a resumed run keeps its own
     copy, so it does not need that checkpoint any more."""
-    if not config.tokenizer.from_checkpoint:
+    path = config.tokenizer.from_checkpoint
+    if not path:
         return sources["train"], None
     saved = tok_dir / TOKENIZER_FINGERPRINT
     if keep and saved.is_file():
         return json.loads(saved.read_text(encoding="utf-8"))["train"], None
-    borrowed = checkpoint_tokenizer(config.tokenizer, config.data)
+    borrowed = checkpoint_tokenizer(path, config.tokenizer, config.data)
     return {"checkpoint": protos_digest(borrowed)}, borrowed
 
 
@@ -398,32 +395,37 @@ class PairSample:
         return [s for _, s, _ in rows], [t for _, _, t in rows]
 
 
-def _train_tokenizer(
-    config: Config, source: CorpusSource, tok_dir: Path, fingerprint: dict[str, Any]
+def _new_tokenizer(
+    config: Config,
+    source: CorpusSource,
+    borrowed: Tokenizer | None,
+    tok_dir: Path,
+    fingerprint: dict[str, Any],
 ) -> Tokenizer:
-    """Train on a sample of the non-empty training pairs (one streaming pass); the
+    """The borrowed tokenizer, else one trained on the corpus, stored in tok_dir; the
     fingerprint is written last (marks completion)."""
     (tok_dir / TOKENIZER_FINGERPRINT).unlink(missing_ok=True)
-    sample = PairSample(config.tokenizer.input_sentence_size)
-    for chunk in TrainLimit(config.data.train_limit).apply(source.chunks("train")):
-        sample.add(chunk)
-    src, tgt = sample.sides()
-    log.info("tokenizer sample: %d of %d non-empty training pairs", len(src), sample.seen)
-    tokenizer = Tokenizer.train(
-        config.tokenizer, src, tgt, config.data.src_lang, config.data.tgt_lang, tok_dir
-    )
+    if borrowed is not None:
+        log.info("tokenizer from %s", config.tokenizer.from_checkpoint)
+        borrowed.save(tok_dir)
+        tokenizer = borrowed
+    else:
+        tokenizer = _train_tokenizer(config, source, tok_dir)
     (tok_dir / TOKENIZER_FINGERPRINT).write_text(
         json.dumps(fingerprint, indent=2), encoding="utf-8"
     )
     return tokenizer
 
 
-def _save_tokenizer(tokenizer: Tokenizer, tok_dir: Path, fingerprint: dict[str, Any]) -> None:
-    """Store a tokenizer taken from elsewhere like a trained one (fingerprint last)."""
-    (tok_dir / TOKENIZER_FINGERPRINT).unlink(missing_ok=True)
-    tokenizer.save(tok_dir)
-    (tok_dir / TOKENIZER_FINGERPRINT).write_text(
-        json.dumps(fingerprint, indent=2), encoding="utf-8"
+def _train_tokenizer(config: Config, source: CorpusSource, tok_dir: Path) -> Tokenizer:
+    """Train on a sample of the non-empty training pairs (one streaming pass)."""
+    sample = PairSample(config.tokenizer.input_sentence_size)
+    for chunk in TrainLimit(config.data.train_limit).apply(source.chunks("train")):
+        sample.add(chunk)
+    src, tgt = sample.sides()
+    log.info("tokenizer sample: %d of %d non-empty training pairs", len(src), sample.seen)
+    return Tokenizer.train(
+        config.tokenizer, src, tgt, config.data.src_lang, config.data.tgt_lang, tok_dir
     )
 
 

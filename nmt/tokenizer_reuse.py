@@ -23,16 +23,13 @@ def tokenizer_settings(config: TokenizerConfig) -> dict[str, Any]:
     return settings
 
 
-def checkpoint_tokenizer(config: TokenizerConfig, data: DataConfig) -> Tokenizer:
-    """The tokenizer of `config.from_checkpoint`, for data.src_lang -> data.tgt_lang.
+def checkpoint_tokenizer(path: str, config: TokenizerConfig, data: DataConfig) -> Tokenizer:
+    """The tokenizer of checkpoint `path`, for data.src_lang -> data.tgt_lang.
 
     A checkpoint for the reverse direction serves too: its source model becomes the target
     model. Settings that differ from the config are an error rather than silently adopted,
     so the run's saved config stays true to the tokenizer it used.
     """
-    path = config.from_checkpoint
-    if not path:
-        raise ValueError("tokenizer.from_checkpoint is not set")
     try:
         saved = Tokenizer.from_state(load_checkpoint(path, mmap=True).tokenizer)
     except CheckpointError as e:
