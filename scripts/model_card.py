@@ -24,6 +24,7 @@ import dataclasses
 import json
 import os
 import platform
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,12 @@ def score_split(translator: Translator, data_dir: Path, split: str) -> dict[str,
     }
 
 
+def paragraph(text: str) -> str:
+    """`text` wrapped at 92 columns like the rest of the repository's prose; `--data` may
+    arrive with line breaks of its own from the shell."""
+    return textwrap.fill(" ".join(text.split()), 92, break_on_hyphens=False)
+
+
 def card_text(
     models: list[Path],
     translator: Translator,
@@ -77,20 +84,21 @@ def card_text(
     data = args.data
     if len(models) == 1:
         size = models[0].stat().st_size / 2**20
-        what = (
-            f"{info.architecture}, {pair}, {millions} parameters,\ntrained on {data}.\n"
+        what = paragraph(
+            f"{info.architecture}, {pair}, {millions} parameters, trained on {data}. "
             f"Slim checkpoint ({size:.1f} MB): weights stored in half precision and computed "
-            "in fp32, the\nSentencePiece models and the training config inside, no optimizer "
+            "in fp32, the SentencePiece models and the training config inside, no optimizer "
             "state."
         )
         flags, decoded, step = "", "the model's own default", f"Trained step: {info.step}. "
     else:
         members = "\n".join(f"- `{m.as_posix()}` (see its card)" for m in models)
-        what = (
+        what = paragraph(
             f"An ensemble of {len(models)} shipped models, {pair}, {millions} parameters in "
-            f"all,\neach trained on {data}.\nTheir log-probabilities are averaged at every "
-            f"step of one beam search.\n\n{members}"
+            f"all, each trained on {data}. Their log-probabilities are averaged at every "
+            "step of one beam search."
         )
+        what += f"\n\n{members}"
         flags, decoded, step = f" --length-penalty {decode.length_penalty}", "these", ""
     written = f"{step}Card written {time.strftime('%Y-%m-%d')} on {cpu_name()}"
     return f"""# {args.card.name}
