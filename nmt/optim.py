@@ -147,6 +147,18 @@ def label_smoothed_nll(
     return _SmoothedCrossEntropy.apply(flat, target.reshape(-1), smoothing, scale, unit_grad)
 
 
+def rdrop_divergence(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Summed symmetric KL divergence KL(p||q) + KL(q||p) between a doubled batch's two halves.
+
+    logits [2B, T, V]: rows b and B + b are one sentence under two dropout masks (R-Drop);
+    target [2B, T] masks padding. Computed in float32 from the identity
+    KL(p||q) + KL(q||p) = sum (p - q) (log p - log q); both halves receive gradients.
+    """
+    log_p, log_q = logits.float().log_softmax(dim=-1).chunk(2)
+    keep = (target.chunk(2)[0] != PAD_ID).unsqueeze(-1)
+    return ((log_p.exp() - log_q.exp()) * (log_p - log_q) * keep).sum()
+
+
 class _SmoothedCrossEntropy(torch.autograd.Function):
     """Label-smoothed cross-entropy whose gradient is computed in the forward pass, in row chunks.
 

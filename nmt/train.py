@@ -52,7 +52,7 @@ from nmt.distributed import (
 )
 from nmt.files import write_json_atomic
 from nmt.model import build_model, count_parameters
-from nmt.optim import LearningRate, build_optimizer, label_smoothed_nll
+from nmt.optim import LearningRate, build_optimizer, label_smoothed_nll, rdrop_divergence
 from nmt.precision import (
     PrecisionError,
     autocast_dtype,
@@ -282,19 +282,35 @@ class Trainer:
         for i, batch in enumerate(batches):
             last = i == len(batches) - 1
             with self._gradient_sync(last):
-                with self._autocast():
-                    logits, _ = self.wrapped(batch.src, batch.src_mask, batch.tgt_in)
-                loss, nll = label_smoothed_nll(
-                    logits,
-                    batch.tgt_out,
-                    self.config.train.label_smoothing,
-                    scale,
-                    unit_grad=unit_grad,
-                )
+                loss, nll = self._loss(batch, scale, unit_grad)
                 self.scaler.scale(loss).backward()
             nll_total += nll.detach()
         applied, stop = self._optimizer_step(nll_total, stop_requested)
         return StepResult(nll_total, local_tokens, applied, stop)
+
+    def _loss(
+        self, batch: Batch, scale: float | torch.Tensor, unit_grad: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's scaled training loss and its summed NLL.
+
+        With R-Drop the batch runs twice in one doubled forward pass (each copy under its own
+        dropout masks): loss = scale / 2 * (CE1 + CE2 + alpha / 2 * (KL(p1||p2) + KL(p2||p1))),
+        the paper's weighting, halved so that a step's gradient keeps the size the learning
+        rate was tuned for; the NLL reported is the two copies' mean.
+        """
+        smoothing, alpha = self.config.train.label_smoothing, self.config.train.rdrop_alpha
+        if alpha == 0.0:
+            with self._autocast():
+                logits, _ = self.wrapped(batch.src, batch.src_mask, batch.tgt_in)
+            return label_smoothed_nll(logits, batch.tgt_out, smoothing, scale, unit_grad)
+        src, src_mask, tgt_in, tgt_out = (
+            torch.cat([t, t]) for t in (batch.src, batch.src_mask, batch.tgt_in, batch.tgt_out)
+        )
+        with self._autocast():
+            logits, _ = self.wrapped(src, src_mask, tgt_in)
+        loss, nll = label_smoothed_nll(logits, tgt_out, smoothing, scale / 2, unit_grad)
+        divergence = rdrop_divergence(logits, tgt_out)
+        return loss + (scale * alpha / 4) * divergence, nll / 2
 
     def _optimizer_step(self, nll_total: torch.Tensor, stop_requested: bool) -> tuple[bool, bool]:
         """Clip and step, unless the loss or a gradient is not finite on some rank.

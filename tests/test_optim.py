@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from nmt.config import TrainConfig
-from nmt.optim import label_smoothed_nll, lr_factor
+from nmt.optim import label_smoothed_nll, lr_factor, rdrop_divergence
 from nmt.specials import PAD_ID
 
 
@@ -127,3 +127,21 @@ def test_scale_may_be_a_tensor() -> None:
     loss_t.backward()
     torch.testing.assert_close(loss_f, loss_t)
     torch.testing.assert_close(by_float.grad, by_tensor.grad)
+
+
+def test_rdrop_divergence_is_both_kl_directions_over_real_tokens() -> None:
+    torch.manual_seed(0)
+    logits = (torch.randn(4, 9, 30) * 2).to(torch.bfloat16).requires_grad_()
+    target = torch.randint(1, 30, (4, 9))
+    target[:, -3:] = PAD_ID
+    divergence = rdrop_divergence(logits, target)
+    log_p, log_q = logits.detach().float().log_softmax(-1).chunk(2)
+    keep = target[:2] != PAD_ID
+    forward = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)
+    backward = F.kl_div(log_p, log_q, log_target=True, reduction="none").sum(-1)
+    torch.testing.assert_close(divergence, ((forward + backward) * keep).sum())
+    divergence.backward()
+    assert logits.grad is not None and logits.grad[:2][~keep].abs().sum() == 0
+    assert logits.grad[:2][keep].abs().sum() > 0 and logits.grad[2:][keep].abs().sum() > 0
+    same = torch.randn(2, 5, 30).repeat(2, 1, 1)
+    assert rdrop_divergence(same, torch.randint(1, 30, (4, 5))).item() == pytest.approx(0.0)
