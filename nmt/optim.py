@@ -147,16 +147,72 @@ def label_smoothed_nll(
     return _SmoothedCrossEntropy.apply(flat, target.reshape(-1), smoothing, scale, unit_grad)
 
 
-def rdrop_divergence(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Summed symmetric KL divergence KL(p||q) + KL(q||p) between a doubled batch's two halves.
+def rdrop_divergence(
+    logits: torch.Tensor, target: torch.Tensor, scale: float | torch.Tensor = 1.0
+) -> torch.Tensor:
+    """`scale` times the summed symmetric KL divergence KL(p||q) + KL(q||p) between the two
+    halves of a doubled batch (R-Drop).
 
-    logits [2B, T, V]: rows b and B + b are one sentence under two dropout masks (R-Drop);
-    target [2B, T] masks padding. Computed in float32 from the identity
-    KL(p||q) + KL(q||p) = sum (p - q) (log p - log q); both halves receive gradients.
+    logits [2B, T, V]: rows b and B + b are one sentence under two dropout masks; target
+    [2B, T] masks padding. Both halves receive gradients. See `_SymmetricKL` for why this is
+    not autograd over log_softmax.
     """
-    log_p, log_q = logits.float().log_softmax(dim=-1).chunk(2)
-    keep = (target.chunk(2)[0] != PAD_ID).unsqueeze(-1)
-    return ((log_p.exp() - log_q.exp()) * (log_p - log_q) * keep).sum()
+    flat = logits.reshape(-1, logits.size(-1))
+    keep = target.chunk(2)[0].reshape(-1) != PAD_ID
+    return _SymmetricKL.apply(flat, keep, scale)
+
+
+class _SymmetricKL(torch.autograd.Function):
+    """Symmetric KL between row i and row N + i of [2N, V] logits, gradient computed in the
+    forward pass, in row chunks, in float32.
+
+    Autograd over full [2N, V] float32 log-softmaxes keeps half a dozen vocabulary-sized
+    tensors alive for backward: gigabytes, and on CPU as long as a plain training step. With
+    d = log p - log q the divergence is sum((p - q) d) = E_p[d] - E_q[d], and its gradients are
+    p (d - E_p[d] + 1) - q for p's logits and q (E_q[d] - d + 1) - p for q's: a few in-place
+    passes over cache-sized buffers per chunk. The saved gradient is unscaled (entries within
+    [-2, 2], safe in fp16) and backward multiplies it by the loss scale times `scale`.
+    """
+
+    CPU_ROWS = 64  # three [rows, V] float32 buffers stay in a CPU core's cache
+    GPU_ROWS = 8192
+
+    @staticmethod
+    def forward(
+        ctx: Any, logits: torch.Tensor, keep: torch.Tensor, scale: float | torch.Tensor
+    ) -> torch.Tensor:
+        n, vocab = keep.numel(), logits.size(1)
+        step = _SymmetricKL.CPU_ROWS if logits.device.type == "cpu" else _SymmetricKL.GPU_ROWS
+        grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
+        per_row = torch.empty(n, device=logits.device)
+        buffers = torch.empty(3, min(n, step), vocab, device=logits.device)
+        for start in range(0, n, step):
+            m = min(step, n - start)
+            rows, twins = slice(start, start + m), slice(n + start, n + start + m)
+            p, q, d = buffers[0, :m], buffers[1, :m], buffers[2, :m]
+            p.copy_(logits[rows])
+            q.copy_(logits[twins])
+            p.sub_(torch.logsumexp(p, dim=-1, keepdim=True))  # log p
+            q.sub_(torch.logsumexp(q, dim=-1, keepdim=True))  # log q
+            torch.sub(p, q, out=d)
+            p.exp_()
+            q.exp_()
+            mean_p = torch.bmm(p.unsqueeze(1), d.unsqueeze(2)).view(m, 1)
+            mean_q = torch.bmm(q.unsqueeze(1), d.unsqueeze(2)).view(m, 1)
+            per_row[rows] = (mean_p - mean_q).squeeze(1)
+            if grad is not None:
+                weight = keep[rows, None].to(p.dtype)
+                grad[twins] = ((mean_q + 1.0) - d).mul_(q).sub_(p).mul_(weight)
+                grad[rows] = d.sub_(mean_p - 1.0).mul_(p).sub_(q).mul_(weight)
+        ctx.save_for_backward(grad)
+        ctx.scale = scale
+        return scale * (per_row * keep).sum()
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
+        (grad,) = ctx.saved_tensors
+        factor = grad_out.float() * ctx.scale
+        return grad * factor.to(grad.dtype), None, None
 
 
 class _SmoothedCrossEntropy(torch.autograd.Function):

@@ -309,8 +309,7 @@ class Trainer:
         with self._autocast():
             logits, _ = self.wrapped(src, src_mask, tgt_in)
         loss, nll = label_smoothed_nll(logits, tgt_out, smoothing, scale / 2, unit_grad)
-        divergence = rdrop_divergence(logits, tgt_out)
-        return loss + (scale * alpha / 4) * divergence, nll / 2
+        return loss + rdrop_divergence(logits, tgt_out, scale * alpha / 4), nll / 2
 
     def _optimizer_step(self, nll_total: torch.Tensor, stop_requested: bool) -> tuple[bool, bool]:
         """Clip and step, unless the loss or a gradient is not finite on some rank.

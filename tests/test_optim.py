@@ -129,19 +129,26 @@ def test_scale_may_be_a_tensor() -> None:
     torch.testing.assert_close(by_float.grad, by_tensor.grad)
 
 
-def test_rdrop_divergence_is_both_kl_directions_over_real_tokens() -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rdrop_divergence_and_gradient_match_both_kl_directions(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    logits = (torch.randn(4, 9, 30) * 2).to(torch.bfloat16).requires_grad_()
-    target = torch.randint(1, 30, (4, 9))
-    target[:, -3:] = PAD_ID
-    divergence = rdrop_divergence(logits, target)
-    log_p, log_q = logits.detach().float().log_softmax(-1).chunk(2)
+    logits = (torch.randn(4, 150, 30) * 2).to(dtype)  # 300 rows per half: > one chunk
+    target = torch.randint(1, 30, (4, 150))
+    target[:, -20:] = PAD_ID
+    ours = logits.clone().requires_grad_()
+    divergence = rdrop_divergence(ours, target, scale=0.25)
+    (divergence * 2.0).backward()  # a loss scaler's factor on top of the scale
+    ref = logits.float().clone().requires_grad_()
+    log_p, log_q = ref.log_softmax(-1).chunk(2)
     keep = target[:2] != PAD_ID
     forward = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)
     backward = F.kl_div(log_p, log_q, log_target=True, reduction="none").sum(-1)
-    torch.testing.assert_close(divergence, ((forward + backward) * keep).sum())
-    divergence.backward()
-    assert logits.grad is not None and logits.grad[:2][~keep].abs().sum() == 0
-    assert logits.grad[:2][keep].abs().sum() > 0 and logits.grad[2:][keep].abs().sum() > 0
+    ref_divergence = 0.25 * ((forward + backward) * keep).sum()
+    (ref_divergence * 2.0).backward()
+    torch.testing.assert_close(divergence, ref_divergence, rtol=1e-5, atol=1e-4)
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(ours.grad.float(), ref.grad, rtol=tol, atol=tol)
+    assert ours.grad.dtype == dtype
+    assert torch.all(ours.grad[target == PAD_ID] == 0)
     same = torch.randn(2, 5, 30).repeat(2, 1, 1)
     assert rdrop_divergence(same, torch.randint(1, 30, (4, 5))).item() == pytest.approx(0.0)
