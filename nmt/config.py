@@ -150,7 +150,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     # R-Drop (Liang et al. 2021): each batch runs twice under different dropout masks and this
     # weight times the symmetric KL divergence between the two predictions joins the loss.
-    # 0 = off. Each step costs about twice as much; worth it where data, not compute, is short.
+    # 0 = off. A step costs two to two and a half plain ones: worth it where data, not compute,
+    # is short.
     rdrop_alpha: float = 0.0
     max_steps: int = 100_000
     max_epochs: int = 100
