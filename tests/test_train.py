@@ -88,7 +88,9 @@ def test_rdrop_learns_and_without_dropout_equals_plain_training(
     curves = {}
     for name, alpha in (("plain0", 0.0), ("rdrop0", 5.0)):
         raw = tiny_config_dict(data_dir, tmp_path / name)
-        raw["model"].update(ARCHS["transformer-pre"], dropout=0.0, attention_dropout=0.0)
+        raw["model"].update(
+            ARCHS["transformer-pre"], dropout=0.0, attention_dropout=0.0, activation_dropout=0.0
+        )
         raw["train"].update(steps, rdrop_alpha=alpha, log_every=1)
         train(config_from_dict(raw))
         curves[name] = [r["loss"] for r in read_metrics(tmp_path / name, "train")]
