@@ -40,6 +40,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from nmt.data import DataError
     from nmt.ensemble import EnsembleError
     from nmt.evaluate import EvaluationError
+    from nmt.rerank import RerankError
     from nmt.tokenizer import TokenizerError
     from nmt.train import TrainingError
     from nmt.translator import TranslationError
@@ -52,6 +53,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         EvaluationError,
         EnsembleError,
         ExportError,
+        RerankError,
         StudyError,
         TokenizerError,
         TrainingError,
@@ -268,6 +270,21 @@ def _add_decoding_args(parser: argparse.ArgumentParser) -> None:
         help="GNMT length-penalty alpha of beam search, 0 = raw log-probability "
         "(default: decode.length_penalty)",
     )
+    parser.add_argument(
+        "--rerank-with",
+        nargs="+",
+        metavar="CHECKPOINT",
+        help="reverse (target->source) checkpoints that rerank the beam's hypotheses by "
+        "log p(y|x) + W * log p(x|y) (several: the mean of their log p(x|y)); needs "
+        "--rerank-weight",
+    )
+    parser.add_argument(
+        "--rerank-weight",
+        type=float,
+        metavar="W",
+        help="weight W of the reverse models' log-probability; choose it with the length "
+        "penalty on the validation split (scripts/choose_decoding.py --rerank-with)",
+    )
 
 
 def _load_translator(args: argparse.Namespace):
@@ -289,6 +306,14 @@ def _load_translator(args: argparse.Namespace):
     changes = {k: v for k, v in changes.items() if v is not None}
     if changes:
         translator.decode = dataclasses.replace(translator.decode, **changes)
+    if bool(args.rerank_with) != (args.rerank_weight is not None):
+        raise ConfigError("--rerank-with and --rerank-weight go together: give both or neither")
+    if args.rerank_with:
+        from nmt.rerank import Reranker
+
+        translator.rerank_with(
+            Reranker.load(args.rerank_with, args.rerank_weight, device=translator.device)
+        )
     return translator
 
 
@@ -619,6 +644,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         threads=args.threads,
         precision=args.precision,
         length_penalties=tuple(args.length_penalty or ()),
+        rerank_with=tuple(args.rerank_with or ()),
+        rerank_weight=args.rerank_weight,
         log_level="debug" if args.verbose else args.log_level,
         shutdown_grace=args.shutdown_grace,
     )
@@ -708,6 +735,19 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="GNMT length-penalty alpha of beam search: once for every model, or once per "
         "--checkpoint in the same order (default: each checkpoint's decode.length_penalty; an "
         "ensemble's: its first member's)",
+    )
+    p.add_argument(
+        "--rerank-with",
+        nargs="+",
+        metavar="CHECKPOINT",
+        help="reverse (target->source) checkpoints that rerank the served model's hypotheses "
+        "(one model only; see nmt translate --rerank-with); needs --rerank-weight",
+    )
+    p.add_argument(
+        "--rerank-weight",
+        type=float,
+        metavar="W",
+        help="weight of the reverse models' log-probability, chosen on the validation split",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(

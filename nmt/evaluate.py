@@ -259,6 +259,7 @@ def decoding_settings(
         "batch_tokens": decode.batch_tokens,
         "precision": decode.precision,
         "device": str(translator.device),
+        "rerank": None if translator.reranker is None else translator.reranker.to_dict(),
     }
 
 

@@ -5,6 +5,9 @@ models). Training validation builds one from the in-memory model instead. Inputs
 encoded, sorted by length into sub-batches of at most `decode.batch_tokens` padded source
 tokens, decoded (greedy for beam size 1, else beam search), and returned in input order.
 
+With `rerank_with(Reranker)` every search's hypotheses are reranked by reverse models
+(nmt.rerank) before the best is taken.
+
 `Translator.info` (ModelInfo) says what the model is; `Translator.decode` holds the decoding
 defaults, once; `TranslateOptions` are one call's choices; `translate_chunks` is the loop
 that translates a file or a stream chunk by chunk.
@@ -36,6 +39,7 @@ from nmt.ensemble import Ensemble, EnsembleError
 from nmt.forced_alignment import Forced, ForcedAlignment, teacher_force
 from nmt.model import Seq2Seq, build_model, count_parameters
 from nmt.precision import decoding_precision, device_caps, prepare_device
+from nmt.rerank import Reranker
 from nmt.search import Hypothesis, beam_search, greedy_search
 from nmt.specials import EOS_ID, PAD_ID
 from nmt.tokenizer import Tokenizer
@@ -169,6 +173,13 @@ class Translator:
         self.decode = decode
         self.device = torch.device(device)
         self.info = info
+        self.reranker: Reranker | None = None
+
+    def rerank_with(self, reranker: Reranker | None) -> None:
+        """Rerank every search's hypotheses with reverse models (nmt.rerank); None: stop."""
+        if reranker is not None:
+            reranker.check(self.info)
+        self.reranker = reranker
 
     @classmethod
     def load(cls, checkpoint_path: str | Path, device: str | torch.device = "cpu") -> Translator:
@@ -278,6 +289,9 @@ class Translator:
         longer than the model accepts raises TranslationError, or is cut when `truncate`.
         """
         request = self._request(beam_size, max_len, n_best, with_alignment)
+        search = request  # a reranker sees every hypothesis the beam finished
+        if self.reranker is not None:
+            search = dataclasses.replace(request, n_best=request.beam_size)
         texts = list(texts)
         results: list[Translation | None] = [None] * len(texts)
         encoded: dict[int, tuple[list[int], bool]] = {}
@@ -289,7 +303,9 @@ class Translator:
         with self._decoding() as logits_dtype:
             lengths = {i: len(ids) for i, (ids, _) in encoded.items()}
             for chunk in _sub_batches(lengths, self.decode.batch_tokens):
-                hyps = self._search([encoded[i][0] for i in chunk], request, logits_dtype)
+                hyps = self._search([encoded[i][0] for i in chunk], search, logits_dtype)
+                if self.reranker is not None:
+                    hyps = self._reranked([texts[i] for i in chunk], hyps, request.n_best)
                 for i, sentence_hyps in zip(chunk, hyps):
                     ids, cut = encoded[i]
                     results[i] = self._translation(texts[i], ids, cut, sentence_hyps, request)
@@ -469,6 +485,17 @@ class Translator:
             with_attention=request.with_alignment,
             logits_dtype=logits_dtype,
         )
+
+    def _reranked(
+        self, sources: list[str], hyps: list[list[Hypothesis]], n_best: int
+    ) -> list[list[Hypothesis]]:
+        assert self.reranker is not None
+        texts = [
+            [text.strip() for text in self.tokenizer.decode_tgt([h.tokens for h in sentence])]
+            for sentence in hyps
+        ]
+        ranked = self.reranker.rerank(sources, hyps, texts, self.decode.length_penalty)
+        return [[hyp for hyp, _ in sentence[:n_best]] for sentence in ranked]
 
     def _translation(
         self,

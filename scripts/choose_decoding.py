@@ -5,11 +5,17 @@ Every candidate is decoded on val with beam `--beam` and each GNMT alpha, scored
 literature's setting (BLEU (lit.)); the best pair is printed with the `nmt export` command
 that makes it a slim model with those decoding defaults (for a single checkpoint). A
 candidate `A.pt,B.pt` is the ensemble of those checkpoints, so averaging and ensembling are
-compared on val too. The test split is not read.
+compared on val too. With `--rerank-with REV.pt ...` (reverse, target->source models; see
+nmt/rerank.py) every candidate's hypotheses are reranked, and the rerank weight is chosen
+with the length penalty over `--rerank-weights` (each pair is one more search of val). The
+test split is not read.
 
   python scripts/choose_decoding.py runs/x/best.pt runs/x/averaged.pt \
       runs/x/best.pt,runs/x/averaged.pt \
       --length-penalties 0.6 1.0 1.3 1.6 --output models/transformer_de-en.pt
+  python scripts/choose_decoding.py models/transformer_en-de.pt,models/transformer_en-de_seed2.pt \
+      --rerank-with models/transformer_de-en.pt --rerank-weights 0 0.2 0.5 \
+      --length-penalties 1.0 1.3 1.6
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 import torch
 from results_table import tune_length_penalty
 
+from nmt.rerank import Reranker
 from nmt.translator import Translator
 
 
@@ -36,18 +43,39 @@ def main() -> None:
     parser.add_argument("--data-dir", default=os.environ.get("NMT_DATA_DIR", "data"))
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     parser.add_argument("--output", default="MODEL.pt", help="for the printed export command")
+    parser.add_argument(
+        "--rerank-with", nargs="+", metavar="CHECKPOINT", help="reverse models that rerank"
+    )
+    parser.add_argument(
+        "--rerank-weights", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.5, 1.0]
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    reranker = Reranker.load(args.rerank_with, 0.0) if args.rerank_with else None
+    weights = args.rerank_weights if reranker else [None]
     results = []
     for checkpoint in args.checkpoints:
         translator = Translator.load_ensemble(checkpoint.split(","))
-        alpha, by_alpha = tune_length_penalty(
-            translator, Path(args.data_dir), args.beam, args.length_penalties
+        translator.rerank_with(reranker)
+        for weight in weights:
+            if reranker is not None and weight is not None:
+                reranker.weight = weight
+                print(f"rerank weight {weight}:")
+            alpha, by_alpha = tune_length_penalty(
+                translator, Path(args.data_dir), args.beam, args.length_penalties
+            )
+            results.append((by_alpha[str(alpha)], checkpoint, alpha, weight))
+    bleu, checkpoint, alpha, weight = max(results, key=lambda r: r[0])
+    reranked = "" if weight is None else f", rerank weight {weight}"
+    print(f"best on val: {checkpoint}, length penalty {alpha}{reranked}: BLEU (lit.) {bleu:.2f}")
+    if weight is not None:
+        assert args.rerank_with is not None
+        print(
+            f"decode it with --checkpoint {checkpoint.replace(',', ' ')} --length-penalty "
+            f"{alpha} --rerank-with {' '.join(args.rerank_with)} --rerank-weight {weight}"
         )
-        results.append((by_alpha[str(alpha)], checkpoint, alpha))
-    bleu, checkpoint, alpha = max(results)
-    print(f"best on val: {checkpoint}, length penalty {alpha}: BLEU (lit.) {bleu:.2f}")
+        return
     if "," in checkpoint:
         print(f"an ensemble: decode it with --checkpoint {checkpoint.replace(',', ' ')}")
         return

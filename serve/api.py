@@ -105,6 +105,8 @@ class TranslatorAPI(ls.LitAPI):
         threads: int | None = None,
         precision: str | None = None,
         length_penalty: float | None = None,
+        rerank_with: Sequence[str] = (),
+        rerank_weight: float | None = None,
         api_path: str = "/translate",
         ensemble: Sequence[str] = (),
         alignment_from: int | None = None,
@@ -128,6 +130,8 @@ class TranslatorAPI(ls.LitAPI):
         self.thread_budget: ThreadBudget | None = None
         self.precision = precision  # None = the checkpoint's decode.precision
         self.length_penalty = length_penalty  # None = the checkpoint's decode.length_penalty
+        self.rerank_with = tuple(rerank_with)  # reverse models reranking the hypotheses
+        self.rerank_weight = rerank_weight
         self.translator: Translator | None = None  # loaded by setup(), in the worker
         self.model_ref: ModelRef | None = None
 
@@ -162,6 +166,12 @@ class TranslatorAPI(ls.LitAPI):
             translator.decode = dataclasses.replace(
                 translator.decode, length_penalty=self.length_penalty
             )
+        if self.rerank_with and self.rerank_weight is not None:
+            from nmt.rerank import Reranker
+
+            translator.rerank_with(
+                Reranker.load(self.rerank_with, self.rerank_weight, device=translator.device)
+            )
         # LitServe reports the worker ready when setup() returns: pay the one-time costs
         # (cuBLAS/cuDNN initialisation, first allocations) here, not in the first requests.
         translator.translate([WARM_UP_TEXT], max_len=4)
@@ -177,7 +187,8 @@ class TranslatorAPI(ls.LitAPI):
         )
         self.model_board.publish(
             {
-                "info": info.to_dict(translator.decode),
+                "info": info.to_dict(translator.decode)
+                | {"rerank": translator.reranker and translator.reranker.to_dict()},
                 "version": version,
                 "device": str(device),
                 "worker_pid": os.getpid(),

@@ -82,6 +82,9 @@ class ServeSettings:
     # GNMT alpha of beam search: none given = each checkpoint's own; one = every model's; else
     # one per model, in order (an ensemble's chosen on val need not be its first member's)
     length_penalties: tuple[float, ...] = ()
+    # reverse (target->source) checkpoints that rerank the one served model's hypotheses
+    rerank_with: tuple[str, ...] = ()
+    rerank_weight: float | None = None
     log_level: str = "info"
     shutdown_grace: float = 10.0  # seconds for LitServe's own shutdown before the group is killed
 
@@ -120,6 +123,15 @@ class ServeSettings:
                 f"--length-penalty given {len(self.length_penalties)} times for "
                 f"{len(self.models)} models (--checkpoint): give it once for all, or once per model"
             )
+        if bool(self.rerank_with) != (self.rerank_weight is not None):
+            raise ConfigError("--rerank-with and --rerank-weight go together: give both or neither")
+        if self.rerank_with and len(self.models) > 1:
+            raise ConfigError("--rerank-with reranks one model: serve it with one --checkpoint")
+        if self.rerank_weight is not None and not self.rerank_weight >= 0:
+            raise ConfigError(f"--rerank-weight must be >= 0, got {self.rerank_weight}")
+        for checkpoint in self.rerank_with:
+            if not Path(checkpoint).is_file():
+                raise FileNotFoundError(f"reverse checkpoint not found: {checkpoint}")
         if self.accelerator not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--accelerator must be auto, cpu or cuda, got {self.accelerator!r}")
         limits = self.limits
@@ -220,6 +232,8 @@ def _model_apis(
             batch_wait=settings.batch_wait,
             precision=settings.precision,
             length_penalty=settings.length_penalty(index),
+            rerank_with=settings.rerank_with,
+            rerank_weight=settings.rerank_weight,
             api_path=f"/models/{spec.id}",
             model_id=spec.id,
         )

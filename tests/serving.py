@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
@@ -15,6 +16,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_nmt(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`nmt ARGS...` run to its end from the repository root, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "nmt.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=Path(__file__).resolve().parents[1],
+    )
 
 
 def serve_command(port: int, *options: str) -> list[str]:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from archs import tiny_config
+from serving import run_nmt
 from test_search import LENGTHS, VOCAB, tiny_model
 
 from nmt.ensemble import Ensemble, EnsembleError
@@ -17,8 +16,6 @@ from nmt.model import Seq2Seq, build_model
 from nmt.search import beam_search, greedy_search
 from nmt.specials import BOS_ID, PAD_ID
 from nmt.translator import Translator
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,16 +103,7 @@ def test_cli_translates_and_evaluates_with_an_ensemble(
     assert ensemble.info.arch == "ensemble" and len(ensemble.info.members) == 2
     assert [t.text for t in ensemble.translate(sources, beam_size=2)] == [t.text for t in single]
 
-    def nmt(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "nmt.cli", *args],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=REPO,
-        )
-
-    out = nmt(
+    out = run_nmt(
         "translate",
         "--checkpoint",
         str(tiny_checkpoint),
@@ -129,7 +117,7 @@ def test_cli_translates_and_evaluates_with_an_ensemble(
     assert out.stdout.splitlines() == [t.text for t in single]
     test = data_dir / "multi30k" / "test_2016_flickr"
     report = tmp_path / "report.json"
-    out = nmt(
+    out = run_nmt(
         "evaluate",
         "--checkpoint",
         str(tiny_checkpoint),
