@@ -9,6 +9,9 @@ it (<stem>.md) and the scores with their signatures (<stem>.json).
 
 Several models are an ensemble, decoded as `nmt translate --checkpoint A B --length-penalty X`
 (the length penalty chosen for the ensemble on val); its card is `--card` (.md and .json).
+`--rerank-with REV.pt ... --rerank-weight W` reranks the model's (or ensemble's) hypotheses
+with reverse models (nmt/rerank.py), the weight chosen on val with the length penalty; such a
+system's card is `--card` too.
 
   python scripts/model_card.py models/transformer_de-en.pt \
       --trained-with "nmt train --config configs/multi30k_de_en.yaml ..." \
@@ -34,6 +37,7 @@ from results_table import score_both_settings
 
 from nmt.cpu import cpu_name
 from nmt.files import read_lines
+from nmt.rerank import Reranker
 from nmt.translator import Translator
 
 
@@ -100,6 +104,24 @@ def card_text(
         )
         what += f"\n\n{members}"
         flags, decoded, step = f" --length-penalty {decode.length_penalty}", "these", ""
+    if translator.reranker is not None:
+        reverse = translator.reranker.to_dict()
+        what += "\n\n" + paragraph(
+            "Every hypothesis the beam finishes is reranked by (log p(y|x) + "
+            f"{reverse['weight']} · log p(x|y)) / lp(|y|), with log p(x|y) the mean "
+            "log-probability of the source under the reverse models below (nmt/rerank.py)."
+        )
+        what += "\n\n" + "\n".join(
+            f"- reverse: `{path}` (see its card)" for path in reverse["reverse_checkpoints"]
+        )
+        flags = (
+            f" --length-penalty {decode.length_penalty} --rerank-with "
+            f"{' '.join(reverse['reverse_checkpoints'])} --rerank-weight {reverse['weight']}"
+        )
+        decoded = "these"
+    reranked = ""
+    if translator.reranker is not None:
+        reranked = f", rerank weight {translator.reranker.weight}"
     written = f"{step}Card written {time.strftime('%Y-%m-%d')} on {cpu_name()}"
     return f"""# {args.card.name}
 
@@ -113,7 +135,8 @@ nmt serve --checkpoint {paths}{flags}
 
 ## Scores
 Decoded with {decoded} settings, chosen on the validation split: beam {decode.beam_size},
-length penalty {decode.length_penalty}. The test split was scored once, with these settings.
+length penalty {decode.length_penalty}{reranked}. The test split was scored once, with these
+settings.
 
 | split | sentences | BLEU (lit.) | sacreBLEU | chrF | TER |
 |---|---|---|---|---|---|
@@ -152,6 +175,8 @@ def main() -> None:
     parser.add_argument(
         "--length-penalty", type=float, help="an ensemble's, chosen on val (default: the first's)"
     )
+    parser.add_argument("--rerank-with", nargs="+", type=Path, help="reverse models")
+    parser.add_argument("--rerank-weight", type=float, help="their weight, chosen on val")
     parser.add_argument(
         "--data",
         default="Multi30k's 29,000 training pairs only (text only; no images, no other data)",
@@ -163,10 +188,17 @@ def main() -> None:
     models = [Path(m) for m in args.models]
     if len(models) > 1 and args.card is None:
         parser.error("an ensemble's card needs --card")
-    if len(models) == 1 and args.length_penalty is not None:
+    reranked = args.rerank_with is not None
+    if reranked != (args.rerank_weight is not None):
+        parser.error("--rerank-with and --rerank-weight go together")
+    if reranked and args.card is None:
+        parser.error("a reranked system's card needs --card")
+    if len(models) == 1 and args.length_penalty is not None and not reranked:
         parser.error("a single model is scored with its own defaults: re-export it instead")
     args.card = args.card or models[0].with_suffix("")
     translator = Translator.load_ensemble(models)
+    if reranked:
+        translator.rerank_with(Reranker.load(args.rerank_with, args.rerank_weight))
     if args.length_penalty is not None:
         translator.decode = dataclasses.replace(
             translator.decode, length_penalty=args.length_penalty
@@ -179,6 +211,7 @@ def main() -> None:
         "decode": {
             "beam_size": translator.decode.beam_size,
             "length_penalty": translator.decode.length_penalty,
+            "rerank": translator.reranker and translator.reranker.to_dict(),
         },
         "scores": scores,
     }
