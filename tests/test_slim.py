@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 
 from nmt.checkpoint import load_checkpoint
 from nmt.config import ConfigError
+from nmt.rerank import Reranker
 from nmt.slim import cast_weights, export_slim
 from nmt.translator import Translator
 
@@ -111,3 +113,26 @@ def test_every_shipped_model_translates_and_has_a_card(model: Path) -> None:
     [translation] = translator.translate([source])
     assert translation.text and translation.alignment is None
     assert load_checkpoint(model).training is None
+
+
+RERANKED = [
+    p
+    for p in sorted((REPO / "models").glob("*.json"))
+    if json.loads(p.read_text())["decode"].get("rerank")
+]
+
+
+@pytest.mark.parametrize("card", RERANKED, ids=[p.stem for p in RERANKED])
+def test_every_shipped_reranked_system_loads_from_its_card(card: Path) -> None:
+    """A reranked system is only a command line over shipped files: its card's JSON names
+    them, and they must load, fit together and translate."""
+    summary = json.loads(card.read_text())
+    members = [REPO / "models" / name for name in summary["model"].split()]
+    rerank = summary["decode"]["rerank"]
+    translator = Translator.load_ensemble(members)
+    translator.rerank_with(
+        Reranker.load([REPO / p for p in rerank["reverse_checkpoints"]], rerank["weight"])
+    )
+    source = "A man rides a bicycle." if translator.info.src_lang == "en" else SENTENCES[0]
+    [translation] = translator.translate([source])
+    assert translation.text
