@@ -740,8 +740,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "--rerank-with",
         nargs="+",
         metavar="CHECKPOINT",
-        help="reverse (target->source) checkpoints that rerank the served model's hypotheses "
-        "(one model only; see nmt translate --rerank-with); needs --rerank-weight",
+        help="reverse (target->source) checkpoints that rerank the hypotheses of every served "
+        "model translating the other way (see nmt translate --rerank-with); needs "
+        "--rerank-weight",
     )
     p.add_argument(
         "--rerank-weight",

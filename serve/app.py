@@ -40,7 +40,7 @@ from serve.middleware import (
     RequestGuardMiddleware,
     WorkerLossMiddleware,
 )
-from serve.models import ModelCatalog, ModelSpec, RoutingError, model_specs
+from serve.models import ModelCatalog, ModelSpec, RoutingError, model_specs, reranked_models
 from serve.schemas import (
     AlignRequest,
     AlignResponse,
@@ -82,7 +82,8 @@ class ServeSettings:
     # GNMT alpha of beam search: none given = each checkpoint's own; one = every model's; else
     # one per model, in order (an ensemble's chosen on val need not be its first member's)
     length_penalties: tuple[float, ...] = ()
-    # reverse (target->source) checkpoints that rerank the one served model's hypotheses
+    # reverse (target->source) checkpoints that rerank the hypotheses of every served model
+    # translating the other way (serve.models.reranked_models)
     rerank_with: tuple[str, ...] = ()
     rerank_weight: float | None = None
     log_level: str = "info"
@@ -125,13 +126,12 @@ class ServeSettings:
             )
         if bool(self.rerank_with) != (self.rerank_weight is not None):
             raise ConfigError("--rerank-with and --rerank-weight go together: give both or neither")
-        if self.rerank_with and len(self.models) > 1:
-            raise ConfigError("--rerank-with reranks one model: serve it with one --checkpoint")
         if self.rerank_weight is not None and not self.rerank_weight >= 0:
             raise ConfigError(f"--rerank-weight must be >= 0, got {self.rerank_weight}")
         for checkpoint in self.rerank_with:
             if not Path(checkpoint).is_file():
                 raise FileNotFoundError(f"reverse checkpoint not found: {checkpoint}")
+        reranked_models(self.rerank_with, model_specs(self.models))
         if self.accelerator not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--accelerator must be auto, cpu or cuda, got {self.accelerator!r}")
         limits = self.limits
@@ -220,6 +220,7 @@ def _model_apis(
     """A LitAPI per model, at an internal path whose last part (LitServe's key for its
     workers) is the model's id; worker ids are offset to be unique across models."""
     apis: list[TranslatorAPI] = []
+    reranked = reranked_models(settings.rerank_with, specs)
     for index, spec in enumerate(specs):
         api = TranslatorAPI(
             checkpoint=spec.checkpoints[0],
@@ -232,7 +233,7 @@ def _model_apis(
             batch_wait=settings.batch_wait,
             precision=settings.precision,
             length_penalty=settings.length_penalty(index),
-            rerank_with=settings.rerank_with,
+            rerank_with=settings.rerank_with if spec.id in reranked else (),
             rerank_weight=settings.rerank_weight,
             api_path=f"/models/{spec.id}",
             model_id=spec.id,

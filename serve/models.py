@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from nmt.config import ConfigError
+
 
 class RoutingError(ValueError):
     """A request for a model or language pair the server does not host; names those it does."""
@@ -46,6 +48,26 @@ def model_specs(groups: Sequence[Sequence[str]]) -> list[ModelSpec]:
             )
         )
     return specs
+
+
+def reranked_models(reverse: Sequence[str], specs: Sequence[ModelSpec]) -> set[str]:
+    """Ids of the served models that reverse (target->source) checkpoints rerank: every model
+    translating the other way. ConfigError when the reverse models translate different ways
+    or no served model translates the other way."""
+    if not reverse:
+        return set()
+    pairs = {language_pair(path) for path in reverse}
+    if len(pairs) > 1:
+        found = ", ".join(sorted(f"{src}->{tgt}" for src, tgt in pairs))
+        raise ConfigError(f"the --rerank-with models must all translate one way, got {found}")
+    [(src, tgt)] = pairs
+    ids = {spec.id for spec in specs if (spec.src_lang, spec.tgt_lang) == (tgt, src)}
+    if not ids:
+        raise ConfigError(
+            f"the --rerank-with models translate {src}->{tgt}, so they rerank {tgt}->{src} "
+            f"models, but no --checkpoint translates {tgt}->{src}"
+        )
+    return ids
 
 
 def language_pair(path: str) -> tuple[str, str]:

@@ -18,6 +18,7 @@ from nmt.rerank import Reranker, RerankError
 from nmt.search import Hypothesis
 from nmt.translator import Translator
 from serve.app import ServeSettings
+from serve.models import model_specs, reranked_models
 
 SOURCES = ["A man is riding a bike.", "Two dogs play in the snow.", "A woman sings."]
 
@@ -129,26 +130,31 @@ def test_cli_translates_and_evaluates_with_reranking(
 
 
 @pytest.mark.slow
-def test_a_real_server_reranks_and_says_so(tiny_checkpoint_en_de: Path, reverse_path: Path) -> None:
+def test_a_real_server_reranks_the_models_translating_the_other_way(
+    tiny_checkpoint_en_de: Path, reverse_path: Path
+) -> None:
+    """Served beside the de->en model it reranks with, the en->de model is reranked and the
+    de->en one is not; /info says which."""
     port = free_port()
     command = serve_command(
         port,
-        *("--checkpoint", str(tiny_checkpoint_en_de)),
+        *("--checkpoint", str(reverse_path), "--checkpoint", str(tiny_checkpoint_en_de)),
         *("--rerank-with", str(reverse_path), "--rerank-weight", "0.5"),
     )
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as http:
             wait_healthy(http.get, process=process)
-            rerank = http.get("/info").json()["model"]["rerank"]
-            request = {"texts": SOURCES, "beam_size": 3, "n_best": 2}
+            rerank = {m["id"]: m["rerank"] for m in http.get("/info").json()["models"]}
+            request = {"texts": SOURCES, "beam_size": 3, "n_best": 2, "model": "en-de"}
             response = http.post("/translate", json=request)
             assert response.status_code == 200, response.text
             served = response.json()["translations"]
     finally:
         process.terminate()
         process.wait(timeout=60)
-    assert rerank == {"reverse_checkpoints": [str(reverse_path)], "weight": 0.5}
+    settings = {"reverse_checkpoints": [str(reverse_path)], "weight": 0.5}
+    assert rerank == {"de-en": None, "en-de": settings}
     forward = Translator.load(tiny_checkpoint_en_de)
     forward.rerank_with(Reranker.load([reverse_path], 0.5))
     local = forward.translate(SOURCES, beam_size=3, n_best=2)
@@ -158,15 +164,19 @@ def test_a_real_server_reranks_and_says_so(tiny_checkpoint_en_de: Path, reverse_
 def test_serve_settings_name_what_is_wrong_with_reranking(
     tiny_checkpoint_en_de: Path, reverse_path: Path
 ) -> None:
-    model = {"checkpoint": str(tiny_checkpoint_en_de)}
+    both = {"checkpoint": str(reverse_path), "more_models": ((str(tiny_checkpoint_en_de),),)}
+    specs = model_specs([[str(reverse_path)], [str(tiny_checkpoint_en_de)]])
+    assert reranked_models([str(reverse_path)], specs) == {"en-de"}
+    assert reranked_models([str(tiny_checkpoint_en_de)], specs) == {"de-en"}
     with pytest.raises(ConfigError, match="go together"):
-        ServeSettings(**model, rerank_with=(str(reverse_path),)).check()
-    with pytest.raises(ConfigError, match="one --checkpoint"):
+        ServeSettings(**both, rerank_with=(str(reverse_path),)).check()
+    with pytest.raises(ConfigError, match="no --checkpoint translates en->de"):
         ServeSettings(
-            **model,
-            more_models=((str(reverse_path),),),
-            rerank_with=(str(reverse_path),),
-            rerank_weight=0.5,
+            checkpoint=str(reverse_path), rerank_with=(str(reverse_path),), rerank_weight=0.5
+        ).check()
+    with pytest.raises(ConfigError, match="all translate one way"):
+        ServeSettings(
+            **both, rerank_with=(str(reverse_path), str(tiny_checkpoint_en_de)), rerank_weight=0.5
         ).check()
     with pytest.raises(FileNotFoundError, match="missing.pt"):
-        ServeSettings(**model, rerank_with=("missing.pt",), rerank_weight=0.5).check()
+        ServeSettings(**both, rerank_with=("missing.pt",), rerank_weight=0.5).check()
