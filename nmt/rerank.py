@@ -18,6 +18,7 @@ a decoding setting like the length penalty: choose both on the validation split
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,11 +42,13 @@ class Reranker:
     """Reverse translators (target -> source) and the weight of their log-probability.
 
     Scores are cached per (hypothesis, source) pair, so that trying several weights or
-    length penalties on one set of n-best lists forces each pair through once.
+    length penalties on one set of n-best lists forces each pair through once; the cache
+    keeps the newest `cache_size` pairs, so a long-running server does not grow with it.
     """
 
     reverse: list[Translator]
     weight: float
+    cache_size: int = 100_000
     _cache: dict[tuple[str, str], float] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -98,7 +101,11 @@ class Reranker:
             self._cache.update(
                 (pair, total / len(self.reverse)) for pair, total in zip(todo, totals)
             )
-        return [self._cache.get((h, s)) for s, h in zip(sources, hypotheses)]
+        scores = [self._cache.get((h, s)) for s, h in zip(sources, hypotheses)]
+        overflow = max(0, len(self._cache) - self.cache_size)
+        for pair in list(itertools.islice(self._cache, overflow)):
+            del self._cache[pair]  # the oldest first: dicts keep insertion order
+        return scores
 
     def rerank(
         self,

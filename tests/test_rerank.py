@@ -80,6 +80,19 @@ def test_an_empty_hypothesis_ranks_last(reverse_path: Path) -> None:
     assert ranked[0][1][0].score == -0.1  # the empty one keeps search's score
 
 
+def test_the_score_cache_keeps_only_the_newest_pairs(reverse_path: Path) -> None:
+    """A server reranks ever new sentences: its cache must not grow without end, and a call
+    larger than the cache still gets every score."""
+    reranker = Reranker([Translator.load(reverse_path)], 0.5, cache_size=2)
+    hypotheses = ["a dog", "two dogs", "a cat"]
+    scores = reranker.channel_log_probs(["Ein Hund."] * 3, hypotheses)
+    assert all(score is not None for score in scores)
+    assert list(reranker._cache) == [("a dog", "Ein Hund."), ("two dogs", "Ein Hund.")]
+    again = reranker.channel_log_probs(["Ein Hund."] * 3, hypotheses)
+    assert again == pytest.approx(scores, abs=1e-5)  # evicted pairs are scored anew
+    assert len(reranker._cache) == 2
+
+
 def test_reverse_models_must_translate_the_other_way(
     forward: Translator, tiny_checkpoint_en_de: Path
 ) -> None:
