@@ -8,11 +8,13 @@ The hypotheses of one search are reranked by
     (log p(y | x) + weight * log p(x | y)) / ((5 + |y|) / 6) ** alpha
 
 with |y| the hypothesis's tokens with EOS and alpha search's length penalty, so weight 0
-keeps search's own order. An empty hypothesis explains no source: it ranks last, with
-search's score. Several reverse models give the mean of their log-probabilities
-(as an ensemble's teacher-forced score is); each may have its own vocabularies. The weight is
-a decoding setting like the length penalty: choose both on the validation split
-(scripts/choose_decoding.py --rerank-with).
+keeps search's own order. A hypothesis the reverse models cannot score (an empty one, or one
+longer than they accept, or a source longer than they can produce, as after `truncate`)
+ranks after those they can, with search's score, so a sentence none of whose hypotheses can
+be scored keeps search's order. Several reverse models give the mean of their
+log-probabilities (as an ensemble's teacher-forced score is); each may have its own
+vocabularies. The weight is a decoding setting like the length penalty: choose both on the
+validation split (scripts/choose_decoding.py --rerank-with).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class Reranker:
     reverse: list[Translator]
     weight: float
     cache_size: int = 100_000
-    _cache: dict[tuple[str, str], float] = field(default_factory=dict, repr=False)
+    _cache: dict[tuple[str, str], float | None] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(
@@ -87,19 +89,20 @@ class Reranker:
     def channel_log_probs(
         self, sources: Sequence[str], hypotheses: Sequence[str]
     ) -> list[float | None]:
-        """Mean over the reverse models of log p(source | hypothesis); None for an empty
-        hypothesis."""
-        todo = sorted(
-            {(h, s) for s, h in zip(sources, hypotheses) if h.strip()} - self._cache.keys()
-        )
+        """Mean over the reverse models of log p(source | hypothesis); None where they
+        cannot score it (an empty hypothesis, or a side longer than a reverse model takes)."""
+        pairs = {(h, s) for s, h in zip(sources, hypotheses) if h.strip()}  # empty: None
+        todo = sorted(pairs - self._cache.keys())
         if todo:
             hyps, srcs = [h for h, _ in todo], [s for _, s in todo]
-            totals = [0.0] * len(todo)
+            totals: list[float | None] = [0.0] * len(todo)
             for reverse in self.reverse:
-                for i, forced in enumerate(reverse.align(hyps, srcs)):
-                    totals[i] += forced.log_prob
+                for i, log_prob in enumerate(_forced_log_probs(reverse, hyps, srcs)):
+                    total = totals[i]
+                    totals[i] = None if total is None or log_prob is None else total + log_prob
             self._cache.update(
-                (pair, total / len(self.reverse)) for pair, total in zip(todo, totals)
+                (pair, None if total is None else total / len(self.reverse))
+                for pair, total in zip(todo, totals)
             )
         scores = [self._cache.get((h, s)) for s, h in zip(sources, hypotheses)]
         overflow = max(0, len(self._cache) - self.cache_size)
@@ -132,3 +135,18 @@ class Reranker:
             scored.sort(key=lambda item: (item[0], item[1].score), reverse=True)
             out.append([(hyp, text) for _, hyp, text in scored])
         return out
+
+
+def _forced_log_probs(
+    reverse: Translator, hypotheses: list[str], sources: list[str]
+) -> list[float | None]:
+    """log p(source | hypothesis) under one reverse model, in one batch when every pair can
+    be scored; else pair by pair, None for those it refuses (TranslationError names why)."""
+    from nmt.translator import TranslationError
+
+    try:
+        return [forced.log_prob for forced in reverse.align(hypotheses, sources)]
+    except TranslationError:
+        if len(hypotheses) == 1:
+            return [None]
+        return [_forced_log_probs(reverse, [h], [s])[0] for h, s in zip(hypotheses, sources)]

@@ -93,6 +93,20 @@ def test_the_score_cache_keeps_only_the_newest_pairs(reverse_path: Path) -> None
     assert len(reranker._cache) == 2
 
 
+def test_a_hypothesis_too_long_for_the_reverse_model_is_left_unscored(reverse_path: Path) -> None:
+    """The reverse model refuses a source (here: a hypothesis) longer than it accepts; the
+    other pairs of the batch are scored all the same, as they are alone."""
+    reverse = Translator.load(reverse_path)
+    reranker = Reranker([reverse], 0.5)
+    too_long = " ".join(["ein Mann fährt mit einem roten Fahrrad die lange Straße hinunter"] * 30)
+    sources = ["A dog.", "A dog.", "Two men."]
+    hypotheses = ["ein Hund", too_long, "zwei Männer"]
+    scores = reranker.channel_log_probs(sources, hypotheses)
+    alone = [f.log_prob for f in reverse.align(["ein Hund", "zwei Männer"], ["A dog.", "Two men."])]
+    assert scores[1] is None
+    assert [scores[0], scores[2]] == pytest.approx(alone, abs=1e-4)
+
+
 def test_reverse_models_must_translate_the_other_way(
     forward: Translator, tiny_checkpoint_en_de: Path
 ) -> None:
