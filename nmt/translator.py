@@ -300,16 +300,40 @@ class Translator:
                 results[i] = self._empty(text, request)
             else:
                 encoded[i] = self._encode(text, i, truncate)
-        with self._decoding() as logits_dtype:
-            lengths = {i: len(ids) for i, (ids, _) in encoded.items()}
-            for chunk in _sub_batches(lengths, self.decode.batch_tokens):
-                hyps = self._search([encoded[i][0] for i in chunk], search, logits_dtype)
-                if self.reranker is not None:
-                    hyps = self._reranked([texts[i] for i in chunk], hyps, request.n_best)
-                for i, sentence_hyps in zip(chunk, hyps):
-                    ids, cut = encoded[i]
-                    results[i] = self._translation(texts[i], ids, cut, sentence_hyps, request)
+        ids = {i: seq for i, (seq, _) in encoded.items()}
+        for chunk, hyps in self._search_chunks(ids, search):
+            if self.reranker is not None:
+                hyps = self._reranked([texts[i] for i in chunk], hyps, request.n_best)
+            for i, sentence_hyps in zip(chunk, hyps):
+                results[i] = self._translation(
+                    texts[i], ids[i], encoded[i][1], sentence_hyps, request
+                )
         return [r for r in results if r is not None]
+
+    def hypotheses(
+        self, texts: Sequence[str], beam_size: int | None = None
+    ) -> list[list[tuple[Hypothesis, str]]]:
+        """Every hypothesis beam search finished for each text, with its text, best first by
+        search's score (no reranking): what a reranker chooses from, so that several rerank
+        weights can be tried on one search (scripts/choose_decoding.py). An empty text has
+        none; a text longer than the model accepts raises TranslationError."""
+        request = self._request(beam_size, None, None, with_alignment=False)
+        request = dataclasses.replace(request, n_best=request.beam_size)
+        found: list[list[tuple[Hypothesis, str]]] = [[] for _ in texts]
+        ids = {i: self._encode(t, i, truncate=False)[0] for i, t in enumerate(texts) if t.strip()}
+        for chunk, hyps in self._search_chunks(ids, request):
+            for i, sentence_hyps in zip(chunk, hyps):
+                found[i] = list(zip(sentence_hyps, self._texts(sentence_hyps)))
+        return found
+
+    def _search_chunks(
+        self, ids: dict[int, list[int]], request: _Request
+    ) -> Iterator[tuple[list[int], list[list[Hypothesis]]]]:
+        """Each token-budget sub-batch of the encoded texts (by index) with its hypotheses."""
+        with self._decoding() as logits_dtype:
+            lengths = {i: len(seq) for i, seq in ids.items()}
+            for chunk in _sub_batches(lengths, self.decode.batch_tokens):
+                yield chunk, self._search([ids[i] for i in chunk], request, logits_dtype)
 
     @contextlib.contextmanager
     def _decoding(self) -> Iterator[torch.dtype | None]:
@@ -490,12 +514,13 @@ class Translator:
         self, sources: list[str], hyps: list[list[Hypothesis]], n_best: int
     ) -> list[list[Hypothesis]]:
         assert self.reranker is not None
-        texts = [
-            [text.strip() for text in self.tokenizer.decode_tgt([h.tokens for h in sentence])]
-            for sentence in hyps
-        ]
+        texts = [self._texts(sentence) for sentence in hyps]
         ranked = self.reranker.rerank(sources, hyps, texts, self.decode.length_penalty)
         return [[hyp for hyp, _ in sentence[:n_best]] for sentence in ranked]
+
+    def _texts(self, hyps: list[Hypothesis]) -> list[str]:
+        # strip: consecutive word-start pieces can leave stray spaces at the ends
+        return [text.strip() for text in self.tokenizer.decode_tgt([h.tokens for h in hyps])]
 
     def _translation(
         self,
@@ -510,8 +535,7 @@ class Translator:
         best = hyps[0]
         src_pieces = self.tokenizer.src_pieces(ids[:-1])
         tgt_pieces = self.tokenizer.tgt_pieces(best.tokens)
-        # strip: consecutive word-start pieces can leave stray spaces at the ends
-        texts = [text.strip() for text in self.tokenizer.decode_tgt([h.tokens for h in hyps])]
+        texts = self._texts(hyps)
         alignment = None
         if request.with_alignment and best.attention is not None:
             alignment = build_alignment(

@@ -7,8 +7,8 @@ that makes it a slim model with those decoding defaults (for a single checkpoint
 candidate `A.pt,B.pt` is the ensemble of those checkpoints, so averaging and ensembling are
 compared on val too. With `--rerank-with REV.pt ...` (reverse, target->source models; see
 nmt/rerank.py) every candidate's hypotheses are reranked, and the rerank weight is chosen
-with the length penalty over `--rerank-weights` (each pair is one more search of val). The
-test split is not read.
+with the length penalty over `--rerank-weights` (one search of val per length penalty, its
+hypotheses reranked with every weight). The test split is not read.
 
   python scripts/choose_decoding.py runs/x/best.pt runs/x/averaged.pt \
       runs/x/best.pt,runs/x/averaged.pt \
@@ -21,14 +21,46 @@ test split is not read.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
 import torch
 from results_table import tune_length_penalty
 
+from nmt.evaluate import score_corpus
+from nmt.files import read_lines
 from nmt.rerank import Reranker
 from nmt.translator import Translator
+
+
+def rerank_grid(
+    translator: Translator,
+    reranker: Reranker,
+    data_dir: Path,
+    beam: int,
+    alphas: list[float],
+    weights: list[float],
+) -> dict[tuple[float, float], float]:
+    """Validation BLEU (lit.) of every (length penalty, rerank weight): one search of val per
+    length penalty, its hypotheses reranked with each weight (as `translate` would)."""
+    src, tgt = translator.info.src_lang, translator.info.tgt_lang
+    sources = read_lines(data_dir / "multi30k" / f"val.{src}.gz")
+    refs = read_lines(data_dir / "multi30k" / "tok" / f"val.lc.norm.tok.{tgt}")
+    scores = {}
+    for alpha in alphas:
+        translator.decode = dataclasses.replace(translator.decode, length_penalty=alpha)
+        found = translator.hypotheses(sources, beam)
+        hyps = [[hyp for hyp, _ in sentence] for sentence in found]
+        texts = [[text for _, text in sentence] for sentence in found]
+        for weight in weights:
+            reranker.weight = weight
+            ranked = reranker.rerank(sources, hyps, texts, alpha)
+            best = [sentence[0][1] if sentence else "" for sentence in ranked]
+            bleu = round(score_corpus(best, refs, tgt, literature=True)["bleu"], 2)
+            scores[(alpha, weight)] = bleu
+            print(f"valid BLEU (lit.) {bleu:.2f}: length penalty {alpha}, rerank weight {weight}")
+    return scores
 
 
 def main() -> None:
@@ -53,19 +85,21 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     reranker = Reranker.load(args.rerank_with, 0.0) if args.rerank_with else None
-    weights = args.rerank_weights if reranker else [None]
-    results = []
+    weights = args.rerank_weights
+    results: list[tuple[float, str, float, float | None]] = []
     for checkpoint in args.checkpoints:
         translator = Translator.load_ensemble(checkpoint.split(","))
-        translator.rerank_with(reranker)
-        for weight in weights:
-            if reranker is not None and weight is not None:
-                reranker.weight = weight
-                print(f"rerank weight {weight}:")
+        if reranker is None:
             alpha, by_alpha = tune_length_penalty(
                 translator, Path(args.data_dir), args.beam, args.length_penalties
             )
-            results.append((by_alpha[str(alpha)], checkpoint, alpha, weight))
+            results.append((by_alpha[str(alpha)], checkpoint, alpha, None))
+            continue
+        translator.rerank_with(reranker)  # checks the languages
+        grid = rerank_grid(
+            translator, reranker, Path(args.data_dir), args.beam, args.length_penalties, weights
+        )
+        results += [(bleu, checkpoint, alpha, weight) for (alpha, weight), bleu in grid.items()]
     bleu, checkpoint, alpha, weight = max(results, key=lambda r: r[0])
     reranked = "" if weight is None else f", rerank weight {weight}"
     print(f"best on val: {checkpoint}, length penalty {alpha}{reranked}: BLEU (lit.) {bleu:.2f}")

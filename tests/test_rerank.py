@@ -71,6 +71,34 @@ def test_reranked_scores_add_the_weighted_reverse_log_prob(
         assert best.text == after.text  # with n_best 1 the whole beam is reranked as well
 
 
+def test_one_search_reranked_offline_gives_what_translate_gives(
+    forward: Translator, reverse_path: Path
+) -> None:
+    """`hypotheses` + `Reranker.rerank` (how choose_decoding.py tries several weights on one
+    search) picks exactly what `translate` with that reranker picks."""
+    texts = [*SOURCES, ""]
+    found = forward.hypotheses(texts, beam_size=3)
+    plain = forward.translate(texts, beam_size=3, n_best=3)
+    assert found[-1] == []
+    for sentence, translation in zip(found[:-1], plain[:-1]):
+        assert [(text, hyp.score) for hyp, text in sentence] == translation.n_best
+    reranker = Reranker.load([reverse_path], 0.0)
+    forward.rerank_with(reranker)
+    try:
+        for weight in (0.3, 1.0):
+            reranker.weight = weight
+            ranked = reranker.rerank(
+                texts,
+                [[hyp for hyp, _ in sentence] for sentence in found],
+                [[text for _, text in sentence] for sentence in found],
+                forward.decode.length_penalty,
+            )
+            offline = [sentence[0][1] if sentence else "" for sentence in ranked]
+            assert offline == [t.text for t in forward.translate(texts, beam_size=3)]
+    finally:
+        forward.rerank_with(None)
+
+
 def test_an_empty_hypothesis_ranks_last(reverse_path: Path) -> None:
     reranker = Reranker.load([reverse_path], 1.0)
     empty = Hypothesis(tokens=[], score=-0.1, log_prob=-0.1)
