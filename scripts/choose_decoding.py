@@ -26,10 +26,9 @@ import os
 from pathlib import Path
 
 import torch
-from results_table import tune_length_penalty
+from results_table import tune_length_penalty, validation_split
 
 from nmt.evaluate import score_corpus
-from nmt.files import read_lines
 from nmt.rerank import Reranker
 from nmt.translator import Translator
 
@@ -44,9 +43,8 @@ def rerank_grid(
 ) -> dict[tuple[float, float], float]:
     """Validation BLEU (lit.) of every (length penalty, rerank weight): one search of val per
     length penalty, its hypotheses reranked with each weight (as `translate` would)."""
-    src, tgt = translator.info.src_lang, translator.info.tgt_lang
-    sources = read_lines(data_dir / "multi30k" / f"val.{src}.gz")
-    refs = read_lines(data_dir / "multi30k" / "tok" / f"val.lc.norm.tok.{tgt}")
+    sources, refs = validation_split(translator, data_dir)
+    tgt = translator.info.tgt_lang
     scores = {}
     for alpha in alphas:
         translator.decode = dataclasses.replace(translator.decode, length_penalty=alpha)

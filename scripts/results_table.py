@@ -51,13 +51,20 @@ def training_minutes(run_dir: Path) -> float:
     return sum(g for g in gaps if g < 600) / 60  # a gap of >10 min is a pause between sessions
 
 
+def validation_split(translator: Translator, data_dir: Path) -> tuple[list[str], list[str]]:
+    """Multi30k's val sources in the translator's source language, and the literature's
+    tokenized references in its target language."""
+    src, tgt = translator.info.src_lang, translator.info.tgt_lang
+    sources = read_lines(data_dir / "multi30k" / f"val.{src}.gz")
+    return sources, read_lines(data_dir / "multi30k" / "tok" / f"val.lc.norm.tok.{tgt}")
+
+
 def tune_length_penalty(
     translator: Translator, data_dir: Path, beam: int, alphas: list[float]
 ) -> tuple[float, dict[str, float]]:
     """The alpha with the best validation BLEU (literature setting), and every alpha's BLEU."""
-    src, tgt = translator.info.src_lang, translator.info.tgt_lang
-    sources = read_lines(data_dir / "multi30k" / f"val.{src}.gz")
-    refs = read_lines(data_dir / "multi30k" / "tok" / f"val.lc.norm.tok.{tgt}")
+    sources, refs = validation_split(translator, data_dir)
+    tgt = translator.info.tgt_lang
     scores = {}
     for alpha in alphas:
         translator.decode = dataclasses.replace(translator.decode, length_penalty=alpha)
