@@ -270,11 +270,15 @@ def _add_decoding_args(parser: argparse.ArgumentParser) -> None:
         help="GNMT length-penalty alpha of beam search, 0 = raw log-probability "
         "(default: decode.length_penalty)",
     )
+    _add_rerank_args(parser, "the beam's hypotheses")
+
+
+def _add_rerank_args(parser: argparse.ArgumentParser, reranked: str) -> None:
     parser.add_argument(
         "--rerank-with",
         nargs="+",
         metavar="CHECKPOINT",
-        help="reverse (target->source) checkpoints that rerank the beam's hypotheses by "
+        help=f"reverse (target->source) checkpoints that rerank {reranked} by "
         "log p(y|x) + W * log p(x|y) (several: the mean of their log p(x|y)); needs "
         "--rerank-weight",
     )
@@ -306,11 +310,10 @@ def _load_translator(args: argparse.Namespace):
     changes = {k: v for k, v in changes.items() if v is not None}
     if changes:
         translator.decode = dataclasses.replace(translator.decode, **changes)
-    if bool(args.rerank_with) != (args.rerank_weight is not None):
-        raise ConfigError("--rerank-with and --rerank-weight go together: give both or neither")
-    if args.rerank_with:
-        from nmt.rerank import Reranker
+    from nmt.rerank import Reranker, check_rerank_options
 
+    check_rerank_options(args.rerank_with, args.rerank_weight)
+    if args.rerank_with:
         translator.rerank_with(
             Reranker.load(args.rerank_with, args.rerank_weight, device=translator.device)
         )
@@ -736,20 +739,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "--checkpoint in the same order (default: each checkpoint's decode.length_penalty; an "
         "ensemble's: its first member's)",
     )
-    p.add_argument(
-        "--rerank-with",
-        nargs="+",
-        metavar="CHECKPOINT",
-        help="reverse (target->source) checkpoints that rerank the hypotheses of every served "
-        "model translating the other way (see nmt translate --rerank-with); needs "
-        "--rerank-weight",
-    )
-    p.add_argument(
-        "--rerank-weight",
-        type=float,
-        metavar="W",
-        help="weight of the reverse models' log-probability, chosen on the validation split",
-    )
+    _add_rerank_args(p, "the hypotheses of every served model translating the other way")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
         "--shutdown-grace",

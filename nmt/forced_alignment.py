@@ -44,9 +44,9 @@ class ForcedAlignment:
 @dataclass
 class Forced:
     """One target teacher-forced: its attention [len(tokens) + 1, S_real] (EOS step
-    included, as nmt.search.Hypothesis) and its log-probabilities."""
+    included, as nmt.search.Hypothesis; None when not asked for) and its log-probabilities."""
 
-    attention: Tensor
+    attention: Tensor | None
     log_prob: float
     score: float
 
@@ -57,9 +57,11 @@ def teacher_force(
     tgt_ids: list[list[int]],
     device: torch.device,
     length_penalty: float,
+    with_attention: bool = True,
 ) -> list[Forced]:
     """Decode each target (pieces, no BOS/EOS) given its source (pieces + EOS), all in one
-    batch; a finished row is fed padding until the longest target has ended."""
+    batch; a finished row is fed padding until the longest target has ended. Without
+    attention only the log-probabilities are kept (scoring; any model)."""
     rows = len(src_ids)
     src = _padded(src_ids, device)
     src_mask = src != PAD_ID
@@ -68,21 +70,22 @@ def teacher_force(
     prev = torch.full((rows,), BOS_ID, dtype=torch.long, device=device)
     token_log_probs, attentions = [], []
     for step in range(gold.size(1)):
-        log_probs, attention, state = model.decode_step(state, prev, with_attention=True)
-        if attention is None:
-            raise ValueError("this model has no attention: there is nothing to align with")
+        log_probs, attention, state = model.decode_step(state, prev, with_attention)
+        if with_attention:
+            if attention is None:
+                raise ValueError("this model has no attention: there is nothing to align with")
+            attentions.append(attention)
         token_log_probs.append(log_probs.gather(1, gold[:, step : step + 1]).squeeze(1))
-        attentions.append(attention)
         prev = gold[:, step]
     scores = torch.stack(token_log_probs, dim=1).cpu()  # [B, T+1]
-    attention = torch.stack(attentions, dim=1).cpu()  # [B, T+1, S]
+    attention = torch.stack(attentions, dim=1).cpu() if attentions else None  # [B, T+1, S]
     out = []
     for row in range(rows):
         steps, src_len = len(tgt_ids[row]) + 1, len(src_ids[row])
         log_prob = float(scores[row, :steps].sum())
         out.append(
             Forced(
-                attention=attention[row, :steps, :src_len],
+                attention=None if attention is None else attention[row, :steps, :src_len],
                 log_prob=log_prob,
                 score=log_prob / float(gnmt_penalty(steps, length_penalty)),
             )

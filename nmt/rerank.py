@@ -2,7 +2,7 @@
 
 Beam search ranks hypotheses y by log p(y | x) alone, which favours fluent translations that
 drop or invent content. A model of the other direction scores how well each hypothesis
-explains the source, log p(x | y), by forcing the source through it (nmt.forced_alignment).
+explains the source, log p(x | y), by forcing the source through it (`Translator.score`).
 The hypotheses of one search are reranked by
 
     (log p(y | x) + weight * log p(x | y)) / ((5 + |y|) / 6) ** alpha
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from nmt.config import ConfigError
 from nmt.search import Hypothesis, gnmt_penalty
 
 if TYPE_CHECKING:
@@ -37,6 +38,15 @@ if TYPE_CHECKING:
 
 class RerankError(ValueError):
     """Reverse models that cannot rerank this model's output, or a bad weight."""
+
+
+def check_rerank_options(reverse: Sequence[object] | None, weight: float | None) -> None:
+    """`--rerank-with` / `--rerank-weight` as given (commands, server settings, scripts):
+    both or neither, and a weight >= 0, refused before any model is loaded."""
+    if bool(reverse) != (weight is not None):
+        raise ConfigError("--rerank-with and --rerank-weight go together: give both or neither")
+    if weight is not None and not (math.isfinite(weight) and weight >= 0):
+        raise ConfigError(f"--rerank-weight must be a number >= 0, got {weight}")
 
 
 @dataclass
@@ -145,7 +155,8 @@ def _forced_log_probs(
     from nmt.translator import TranslationError
 
     try:
-        return [forced.log_prob for forced in reverse.align(hypotheses, sources)]
+        scores: list[float | None] = [*reverse.score(hypotheses, sources)]
+        return scores
     except TranslationError:
         if len(hypotheses) == 1:
             return [None]

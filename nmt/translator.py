@@ -367,6 +367,19 @@ class Translator:
         """Forced alignment: each source with its given target, no decoding (see
         nmt.forced_alignment). Empty texts and texts longer than the model accepts raise
         TranslationError naming the pair."""
+        src_ids, tgt_ids, forced = self._teacher_forced(sources, targets, with_attention=True)
+        return [self._forced(*pair) for pair in zip(sources, targets, src_ids, tgt_ids, forced)]
+
+    def score(self, sources: Sequence[str], targets: Sequence[str]) -> list[float]:
+        """log p(target | source) of each pair, EOS included: forced decoding as `align`
+        does, without collecting attention (so models without it score too; nmt.rerank)."""
+        return [f.log_prob for f in self._teacher_forced(sources, targets, False)[2]]
+
+    def _teacher_forced(
+        self, sources: Sequence[str], targets: Sequence[str], with_attention: bool
+    ) -> tuple[list[list[int]], list[list[int]], list[Forced]]:
+        """Each pair's source and target ids and its teacher-forced decoding, in token-budget
+        sub-batches; TranslationError for a pair the model cannot take."""
         model = self.model
         if isinstance(model, CTranslate2Engine):
             raise TranslationError(
@@ -387,7 +400,7 @@ class Translator:
                     f"target {i + 1} has {len(ids) + 1} tokens (with EOS) but this model "
                     f"decodes at most {limit}"
                 )
-        results: list[ForcedAlignment | None] = [None] * len(sources)
+        results: list[Forced | None] = [None] * len(sources)
         lengths = {i: len(ids) + len(tgt_ids[i]) for i, ids in enumerate(src_ids)}
         was_training = model.training
         model.eval()
@@ -400,20 +413,20 @@ class Translator:
                         [tgt_ids[i] for i in chunk],
                         self.device,
                         self.decode.length_penalty,
+                        with_attention,
                     )
                     for i, item in zip(chunk, forced):
-                        results[i] = self._forced(
-                            sources[i], targets[i], src_ids[i], tgt_ids[i], item
-                        )
+                        results[i] = item
         except ValueError as e:  # a model without attention
             raise TranslationError(str(e)) from None
         finally:
             model.train(was_training)
-        return [r for r in results if r is not None]
+        return src_ids, tgt_ids, [r for r in results if r is not None]
 
     def _forced(
         self, source: str, target: str, src_ids: list[int], tgt_ids: list[int], forced: Forced
     ) -> ForcedAlignment:
+        assert forced.attention is not None  # forced with attention
         alignment = build_alignment(
             forced.attention,
             self.tokenizer.src_pieces(src_ids[:-1]),

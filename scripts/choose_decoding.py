@@ -83,7 +83,6 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     reranker = Reranker.load(args.rerank_with, 0.0) if args.rerank_with else None
-    weights = args.rerank_weights
     results: list[tuple[float, str, float, float | None]] = []
     for checkpoint in args.checkpoints:
         translator = Translator.load_ensemble(checkpoint.split(","))
@@ -94,9 +93,8 @@ def main() -> None:
             results.append((by_alpha[str(alpha)], checkpoint, alpha, None))
             continue
         translator.rerank_with(reranker)  # checks the languages
-        grid = rerank_grid(
-            translator, reranker, Path(args.data_dir), args.beam, args.length_penalties, weights
-        )
+        data_dir, alphas = Path(args.data_dir), args.length_penalties
+        grid = rerank_grid(translator, reranker, data_dir, args.beam, alphas, args.rerank_weights)
         results += [(bleu, checkpoint, alpha, weight) for (alpha, weight), bleu in grid.items()]
     bleu, checkpoint, alpha, weight = max(results, key=lambda r: r[0])
     reranked = "" if weight is None else f", rerank weight {weight}"

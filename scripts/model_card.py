@@ -35,9 +35,10 @@ from typing import Any
 import torch
 from results_table import score_both_settings
 
+from nmt.config import ConfigError
 from nmt.cpu import cpu_name
 from nmt.files import read_lines
-from nmt.rerank import Reranker
+from nmt.rerank import Reranker, check_rerank_options
 from nmt.translator import Translator
 
 
@@ -104,6 +105,7 @@ def card_text(
         )
         what += f"\n\n{members}"
         flags, decoded, step = f" --length-penalty {decode.length_penalty}", "these", ""
+    reranked = ""
     if translator.reranker is not None:
         reverse = translator.reranker.to_dict()
         what += "\n\n" + paragraph(
@@ -118,10 +120,7 @@ def card_text(
             f" --length-penalty {decode.length_penalty} --rerank-with "
             f"{' '.join(reverse['reverse_checkpoints'])} --rerank-weight {reverse['weight']}"
         )
-        decoded = "these"
-    reranked = ""
-    if translator.reranker is not None:
-        reranked = f", rerank weight {translator.reranker.weight}"
+        decoded, reranked = "these", f", rerank weight {reverse['weight']}"
     written = f"{step}Card written {time.strftime('%Y-%m-%d')} on {cpu_name()}"
     return f"""# {args.card.name}
 
@@ -188,9 +187,11 @@ def main() -> None:
     models = [Path(m) for m in args.models]
     if len(models) > 1 and args.card is None:
         parser.error("an ensemble's card needs --card")
+    try:
+        check_rerank_options(args.rerank_with, args.rerank_weight)
+    except ConfigError as e:
+        parser.error(str(e))
     reranked = args.rerank_with is not None
-    if reranked != (args.rerank_weight is not None):
-        parser.error("--rerank-with and --rerank-weight go together")
     if reranked and args.card is None:
         parser.error("a reranked system's card needs --card")
     if len(models) == 1 and args.length_penalty is not None and not reranked:

@@ -124,10 +124,9 @@ class ServeSettings:
                 f"--length-penalty given {len(self.length_penalties)} times for "
                 f"{len(self.models)} models (--checkpoint): give it once for all, or once per model"
             )
-        if bool(self.rerank_with) != (self.rerank_weight is not None):
-            raise ConfigError("--rerank-with and --rerank-weight go together: give both or neither")
-        if self.rerank_weight is not None and not self.rerank_weight >= 0:
-            raise ConfigError(f"--rerank-weight must be >= 0, got {self.rerank_weight}")
+        from nmt.rerank import check_rerank_options
+
+        check_rerank_options(self.rerank_with, self.rerank_weight)
         for checkpoint in self.rerank_with:
             if not Path(checkpoint).is_file():
                 raise FileNotFoundError(f"reverse checkpoint not found: {checkpoint}")

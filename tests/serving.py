@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -56,3 +57,19 @@ def wait_healthy(
             pass
         time.sleep(0.1)
     raise AssertionError("server did not become healthy")
+
+
+@contextlib.contextmanager
+def running_server(*options: str, timeout: float = 30.0) -> Iterator[httpx.Client]:
+    """`nmt serve OPTIONS` (see serve_command) on a free port, healthy, with a client for it;
+    the server is stopped when the block ends, however it ends."""
+    port = free_port()
+    command = serve_command(port, *options)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=timeout) as http:
+            wait_healthy(http.get, process=process)
+            yield http
+    finally:
+        process.terminate()
+        process.wait(timeout=60)

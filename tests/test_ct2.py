@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import gzip
 import json
-import subprocess
 from pathlib import Path
 
-import httpx
 import pytest
 from conftest import tiny_config_dict
-from serving import free_port, serve_command, wait_healthy
+from serving import running_server
 
 from nmt.checkpoint import file_sha256
 from nmt.cli import main
@@ -238,28 +236,20 @@ def test_real_server_on_the_directory_names_the_engine(
     tiny_checkpoint: Path, data_dir: Path, tmp_path: Path
 ) -> None:
     directory = export_ctranslate2(tiny_checkpoint, tmp_path / "ct2-int8", "int8")
-    port = free_port()
-    command = serve_command(port, "--checkpoint", str(directory), "--max-batch-size", "4")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as http:
-            wait_healthy(http.get)
-            model = http.get("/info").json()["model"]
-            assert model["engine"] == "ctranslate2" and model["quantization"].startswith("int8")
-            texts = _sources(data_dir, 4)
-            request = {"texts": texts, "alignment": True, "beam_size": 2, "n_best": 2}
-            response = http.post("/translate", json=request)
-            assert response.status_code == 200
-            served = response.json()["translations"]
-            local = Translator.load(directory).translate(texts, 2, n_best=2, with_alignment=True)
-            pair = {"text": texts[0], "translation": local[0].text}
-            refused = http.post("/align", json=pair)
-            assert refused.status_code == 422 and "PyTorch engine" in refused.text
-        assert [s["translation"] for s in served] == [t.text for t in local]
-        for s, t in zip(served, local):
-            assert t.alignment is not None
-            assert s["alignment"]["src_tokens"] == t.alignment.src_tokens
-            assert len(s["n_best"]) == 2
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+    with running_server("--checkpoint", str(directory), "--max-batch-size", "4") as http:
+        model = http.get("/info").json()["model"]
+        assert model["engine"] == "ctranslate2" and model["quantization"].startswith("int8")
+        texts = _sources(data_dir, 4)
+        request = {"texts": texts, "alignment": True, "beam_size": 2, "n_best": 2}
+        response = http.post("/translate", json=request)
+        assert response.status_code == 200
+        served = response.json()["translations"]
+        local = Translator.load(directory).translate(texts, 2, n_best=2, with_alignment=True)
+        pair = {"text": texts[0], "translation": local[0].text}
+        refused = http.post("/align", json=pair)
+        assert refused.status_code == 422 and "PyTorch engine" in refused.text
+    assert [s["translation"] for s in served] == [t.text for t in local]
+    for s, t in zip(served, local):
+        assert t.alignment is not None
+        assert s["alignment"]["src_tokens"] == t.alignment.src_tokens
+        assert len(s["n_best"]) == 2

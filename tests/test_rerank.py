@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 from pathlib import Path
 
-import httpx
 import pytest
-from serving import free_port, run_nmt, serve_command, wait_healthy
+from serving import run_nmt, running_server
 
 from nmt.config import ConfigError
 from nmt.files import read_lines
@@ -190,24 +188,15 @@ def test_a_real_server_reranks_the_models_translating_the_other_way(
 ) -> None:
     """Served beside the de->en model it reranks with, the en->de model is reranked and the
     de->en one is not; /info says which."""
-    port = free_port()
-    command = serve_command(
-        port,
+    with running_server(
         *("--checkpoint", str(reverse_path), "--checkpoint", str(tiny_checkpoint_en_de)),
         *("--rerank-with", str(reverse_path), "--rerank-weight", "0.5"),
-    )
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as http:
-            wait_healthy(http.get, process=process)
-            rerank = {m["id"]: m["rerank"] for m in http.get("/info").json()["models"]}
-            request = {"texts": SOURCES, "beam_size": 3, "n_best": 2, "model": "en-de"}
-            response = http.post("/translate", json=request)
-            assert response.status_code == 200, response.text
-            served = response.json()["translations"]
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+    ) as http:
+        rerank = {m["id"]: m["rerank"] for m in http.get("/info").json()["models"]}
+        request = {"texts": SOURCES, "beam_size": 3, "n_best": 2, "model": "en-de"}
+        response = http.post("/translate", json=request)
+        assert response.status_code == 200, response.text
+        served = response.json()["translations"]
     settings = {"reverse_checkpoints": [str(reverse_path)], "weight": 0.5}
     assert rerank == {"de-en": None, "en-de": settings}
     forward = Translator.load(tiny_checkpoint_en_de)
